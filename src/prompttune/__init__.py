@@ -1,0 +1,32 @@
+"""prompttune: prompt learning and parameter-efficient tuning of pretrained language models.
+
+One frozen model, many tasks, each task a small artifact beside it.
+
+Example:
+    >>> from prompttune import TaskSpec, build_classifier, evaluate
+    >>> spec = TaskSpec(method="zero-shot", model="path/to/bert", text_fields=["sentence"], labels=["0", "1"],
+    ...                 template="{sentence} It was {mask}.", verbalizer={"0": ["terrible"], "1": ["great"]})
+    >>> clf, _ = build_classifier(spec)
+"""
+
+__version__ = "0.1.0"
+
+from .artifacts import load_artifact, save_artifact  # noqa: E402
+from .backbones import DEFAULT_MODEL, Backbone, load_backbone  # noqa: E402
+from .errors import (  # noqa: E402
+    ArtifactError,
+    ConfigError,
+    DataError,
+    ModelError,
+    PromptTuneError,
+    TemplateError,
+    VerbalizerError,
+)
+from .evaluation import evaluate  # noqa: E402
+from .methods import Method, get_method, register_method  # noqa: E402
+from .models import HeadClassifier, PromptClassifier  # noqa: E402
+from .scoring import make_scorer  # noqa: E402
+from .task import TaskSpec, build_classifier  # noqa: E402
+from .templates import Template, parse_template  # noqa: E402
+from .training import TrainConfig, train  # noqa: E402
+from .verbalizers import Verbalizer, parse_verbalizer  # noqa: E402

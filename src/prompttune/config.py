@@ -1,0 +1,179 @@
+"""Run configs: one parse step from YAML (+ `--set key=value`) to dataclasses.
+
+Library code never reads config files; the CLI and recipes turn a config into plain objects
+(torchtune's split). Unknown keys, wrong types and bad values are errors that name the key,
+the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .backbones import DEFAULT_MODEL, KINDS
+from .errors import ConfigError
+from .methods import get_method
+from .training import TrainConfig
+
+
+@dataclass
+class TaskConfig:
+    """Where the data is and how to read it."""
+
+    train: str | None = None
+    """Training data file (.tsv/.csv/.jsonl or a saved Hugging Face dataset)."""
+    eval: str | None = None
+    """Held-out data to report accuracy on after training."""
+    dev: str | None = None
+    """Development data for choosing the best epoch; with `shots`, K per class are drawn from train."""
+    text_fields: list[str] = field(default_factory=lambda: ["sentence"])
+    label_field: str = "label"
+    shots: int | None = None
+    """Examples per class for training (and for dev, LM-BFF's protocol); null = all."""
+    seed: int = 42
+    """Seed of the few-shot sample."""
+    labels: list[str] | None = None
+    """Label set for head-based methods; default: the verbalizer's labels, else those in train."""
+
+
+@dataclass
+class PromptConfig:
+    template: str | None = None
+    """E.g. '{sentence} It was {mask}.'"""
+    verbalizer: dict | None = None
+    """Label → word(s), e.g. {0: terrible, 1: great} or {neg: [bad, awful], pos: [good, great]}."""
+
+
+@dataclass
+class MethodConfig:
+    name: str = "prompt-finetune"
+    """One of the registered methods (`prompttune methods` lists them)."""
+
+
+@dataclass
+class RunConfig:
+    """A whole run. Example YAML:
+
+        model: all-MiniLM-L6-v2
+        lm_head: heads/minilm
+        task: {train: data/train.tsv, eval: data/test.tsv, text_fields: [sentence], shots: 16}
+        prompt: {template: "{sentence} It was {mask}.", verbalizer: {0: terrible, 1: great}}
+        method: {name: prompt-finetune}
+        train: {epochs: 10, lr: 1e-5}
+    """
+
+    model: str = DEFAULT_MODEL
+    model_kind: str | None = None
+    """masked | causal | seq2seq; detected from the model's config when null."""
+    lm_head: str | None = None
+    """Directory from `prompttune fit-lm-head`, for encoders that ship without an MLM head."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `key.sub=value` strings (values read as YAML) to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: cannot read value {value!r}: {e}") from None
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), raw: dict | None = None) -> RunConfig:
+    """Read a YAML run config (or a raw dict), apply overrides and validate.
+
+    Example:
+        >>> cfg = load_config("configs/sst2_prompt_finetune.yaml", ["train.lr=2e-5"])
+        >>> cfg.train.lr
+        2e-05
+    """
+    if raw is None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config is a mapping of keys to values, got {type(raw).__name__}")
+    cfg = _build(RunConfig, apply_overrides(raw, list(overrides)), "")
+    _validate(cfg)
+    return cfg
+
+
+def _build(cls, raw: dict, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {[where + k for k in unknown]}; valid keys here: {sorted(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        sub = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            kwargs[name] = _build(sub, value or {}, f"{where}{name}.")
+        else:
+            kwargs[name] = _check_type(f"{where}{name}", value, fields[name].type)
+    return cls(**kwargs)
+
+
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list[str]": list}
+
+
+def _check_type(key: str, value, annotation: str):
+    if value is None:
+        if "None" in str(annotation):
+            return None
+        raise ConfigError(f"config key {key!r} cannot be null")
+    base = str(annotation).replace(" | None", "")
+    expected = _TYPES.get(base)
+    if base == "float" and isinstance(value, str):
+        try:  # YAML reads 1e-5 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if base == "list[str]" and isinstance(value, str):
+        value = [value]
+    if expected is not None and (not isinstance(value, expected) or (base == "int" and isinstance(value, bool))):
+        raise ConfigError(f"config key {key!r} expects {base}, got {value!r}")
+    if base == "list[str]":
+        value = [str(v) for v in value]
+    return value
+
+
+def _validate(cfg: RunConfig) -> None:
+    method = get_method(cfg.method.name)
+    if cfg.model_kind is not None and cfg.model_kind not in KINDS:
+        raise ConfigError(f"model_kind must be one of {KINDS} or null, got {cfg.model_kind!r}")
+    if cfg.task.shots is not None and cfg.task.shots < 1:
+        raise ConfigError(f"task.shots must be ≥ 1 or null, got {cfg.task.shots}")
+    if not cfg.task.text_fields:
+        raise ConfigError("task.text_fields must name at least one column")
+    if not method.head and (cfg.prompt.template is None or cfg.prompt.verbalizer is None):
+        raise ConfigError(f"method {method.name!r} needs prompt.template and prompt.verbalizer")
+    # Parse now so a broken template or verbalizer fails before any model is loaded.
+    if cfg.prompt.template is not None:
+        from .templates import parse_template
+
+        parse_template(cfg.prompt.template).check_fields(cfg.task.text_fields)
+    if cfg.prompt.verbalizer is not None:
+        from .verbalizers import parse_verbalizer
+
+        parse_verbalizer(cfg.prompt.verbalizer)

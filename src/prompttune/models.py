@@ -1,0 +1,91 @@
+"""Task models: a backbone turned into a classifier, either through a prompt or a head.
+
+- `PromptClassifier`: template + verbalizer. Class scores are the verbalizer's mean of label-word
+  log-probabilities (see `scoring`); training minimises cross-entropy over them (PET / LM-BFF).
+- `HeadClassifier`: a new linear head on the [CLS]/pooled state, the fine-tuning baseline.
+
+Both expose the same two steps: `collate(examples) -> batch` (runs in the data loader) and
+`forward(batch) -> (B, n_classes)` scores. Their parameters are named `model.*`, so an artifact's
+keys read the same as the backbone's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbones import Backbone
+from .errors import DataError
+from .scoring import make_scorer
+from .templates import Template
+from .verbalizers import Verbalizer, label_key
+
+
+class PromptClassifier(nn.Module):
+    """Classify by scoring label words at the template's mask.
+
+    Example:
+        >>> clf = PromptClassifier(load_backbone(...), parse_template("{text} It was {mask}."),
+        ...                        parse_verbalizer({0: "terrible", 1: "great"}))
+        >>> clf(clf.collate([{"text": "A joy.", "label": "1"}])).argmax(-1)
+    """
+
+    def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int = 256):
+        super().__init__()
+        self.model = backbone.model
+        self.labels = verbalizer.labels
+        self.verbalizer = verbalizer
+        self.scorer = make_scorer(backbone, template, verbalizer, max_length)
+
+    def collate(self, examples: list[dict]) -> dict:
+        batch = self.scorer.encode(examples)
+        if all("label" in ex for ex in examples):
+            batch["labels"] = torch.tensor([self.label_index(ex["label"]) for ex in examples])
+        return batch
+
+    def label_index(self, label) -> int:
+        return self.verbalizer.class_index(label)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.verbalizer.class_scores(self.scorer(self.model, batch))
+
+    def word_scores(self, batch: dict) -> torch.Tensor:
+        """(B, n_words) log-probabilities of every label word, before averaging per class."""
+        return self.scorer(self.model, batch)
+
+
+class HeadClassifier(nn.Module):
+    """A sequence-classification model on the raw text fields (the fine-tuning baseline).
+
+    One field is encoded alone, two as a sentence pair ([CLS] a [SEP] b [SEP]); more are
+    joined with spaces. Truncation is longest-first.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, text_fields: list[str], labels: tuple[str, ...], max_length: int = 256):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.text_fields = list(text_fields)
+        self.labels = tuple(labels)
+        self.max_length = max_length
+
+    def collate(self, examples: list[dict]) -> dict:
+        texts = [[str(ex[f]) for f in self.text_fields] for ex in examples]
+        if len(self.text_fields) == 2:
+            args = ([t[0] for t in texts], [t[1] for t in texts])
+        else:
+            args = ([" ".join(t) for t in texts],)
+        enc = self.tokenizer(*args, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        batch = {"ids": enc["input_ids"], "attn": enc["attention_mask"]}
+        if all("label" in ex for ex in examples):
+            batch["labels"] = torch.tensor([self.label_index(ex["label"]) for ex in examples])
+        return batch
+
+    def label_index(self, label) -> int:
+        key = label_key(label)
+        if key not in self.labels:
+            raise DataError(f"label {key!r} is not one of the task's labels {list(self.labels)}")
+        return self.labels.index(key)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(input_ids=batch["ids"], attention_mask=batch["attn"]).logits

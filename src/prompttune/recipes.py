@@ -1,0 +1,96 @@
+"""Recipes: a run config in, a trained task artifact out (torchtune's recipe/component split).
+
+`run_training` is what `prompttune train` does: read data, draw the few-shot sample, build the
+classifier, train, save, evaluate. Benchmarks and the demo call it too, so every number they
+report comes from the same code path users run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from .artifacts import save_artifact
+from .config import RunConfig
+from .data import few_shot_split, load_examples, sample_per_class
+from .errors import ConfigError, DataError
+from .evaluation import evaluate
+from .files import write_json
+from .methods import get_method
+from .parameters import count_parameters
+from .task import TaskSpec, build_classifier
+from .training import train
+from .verbalizers import parse_verbalizer
+
+
+def task_labels(cfg: RunConfig, train_examples: list[dict]) -> list[str]:
+    """The class order: the verbalizer's, else `task.labels`, else the sorted labels of train."""
+    if cfg.prompt.verbalizer is not None:
+        return list(parse_verbalizer(cfg.prompt.verbalizer).labels)
+    if cfg.task.labels:
+        return [str(label) for label in cfg.task.labels]
+    if not train_examples:
+        raise ConfigError("cannot tell the label set: give task.labels, a prompt.verbalizer or task.train")
+    return sorted({ex["label"] for ex in train_examples})
+
+
+def load_splits(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, dev, eval) examples; with task.shots, K per class for train and for dev."""
+    t = cfg.task
+    read = lambda path: load_examples(path, t.text_fields, t.label_field) if path else []  # noqa: E731
+    train_all, dev, test = read(t.train), read(t.dev), read(t.eval)
+    if t.shots is None:
+        return train_all, dev, test
+    if dev:
+        return sample_per_class(train_all, t.shots, t.seed), sample_per_class(dev, t.shots, t.seed + 1), test
+    return (*few_shot_split(train_all, t.shots, t.seed), test)
+
+
+def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, log=None) -> dict:
+    """Train the configured task, save it to `out_dir`, evaluate on task.eval; return a summary.
+
+    Example:
+        >>> summary = run_training(load_config("configs/demo.yaml"), "runs/demo")
+        >>> summary["eval"]["accuracy"]
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    method = get_method(cfg.method.name)
+    train_ex, dev_ex, test_ex = load_splits(cfg)
+    trains = cfg.method.name != "zero-shot"
+    if trains and not train_ex:
+        raise ConfigError(f"method {cfg.method.name!r} trains: set task.train to a data file")
+    labels = task_labels(cfg, train_ex)
+    for name, examples in (("train", train_ex), ("dev", dev_ex), ("eval", test_ex)):
+        unknown = sorted({ex["label"] for ex in examples} - set(labels))
+        if unknown:
+            raise DataError(f"the {name} data has label(s) {unknown} that the task does not know; task labels: {labels}")
+    spec = TaskSpec(
+        method=method.name,
+        model=cfg.model,
+        text_fields=list(cfg.task.text_fields),
+        labels=labels,
+        template=cfg.prompt.template,
+        verbalizer=parse_verbalizer(cfg.prompt.verbalizer).to_config() if cfg.prompt.verbalizer is not None else None,
+        model_kind=cfg.model_kind,
+        lm_head=cfg.lm_head,
+        max_length=cfg.train.max_length,
+    )
+    classifier, fp = build_classifier(spec)
+    trainable, total = count_parameters(classifier)
+    log(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
+        f"{len(train_ex)} train / {len(dev_ex)} dev / {len(test_ex)} eval examples")
+    out_dir = Path(out_dir)
+    result = train(classifier, train_ex, dev_ex, cfg.train, checkpoint_dir=out_dir / "checkpoint", resume=resume)
+    summary = {"method": method.name, "trainable_parameters": trainable, "total_parameters": total,
+               "best_epoch": result.best_epoch, "best_dev": result.best_dev, "history": result.history}
+    save_artifact(out_dir, spec, classifier, fp, extra={"training": summary})
+    # The run finished and its result is saved: the resume checkpoint (optimizer state, several
+    # times the artifact's size) has no further use.
+    shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
+    if test_ex:
+        summary["eval"] = evaluate(classifier, test_ex, batch_size=cfg.train.eval_batch_size, progress=cfg.train.progress)
+        write_json(out_dir / "eval.json", summary["eval"])
+        log(f"eval: {json.dumps(summary['eval'])}")
+    return summary

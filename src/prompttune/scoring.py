@@ -1,0 +1,228 @@
+"""Label-word scoring: log p(label word at the mask | rendered example), exactly.
+
+One scorer per kind of language model, each with two steps: `encode` (a batch of examples →
+tensors, run in the data loader) and `__call__` (model + tensors → (B, n_words) log-probs).
+
+- masked LM: a k-token word is scored with k mask tokens in one forward pass, as the sum of
+  each token's log-probability at its mask (Schick & Schütze 2021, PET's multi-mask scoring
+  without its iterative decoding). Words of equal length share a pass, so when every word is a
+  single token there is exactly one pass (the fast path).
+- causal LM: the word, and any template text after it, is appended to the prefix; its score is
+  the sum of log p of those tokens, i.e. log p(word, rest | prefix), which ranks labels exactly
+  as the LM's probability of the whole filled-in text does. If nothing follows the mask and all
+  words are single tokens, one pass over the prefix scores them all (the fast path).
+- seq2seq LM (T5): the mask is a sentinel `<extra_id_0>` in the encoder input; the decoder is
+  teacher-forced on `<extra_id_0> word` and the word's tokens are scored. Single-token words are
+  read off one decoder step (the fast path).
+
+Logits are computed only at the scored positions where the LM head is a separate module
+(BERT's `cls`, GPT-2's `lm_head`): a full vocabulary projection at every token would cost as
+much as the encoder itself on a small model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import Backbone, lm_head_module
+from .errors import ModelError, TemplateError
+from .templates import Mask, SpecialTokens, Template, encode_example, segment_texts
+from .verbalizers import Verbalizer, tokenize_words
+
+
+def pad(seqs: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists to a (N, T) tensor and its attention mask."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), value, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attn[i, : len(s)] = 1
+    return ids, attn
+
+
+def mask_leading_space(template: Template) -> bool:
+    """Whether the template puts a space before `{mask}` (so label words are tokenized with one)."""
+    dummy = {f: "x" for f in template.fields}
+    return any(isinstance(seg, Mask) and text.startswith(" ") for seg, text in segment_texts(template, dummy))
+
+
+def text_after_mask(template: Template) -> bool:
+    dummy = {f: "x" for f in template.fields}
+    segs = [seg for seg, text in segment_texts(template, dummy) if text or isinstance(seg, Mask)]
+    return not isinstance(segs[-1], Mask)
+
+
+def hidden_at(model: nn.Module, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Vocabulary log-probs at positions (rows, cols) of the final hidden states."""
+    head = lm_head_module(model)
+    return F.log_softmax(head(hidden[rows, cols]).float(), dim=-1)
+
+
+class _Scorer:
+    def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int):
+        template.require_mask()
+        self.template, self.verbalizer, self.max_length = template, verbalizer, max_length
+        self.tokenizer = backbone.tokenizer
+        self.specials = SpecialTokens.of(self.tokenizer)
+        self.word_ids = tokenize_words(self.tokenizer, verbalizer.flat_words, leading_space=mask_leading_space(template))
+
+    def _encode(self, example: dict, fill: list[int], **kw):
+        return encode_example(
+            self.template, self.tokenizer, example, mask_fill=fill, max_length=self.max_length, specials=self.specials, **kw
+        )
+
+
+class MaskedLMScorer(_Scorer):
+    """Masked LMs (BERT, RoBERTa...): k mask tokens for a k-token word."""
+
+    def __init__(self, backbone, template, verbalizer, max_length):
+        super().__init__(backbone, template, verbalizer, max_length)
+        if self.tokenizer.mask_token_id is None:
+            raise ModelError(f"model {backbone.name!r} has no mask token; use a masked LM or set model_kind")
+        self.lengths = sorted({len(w) for w in self.word_ids})
+
+    def encode(self, examples: list[dict]) -> dict:
+        batch = {}
+        mask_id = self.tokenizer.mask_token_id
+        for k in self.lengths:
+            encs = [self._encode(ex, [mask_id] * k) for ex in examples]
+            batch[f"ids{k}"], batch[f"attn{k}"] = pad([e.ids for e in encs], self.tokenizer.pad_token_id)
+            batch[f"pos{k}"] = torch.tensor([[e.mask_start + j for j in range(k)] for e in encs])  # (B, k)
+        return batch
+
+    def __call__(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        scores = [None] * len(self.word_ids)
+        for k in self.lengths:
+            pos = batch[f"pos{k}"]
+            rows = torch.arange(pos.shape[0], device=pos.device)[:, None].expand_as(pos)
+            logp = self._logprobs(model, batch[f"ids{k}"], batch[f"attn{k}"], rows, pos)  # (B, k, V)
+            for w, ids in enumerate(self.word_ids):
+                if len(ids) == k:
+                    tok = torch.tensor(ids, device=logp.device)
+                    scores[w] = logp[:, torch.arange(k, device=logp.device), tok].sum(-1)  # (B,)
+        return torch.stack(scores, dim=1)
+
+    @staticmethod
+    def _logprobs(model, ids, attn, rows, cols):
+        if lm_head_module(model) is not None:
+            hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
+            return hidden_at(model, hidden, rows, cols)
+        logits = model(input_ids=ids, attention_mask=attn).logits
+        return F.log_softmax(logits[rows, cols].float(), dim=-1)
+
+
+class CausalLMScorer(_Scorer):
+    """Decoder-only LMs (GPT-2, Llama...): the word is a continuation of the text before the mask."""
+
+    def __init__(self, backbone, template, verbalizer, max_length):
+        super().__init__(backbone, template, verbalizer, max_length)
+        self.fast = all(len(w) == 1 for w in self.word_ids) and not text_after_mask(template)
+
+    def encode(self, examples: list[dict]) -> dict:
+        pad_id = self.tokenizer.pad_token_id
+        if self.fast:
+            encs = [self._encode(ex, []) for ex in examples]
+            self._check_prefix(encs)
+            ids, attn = pad([e.ids[: e.mask_start] for e in encs], pad_id)
+            return {"ids": ids, "attn": attn, "last": torch.tensor([e.mask_start - 1 for e in encs])}
+        seqs, pos, tok = [], [], []
+        n_suffix = len(self.specials.suffix)
+        for ex in examples:
+            for w in self.word_ids:
+                e = self._encode(ex, w)
+                self._check_prefix([e])
+                end = len(e.ids) - n_suffix
+                seqs.append(e.ids[:end])
+                pos.append(list(range(e.mask_start - 1, end - 1)))  # position t predicts token t+1
+                tok.append(e.ids[e.mask_start : end])
+        ids, attn = pad(seqs, pad_id)
+        pos_t, valid = pad(pos, 0)
+        tok_t, _ = pad(tok, 0)
+        return {"ids": ids, "attn": attn, "pos": pos_t, "tok": tok_t, "valid": valid}
+
+    def _check_prefix(self, encs):
+        if any(e.mask_start < 1 for e in encs):
+            raise TemplateError(
+                f"template {self.template.source!r} starts with {{mask}}: a causal LM scores the label word as a "
+                "continuation, so put text before {mask}"
+            )
+
+    def __call__(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        ids, attn = batch["ids"], batch["attn"]
+        if self.fast:
+            rows = torch.arange(ids.shape[0], device=ids.device)
+            logp = self._logprobs(model, ids, attn, rows, batch["last"])  # (B, V)
+            first = torch.tensor([w[0] for w in self.word_ids], device=logp.device)
+            return logp[:, first]
+        pos, tok, valid = batch["pos"], batch["tok"], batch["valid"]
+        rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(pos)
+        logp = self._logprobs(model, ids, attn, rows, pos)  # (B*W, L, V)
+        token_logp = logp.gather(-1, tok[..., None]).squeeze(-1) * valid
+        return token_logp.sum(-1).view(-1, len(self.word_ids))
+
+    _logprobs = staticmethod(MaskedLMScorer._logprobs)
+
+
+class Seq2SeqLMScorer(_Scorer):
+    """Encoder-decoder LMs (T5): the mask is the first sentinel; the decoder spells out the word."""
+
+    def __init__(self, backbone, template, verbalizer, max_length):
+        super().__init__(backbone, template, verbalizer, max_length)
+        tok = self.tokenizer
+        sentinel = tok.convert_tokens_to_ids("<extra_id_0>") if "<extra_id_0>" in tok.get_vocab() else None
+        self.slot = sentinel if sentinel is not None else tok.mask_token_id
+        if self.slot is None:
+            raise ModelError(f"seq2seq model {backbone.name!r} has neither a <extra_id_0> sentinel nor a mask token")
+        start = backbone.model.config.decoder_start_token_id
+        self.start = start if start is not None else tok.pad_token_id
+        # T5 was trained to emit "<extra_id_0> span"; a model without sentinels emits the span directly.
+        self.lead = [self.start] + ([sentinel] if sentinel is not None else [])
+        self.fast = all(len(w) == 1 for w in self.word_ids)
+
+    def encode(self, examples: list[dict]) -> dict:
+        encs = [self._encode(ex, [self.slot]) for ex in examples]
+        ids, attn = pad([e.ids for e in encs], self.tokenizer.pad_token_id)
+        batch = {"ids": ids, "attn": attn}
+        if not self.fast:
+            dec = [self.lead + w[:-1] for w in self.word_ids]
+            batch["dec"], batch["dec_attn"] = pad(dec, self.tokenizer.pad_token_id)
+            batch["tok"], batch["valid"] = pad(self.word_ids, 0)
+        return batch
+
+    def __call__(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        ids, attn = batch["ids"], batch["attn"]
+        enc = model.get_encoder()(input_ids=ids, attention_mask=attn)
+        n_b, n_w, n_lead = ids.shape[0], len(self.word_ids), len(self.lead)
+        if self.fast:
+            dec = torch.tensor([self.lead], device=ids.device).expand(n_b, -1)
+            logits = model(encoder_outputs=enc, attention_mask=attn, decoder_input_ids=dec).logits[:, -1]
+            first = torch.tensor([w[0] for w in self.word_ids], device=ids.device)
+            return F.log_softmax(logits.float(), dim=-1)[:, first]
+        hidden = enc.last_hidden_state.repeat_interleave(n_w, dim=0)
+        dec = batch["dec"].repeat(n_b, 1)
+        out = model(
+            encoder_outputs=(hidden,),
+            attention_mask=attn.repeat_interleave(n_w, dim=0),
+            decoder_input_ids=dec,
+            decoder_attention_mask=batch["dec_attn"].repeat(n_b, 1),
+        )
+        logp = F.log_softmax(out.logits[:, n_lead - 1 :].float(), dim=-1)  # (B*W, L, V): predicts word tokens
+        tok, valid = batch["tok"].repeat(n_b, 1), batch["valid"].repeat(n_b, 1)
+        token_logp = logp[:, : tok.shape[1]].gather(-1, tok[..., None]).squeeze(-1) * valid
+        return token_logp.sum(-1).view(n_b, n_w)
+
+
+SCORERS = {"masked": MaskedLMScorer, "causal": CausalLMScorer, "seq2seq": Seq2SeqLMScorer}
+
+
+def make_scorer(backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int = 256) -> _Scorer:
+    """The label-word scorer for this backbone's kind.
+
+    Example:
+        >>> scorer = make_scorer(bb, parse_template("{text} It was {mask}."), parse_verbalizer({0: "bad", 1: "good"}))
+        >>> word_logp = scorer(bb.model, scorer.encode([{"text": "Fun film."}]))   # (1, 2)
+    """
+    return SCORERS[backbone.kind](backbone, template, verbalizer, max_length)

@@ -1,0 +1,73 @@
+"""A task: everything needed to rebuild its classifier on a backbone, as plain values.
+
+`TaskSpec` is what an artifact's `config.json` stores (plus the backbone fingerprint and the
+weights' checksum); `build_classifier` turns it into a module with the method attached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from .backbones import Backbone, Kind, fingerprint, load_backbone, load_head_model, load_tokenizer
+from .errors import ConfigError, ModelError
+from .methods import get_method
+from .models import HeadClassifier, PromptClassifier
+from .templates import parse_template
+from .verbalizers import parse_verbalizer
+
+
+@dataclass
+class TaskSpec:
+    """What defines a task, independent of its trained numbers.
+
+    Example:
+        >>> spec = TaskSpec(method="zero-shot", model="all-MiniLM-L6-v2", text_fields=["sentence"],
+        ...                 labels=["0", "1"], template="{sentence} It was {mask}.",
+        ...                 verbalizer={"0": ["terrible"], "1": ["great"]}, lm_head="heads/minilm")
+    """
+
+    method: str
+    model: str
+    text_fields: list[str]
+    labels: list[str]
+    template: str | None = None
+    verbalizer: dict[str, list[str]] | None = None
+    model_kind: Kind | None = None
+    lm_head: str | None = None
+    max_length: int = 128
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_classifier(spec: TaskSpec, backbone: Backbone | None = None) -> tuple[nn.Module, dict]:
+    """The task's classifier with its method attached, and the base backbone's fingerprint.
+
+    `backbone` lets several prompt tasks share one loaded model; head-based methods load their
+    own copy (they replace the LM head by a classification head).
+    """
+    method = get_method(spec.method)
+    if method.head:
+        model = load_head_model(spec.model, len(spec.labels))
+        fp = fingerprint(model, spec.model, "classifier")
+        clf = HeadClassifier(model, load_tokenizer(spec.model), spec.text_fields, tuple(spec.labels), spec.max_length)
+    else:
+        if spec.template is None or spec.verbalizer is None:
+            raise ConfigError(f"method {spec.method!r} needs prompt.template and prompt.verbalizer")
+        template = parse_template(spec.template)
+        template.check_fields(spec.text_fields)
+        verbalizer = parse_verbalizer(spec.verbalizer)
+        if backbone is None:
+            backbone = load_backbone(spec.model, kind=spec.model_kind, lm_head=spec.lm_head)
+        if backbone.missing_head:
+            raise ModelError(
+                f"model {spec.model!r} ships without a masked-LM head, so its label-word scores would be random; "
+                f"fit one first (prompttune fit-lm-head --model {spec.model} --data FILE --text-field FIELD --out HEAD_DIR) "
+                "and set lm_head: HEAD_DIR"
+            )
+        fp = backbone.fingerprint()
+        clf = PromptClassifier(backbone, template, verbalizer, spec.max_length)
+    method.attach(clf)
+    return clf, fp

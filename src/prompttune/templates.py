@@ -1,0 +1,295 @@
+"""The template language: where a task's text, the mask and soft tokens go.
+
+A template is plain text with placeholders in braces:
+
+    {sentence} It was {mask}.            # a text field and the mask
+    {premise} ? {mask} , {hypothesis}    # two fields around the mask
+    {soft:4} {sentence} {soft} {mask}    # 4 soft tokens, then 1 (filled by soft-prompt methods)
+    {soft:"It was"} {mask}               # soft tokens initialised from the words' embeddings
+    {{literal braces}}                   # doubled braces are literal
+
+A template is user input: it is parsed, never evaluated. `parse_template` runs once;
+`encode_example` turns one example into token ids, truncating only the text fields
+(longest first) so that the template text and the mask always survive.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import TemplateError
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_SOFT = re.compile(r'soft(?::(?:(\d+)|"([^"]*)"))?\Z')
+
+
+@dataclass(frozen=True)
+class Text:
+    """Literal template text, kept verbatim."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Field:
+    """A text field of the example, e.g. `{sentence}`; the only thing ever truncated."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Mask:
+    """The slot the model fills: label words are scored here."""
+
+
+@dataclass(frozen=True)
+class Soft:
+    """`n` trainable vectors; `init` is optional text whose embeddings initialise them."""
+
+    n: int
+    init: str | None = None
+
+
+Segment = Text | Field | Mask | Soft
+
+
+@dataclass(frozen=True)
+class Template:
+    """A parsed template. Build it with `parse_template`.
+
+    Example:
+        >>> t = parse_template("{sentence} It was {mask}.")
+        >>> t.fields
+        ('sentence',)
+    """
+
+    source: str
+    segments: tuple[Segment, ...]
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Names of the text fields, in order of first appearance."""
+        return tuple(dict.fromkeys(s.name for s in self.segments if isinstance(s, Field)))
+
+    @property
+    def has_mask(self) -> bool:
+        return any(isinstance(s, Mask) for s in self.segments)
+
+    @property
+    def n_soft(self) -> int:
+        """Total number of soft-token vectors the template asks for."""
+        return sum(s.n for s in self.segments if isinstance(s, Soft))
+
+    def check_fields(self, available: list[str] | tuple[str, ...]) -> None:
+        """Raise `TemplateError` if the template names a field the data lacks."""
+        missing = [f for f in self.fields if f not in available]
+        if missing:
+            raise TemplateError(
+                f"template {self.source!r} uses field(s) {missing} that the data does not have; "
+                f"available fields: {list(available)}"
+            )
+
+    def require_mask(self) -> None:
+        if not self.has_mask:
+            raise TemplateError(
+                f"template {self.source!r} has no {{mask}}: label words need a slot to be scored in, "
+                "e.g. '{sentence} It was {mask}.'"
+            )
+
+    def __str__(self) -> str:
+        return self.source
+
+
+def parse_template(source: str) -> Template:
+    """Parse template text into segments; raise `TemplateError` naming the problem.
+
+    Example:
+        >>> parse_template("{premise} ? {mask} , {hypothesis}").fields
+        ('premise', 'hypothesis')
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise TemplateError(f"a template must be non-empty text, got {source!r}")
+    segments: list[Segment] = []
+    literal: list[str] = []
+    i = 0
+    while i < len(source):
+        ch = source[i]
+        if source.startswith("{{", i) or source.startswith("}}", i):
+            literal.append(ch)
+            i += 2
+            continue
+        if ch == "}":
+            raise TemplateError(f"unbalanced '}}' at position {i} in template {source!r} (write '}}}}' for a literal brace)")
+        if ch != "{":
+            literal.append(ch)
+            i += 1
+            continue
+        end = source.find("}", i + 1)
+        nested = source.find("{", i + 1)
+        if end < 0 or (0 <= nested < end):
+            raise TemplateError(f"unbalanced '{{' at position {i} in template {source!r} (write '{{{{' for a literal brace)")
+        if literal:
+            segments.append(Text("".join(literal)))
+            literal = []
+        segments.append(_placeholder(source[i + 1 : end].strip(), source))
+        i = end + 1
+    if literal:
+        segments.append(Text("".join(literal)))
+    if sum(isinstance(s, Mask) for s in segments) > 1:
+        raise TemplateError(f"template {source!r} has more than one {{mask}}; use one (multi-token label words get several mask tokens automatically)")
+    return Template(source, tuple(segments))
+
+
+def _placeholder(body: str, source: str) -> Segment:
+    if body == "mask":
+        return Mask()
+    soft = _SOFT.match(body)
+    if soft:
+        n, words = soft.groups()
+        if words is not None:
+            if not words.strip():
+                raise TemplateError(f'{{soft:""}} in template {source!r} needs words to initialise from')
+            return Soft(n=0, init=words)  # n is fixed once the words are tokenised
+        n = 1 if n is None else int(n)
+        if n < 1:
+            raise TemplateError(f"{{soft:{n}}} in template {source!r}: the number of soft tokens must be ≥ 1")
+        return Soft(n=n)
+    if _NAME.match(body):
+        return Field(body)
+    raise TemplateError(
+        f"cannot read placeholder {{{body}}} in template {source!r}: expected {{field_name}}, {{mask}}, "
+        '{soft}, {soft:N} or {soft:"words"}'
+    )
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+@dataclass
+class Encoded:
+    """One rendered example: token ids plus where the mask and soft tokens sit."""
+
+    ids: list[int]
+    mask_start: int = -1  # index of the first token placed at {mask}; -1 if none
+    mask_len: int = 0
+    soft_positions: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The special tokens a tokenizer wraps a single sequence in, e.g. [CLS] … [SEP]."""
+
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+
+    @classmethod
+    def of(cls, tokenizer) -> "SpecialTokens":
+        # Tokenizers in transformers 5 no longer expose build_inputs_with_special_tokens, so
+        # find the wrapping by encoding a probe with and without special tokens.
+        bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+        full = tokenizer("a", add_special_tokens=True)["input_ids"]
+        for start in range(len(full) - len(bare) + 1):
+            if full[start : start + len(bare)] == bare:
+                return cls(tuple(full[:start]), tuple(full[start + len(bare) :]))
+        return cls((), ())
+
+
+def segment_texts(template: Template, example: dict) -> list[tuple[Segment, str]]:
+    """Pair each segment with the text it stands for, moving a literal's trailing space.
+
+    A space before a field or the mask belongs to that field or mask ("was {mask}" →
+    "was" + " great"), because BPE tokenizers (GPT-2, RoBERTa) encode " great" as one token and
+    a dangling " " as a token of its own.
+    """
+    out: list[tuple[Segment, str]] = []
+    carry = ""
+    for seg in template.segments:
+        if isinstance(seg, Text):
+            text = carry + seg.text
+            stripped = text.rstrip(" ")
+            carry = text[len(stripped) :]
+            if stripped:
+                out.append((seg, stripped))
+        else:
+            if isinstance(seg, Field):
+                value = example.get(seg.name)
+                if value is None:
+                    raise TemplateError(f"example has no field {seg.name!r} required by template {template.source!r}")
+                text = carry[:1] + str(value).strip() if carry else str(value).strip()
+            else:
+                text = carry[:1]  # the space a mask or soft token carries
+            out.append((seg, text))
+            carry = ""
+    if carry.strip():
+        out.append((Text(carry), carry))
+    return out
+
+
+def encode_example(
+    template: Template,
+    tokenizer,
+    example: dict,
+    *,
+    mask_fill: list[int] | None = None,
+    max_length: int = 256,
+    specials: SpecialTokens | None = None,
+    soft_token_id: int | None = None,
+) -> Encoded:
+    """Render one example to token ids.
+
+    `mask_fill` is the token ids put at `{mask}` (e.g. k mask tokens for a k-token label word on a
+    masked LM, or the label word itself for a causal LM); nothing is put there if it is None.
+    Fields are truncated, longest first, until the sequence fits `max_length`.
+
+    Example:
+        >>> enc = encode_example(parse_template("{s} It was {mask}."), tok, {"s": "Fun."},
+        ...                      mask_fill=[tok.mask_token_id])
+        >>> tok.convert_ids_to_tokens(enc.ids[enc.mask_start])
+        '[MASK]'
+    """
+    specials = specials or SpecialTokens.of(tokenizer)
+    pieces: list[tuple[Segment, list[int]]] = []
+    for seg, text in segment_texts(template, example):
+        if isinstance(seg, Mask):
+            ids = list(mask_fill or [])
+        elif isinstance(seg, Soft):
+            if soft_token_id is None:
+                raise TemplateError(
+                    f"template {template.source!r} has soft tokens, but this method has no soft prompt to fill "
+                    "them; use a soft-prompt method (prompt-tuning, p-tuning) or remove {soft}"
+                )
+            ids = [soft_token_id] * seg.n
+        else:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        pieces.append((seg, ids))
+
+    overflow = len(specials.prefix) + len(specials.suffix) + sum(len(ids) for _, ids in pieces) - max_length
+    if overflow > 0:
+        _truncate_fields(pieces, overflow, template, max_length)
+
+    ids = list(specials.prefix)
+    enc = Encoded(ids)
+    for seg, piece in pieces:
+        if isinstance(seg, Mask):
+            enc.mask_start, enc.mask_len = len(ids), len(piece)
+        elif isinstance(seg, Soft):
+            enc.soft_positions.extend(range(len(ids), len(ids) + len(piece)))
+        ids.extend(piece)
+    ids.extend(specials.suffix)
+    return enc
+
+
+def _truncate_fields(pieces: list[tuple[Segment, list[int]]], overflow: int, template: Template, max_length: int) -> None:
+    """Cut `overflow` tokens from the ends of field pieces, always from the longest field."""
+    fields = [ids for seg, ids in pieces if isinstance(seg, Field)]
+    while overflow > 0:
+        longest = max(fields, key=len, default=None)
+        if not longest:
+            raise TemplateError(
+                f"template {template.source!r} needs {overflow} more tokens than max_length={max_length} even with "
+                "every text field emptied; shorten the template or raise max_length"
+            )
+        cut = min(overflow, max(1, len(longest) - max((len(f) for f in fields if f is not longest), default=0)))
+        del longest[len(longest) - cut :]
+        overflow -= cut
