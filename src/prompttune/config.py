@@ -90,8 +90,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"--set {key}: {p!r} is not a section")
         try:
             node[parts[-1]] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: cannot read value {value!r}: {e}") from None
+        except yaml.YAMLError:  # not YAML (e.g. a template "{sentence} It was {mask}."): plain text
+            node[parts[-1]] = value
     return raw
 
 

@@ -48,8 +48,10 @@ def load_splits(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
     return (*few_shot_split(train_all, t.shots, t.seed), test)
 
 
-def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, log=None) -> dict:
+def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, splits=None, log=None) -> dict:
     """Train the configured task, save it to `out_dir`, evaluate on task.eval; return a summary.
+
+    `splits` = (train, dev, eval) example lists replaces reading task.train/dev/eval.
 
     Example:
         >>> summary = run_training(load_config("configs/demo.yaml"), "runs/demo")
@@ -57,7 +59,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, l
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     method = get_method(cfg.method.name)
-    train_ex, dev_ex, test_ex = load_splits(cfg)
+    train_ex, dev_ex, test_ex = splits if splits is not None else load_splits(cfg)
     trains = cfg.method.name != "zero-shot"
     if trains and not train_ex:
         raise ConfigError(f"method {cfg.method.name!r} trains: set task.train to a data file")
@@ -85,7 +87,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, l
     result = train(classifier, train_ex, dev_ex, cfg.train, checkpoint_dir=out_dir / "checkpoint", resume=resume)
     summary = {"method": method.name, "trainable_parameters": trainable, "total_parameters": total,
                "best_epoch": result.best_epoch, "best_dev": result.best_dev, "history": result.history}
-    save_artifact(out_dir, spec, classifier, fp, extra={"training": summary})
+    save_artifact(out_dir, spec, classifier, fp, extra={"training": summary, "label_field": cfg.task.label_field})
     # The run finished and its result is saved: the resume checkpoint (optimizer state, several
     # times the artifact's size) has no further use.
     shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)

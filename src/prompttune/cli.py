@@ -1,0 +1,179 @@
+"""The `prompttune` command line: train, eval, predict, demo, fit-lm-head, methods.
+
+Every command turns its arguments into plain objects and calls the library; errors from bad
+input print one line naming the problem and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import PromptTuneError
+
+EPILOG_TRAIN = """example:
+  prompttune train configs/sst2_prompt_finetune.yaml --out runs/sst2 --set train.lr=2e-5 --set task.shots=16
+config keys: model, model_kind, lm_head, task.{train,dev,eval,text_fields,label_field,shots,seed,labels},
+  prompt.{template,verbalizer}, method.name, train.{epochs,lr,batch_size,eval_batch_size,max_length,
+  weight_decay,warmup_ratio,max_grad_norm,seed,progress}"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except PromptTuneError as e:
+        print(f"prompttune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prompttune",
+        description="Prompt learning and parameter-efficient tuning: one frozen model, many small tasks.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a task from a YAML config and save its artifact",
+                       description="Train a task from a YAML config; save config.json + weights.safetensors to --out.",
+                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="YAML run config")
+    p.add_argument("--out", required=True, help="directory for the task artifact")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.lr=1e-5 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint an interrupted run left in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a saved task on a labelled data file",
+                       description="Evaluate a task artifact: accuracy, macro-F1 and the number of examples.")
+    p.add_argument("artifact", help="task artifact directory")
+    p.add_argument("--data", required=True, help="labelled .tsv/.csv/.jsonl file or saved dataset directory")
+    p.add_argument("--label-field", default=None, help="label column (default: the one used in training, else 'label')")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help='print {"accuracy": ..., "macro_f1": ..., "n": ...}')
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="predict labels for texts with a saved task",
+                       description="Predict the label of each --text. For a task with several text fields, "
+                                   'give each --text as a JSON object, e.g. \'{"premise": "...", "hypothesis": "..."}\'.')
+    p.add_argument("artifact", help="task artifact directory")
+    p.add_argument("--text", action="append", required=True, help="an input (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per input with label and probabilities")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("fit-lm-head", help="fit a masked-LM head on a frozen encoder that ships without one",
+                       description="Fit the MLM head of an encoder without one (e.g. all-MiniLM-L6-v2) from unlabeled "
+                                   "text, report masked-token accuracy on held-out text, and save the head.")
+    p.add_argument("--model", default="all-MiniLM-L6-v2", help="hub id or local path of the encoder (default: embedded MiniLM)")
+    p.add_argument("--data", required=True, help="data file with a text column")
+    p.add_argument("--text-field", default="sentence", help="text column (default: sentence)")
+    p.add_argument("--max-texts", type=int, default=20000, help="texts to fit on (default: 20000)")
+    p.add_argument("--held-out", type=int, default=1000, help="texts kept aside to measure accuracy (default: 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="directory for head.safetensors + head.json")
+    p.set_defaults(func=cmd_fit_lm_head)
+
+    p = sub.add_parser("demo", help="few-shot sentiment on the embedded default model, end to end (< 3 minutes)",
+                       description="Fit an MLM head on the embedded all-MiniLM-L6-v2, then compare zero-shot and 16-shot "
+                                   "prompt-based fine-tuning on SST-2 sentences; print accuracy.")
+    p.add_argument("--data", default=None, help="SST-2 style .tsv (label<TAB>sentence); default: ../shared/data/sst2/train.tsv if present, else a small built-in set")
+    p.add_argument("--out", default="runs/demo", help="where the demo writes its head and task artifact")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("methods", help="list the available methods")
+    p.set_defaults(func=cmd_methods)
+    return parser
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .recipes import run_training
+
+    cfg = load_config(args.config, args.overrides)
+    summary = run_training(cfg, args.out, resume=args.resume)
+    print(json.dumps({"artifact": str(args.out), **{k: summary[k] for k in ("method", "trainable_parameters", "best_dev")},
+                      **({"eval": summary["eval"]} if "eval" in summary else {})}))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .artifacts import load_artifact
+    from .data import load_examples
+    from .evaluation import evaluate
+
+    clf, config = load_artifact(args.artifact)
+    label_field = args.label_field or config.get("label_field", "label")
+    examples = load_examples(args.data, config["text_fields"], label_field)
+    result = evaluate(clf, examples, batch_size=args.batch_size, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  n {result['n']}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .artifacts import load_artifact
+    from .evaluation import predict_scores
+    from .errors import DataError
+
+    clf, config = load_artifact(args.artifact)
+    fields = config["text_fields"]
+    examples = []
+    for text in args.text:
+        if len(fields) == 1 and not text.lstrip().startswith("{"):
+            examples.append({fields[0]: text})
+            continue
+        try:
+            ex = json.loads(text)
+        except json.JSONDecodeError:
+            raise DataError(f"this task reads fields {fields}: give --text as a JSON object with those keys") from None
+        missing = [f for f in fields if f not in ex]
+        if not isinstance(ex, dict) or missing:
+            raise DataError(f"--text {text!r} lacks field(s) {missing}; the task reads {fields}")
+        examples.append(ex)
+    probs = predict_scores(clf, examples).softmax(-1)
+    for text, p in zip(args.text, probs):
+        label = config["labels"][int(p.argmax())]
+        if args.json:
+            print(json.dumps({"text": text, "label": label, "probabilities": dict(zip(config["labels"], p.tolist()))},
+                             ensure_ascii=False))
+        else:
+            print(f"{label}\t{float(p.max()):.3f}\t{text}")
+    return 0
+
+
+def cmd_fit_lm_head(args) -> int:
+    from .data import load_examples
+    from .lm_head import fit_and_save_lm_head
+
+    texts = [ex[args.text_field] for ex in load_examples(args.data, [args.text_field], label_field=None)]
+    report = fit_and_save_lm_head(args.model, texts, args.out, max_texts=args.max_texts, held_out=args.held_out,
+                                  seed=args.seed)
+    print(json.dumps(report))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(data=args.data, out=Path(args.out))
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .methods import _METHODS
+
+    for name in sorted(_METHODS):
+        print(f"{name:18s} {_METHODS[name].summary}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

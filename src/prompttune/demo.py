@@ -1,0 +1,78 @@
+"""`prompttune demo`: few-shot sentiment on the embedded default model, end to end.
+
+1. fit a masked-LM head on the frozen all-MiniLM-L6-v2 (it ships without one) from SST-2 text;
+2. zero-shot: `{sentence} It was {mask}.` with terrible / great, no training;
+3. prompt-finetune (LM-BFF) on 16 examples per class, best epoch chosen on 16 more per class;
+4. print accuracy on 1,000 held-out sentences. About 2 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .config import load_config
+from .data import few_shot_split, load_examples, sample_per_class
+from .errors import DataError
+from .recipes import run_training
+
+SST2_CANDIDATES = ("../shared/data/sst2/train.tsv", "shared/data/sst2/train.tsv")
+
+DEMO_CONFIG = {
+    "model": "all-MiniLM-L6-v2",
+    "task": {"text_fields": ["sentence"], "label_field": "label", "shots": 16, "seed": 13},
+    "prompt": {"template": "{sentence} It was {mask}.", "verbalizer": {0: "terrible", 1: "great"}},
+    "method": {"name": "prompt-finetune"},
+    "train": {"epochs": 10, "lr": 2e-5, "batch_size": 8, "max_length": 64, "seed": 13},
+}
+
+
+def find_sst2(data: str | None) -> Path:
+    if data:
+        return Path(data)
+    here = Path(__file__).resolve()
+    for base in (Path.cwd(), *here.parents):
+        for rel in SST2_CANDIDATES:
+            if (base / rel).is_file():
+                return base / rel
+    raise DataError("the demo reads SST-2 sentences (label<TAB>sentence); none found at ../shared/data/sst2/train.tsv — pass --data FILE")
+
+
+def run_demo(data: str | None = None, out: Path = Path("runs/demo"), held_out: int = 500, head_texts: int = 8000) -> dict:
+    """Run the demo; return {method: eval metrics}."""
+    from .lm_head import fit_and_save_lm_head
+
+    start = time.perf_counter()
+    path = find_sst2(data)
+    examples = load_examples(path, ["sentence"], "label")
+    test = sample_per_class(examples, held_out, seed=0)
+    rest = _without(examples, test)
+    print(f"data: {path} ({len(examples):,} rows); held-out test: {len(test)} balanced sentences")
+
+    head_dir = out / "lm_head"
+    if not (head_dir / "head.json").is_file():
+        print(f"[1/3] fitting a masked-LM head on frozen all-MiniLM-L6-v2 from {head_texts:,} unlabeled sentences")
+        report = fit_and_save_lm_head("all-MiniLM-L6-v2", [ex["sentence"] for ex in rest], head_dir, max_texts=head_texts, held_out=500)
+        print(f"      masked-token accuracy on held-out text: {report['masked_token_accuracy']:.3f}")
+    else:
+        print(f"[1/3] reusing the masked-LM head in {head_dir}")
+
+    results = {}
+    for step, method in ((2, "zero-shot"), (3, "prompt-finetune")):
+        print(f"[{step}/3] {method}")
+        cfg = load_config(raw={**DEMO_CONFIG, "lm_head": str(head_dir), "method": {"name": method}})
+        train, dev = few_shot_split(rest, cfg.task.shots, cfg.task.seed)
+        summary = run_training(cfg, out / method, splits=(train, dev, test))
+        results[method] = summary["eval"]
+
+    print(f"\nSST-2, {len(test)} held-out sentences, all-MiniLM-L6-v2 + fitted MLM head, template '{{sentence}} It was {{mask}}.'")
+    print(f"{'method':18s} {'accuracy':>9s} {'macro-F1':>9s}")
+    for method, m in results.items():
+        print(f"{method:18s} {m['accuracy']:9.3f} {m['macro_f1']:9.3f}")
+    print(f"(16 examples per class for training; finished in {time.perf_counter() - start:.0f} s; artifacts in {out})")
+    return results
+
+
+def _without(examples: list[dict], taken: list[dict]) -> list[dict]:
+    ids = {id(ex) for ex in taken}
+    return [ex for ex in examples if id(ex) not in ids]
