@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+import torch
 
 import tiny_models
 
@@ -51,3 +52,8 @@ def shared_data() -> pathlib.Path:
             "(a sibling of the repository root); tests that need real data sets are skipped."
         )
     return SHARED_DATA
+
+
+# Tiny models gain nothing from intra-op threads, and two threads on a shared 2-core machine
+# slow every forward pass many times over (OpenMP threads wait on each other): run on one.
+torch.set_num_threads(1)

@@ -85,7 +85,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         parts = key.strip().split(".")
         node = raw
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:  # absent, or an empty YAML section (`train:` with nothing under it)
+                node[p] = {}
+            node = node[p]
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: {p!r} is not a section")
         try:
@@ -151,7 +153,7 @@ def _check_type(key: str, value, annotation: str):
             pass
     if base == "list[str]" and isinstance(value, str):
         value = [value]
-    if expected is not None and (not isinstance(value, expected) or (base == "int" and isinstance(value, bool))):
+    if expected is not None and (not isinstance(value, expected) or (base in ("int", "float") and isinstance(value, bool))):
         raise ConfigError(f"config key {key!r} expects {base}, got {value!r}")
     if base == "list[str]":
         value = [str(v) for v in value]

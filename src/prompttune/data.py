@@ -77,7 +77,10 @@ def load_examples(path: str | Path, text_fields: list[str], label_field: str | N
     if missing:
         raise DataError(f"data file {str(path)!r} has no column(s) {missing}; its columns are {list(rows[0])}")
     out = []
-    for row in rows:
+    for n, row in enumerate(rows, 1):
+        lacking = [c for c in wanted if c not in row]  # JSONL rows need not share the first row's keys
+        if lacking:
+            raise DataError(f"data file {str(path)!r}: row {n} has no column(s) {lacking}")
         ex = {f: "" if row[f] is None else str(row[f]) for f in text_fields}
         if label_field:
             ex["label"] = label_key(row[label_field])

@@ -12,6 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from accelerate.utils import set_seed
+
 from .artifacts import save_artifact
 from .config import RunConfig
 from .data import few_shot_split, load_examples, sample_per_class
@@ -70,15 +72,16 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
             raise DataError(f"the {name} data has label(s) {unknown} that the task does not know; task labels: {labels}")
     spec = TaskSpec(
         method=method.name,
-        model=cfg.model,
+        model=_absolute_if_local(cfg.model),
         text_fields=list(cfg.task.text_fields),
         labels=labels,
         template=cfg.prompt.template,
         verbalizer=parse_verbalizer(cfg.prompt.verbalizer).to_config() if cfg.prompt.verbalizer is not None else None,
         model_kind=cfg.model_kind,
-        lm_head=cfg.lm_head,
+        lm_head=_absolute_if_local(cfg.lm_head),
         max_length=cfg.train.max_length,
     )
+    set_seed(cfg.train.seed)  # a new classification head is initialised here: make it repeatable
     classifier, fp = build_classifier(spec)
     trainable, total = count_parameters(classifier)
     log(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
@@ -96,3 +99,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
         write_json(out_dir / "eval.json", summary["eval"])
         log(f"eval: {json.dumps(summary['eval'])}")
     return summary
+
+
+def _absolute_if_local(path: str | None) -> str | None:
+    """A local path is stored absolute, so the artifact loads from any working directory."""
+    return str(Path(path).resolve()) if path and Path(path).exists() else path

@@ -87,7 +87,6 @@ def train(
     result = TrainResult()
     if not params or not train_examples:
         return result
-    set_seed(config.seed)
     accelerator = Accelerator()
     decay = [p for p in params if p.ndim >= 2]  # no weight decay on biases and norms
     no_decay = [p for p in params if p.ndim < 2]
@@ -105,7 +104,9 @@ def train(
         start_epoch, best_state = _load_checkpoint(ckpt, classifier, optimizer, scheduler, result)
 
     for epoch in range(start_epoch, config.epochs):
-        # The order depends on (seed, epoch) only, so a resumed run sees the same batches.
+        # The order and the dropout masks depend on (seed, epoch) only, so a resumed run sees the
+        # same batches and trains to the same weights as an uninterrupted one.
+        set_seed(config.seed * 1000 + epoch)
         order = random.Random(config.seed * 1000 + epoch).sample(train_examples, len(train_examples))
         loader = accelerator.prepare_data_loader(DataLoader(order, batch_size=config.batch_size, collate_fn=classifier.collate))
         model.train()

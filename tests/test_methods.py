@@ -1,0 +1,290 @@
+"""The contract every registered method keeps, checked on every tiny model kind.
+
+- training lowers the loss; only the parameters the method marks trainable change;
+- zero-shot trains nothing: no parameter requires grad and the backbone is bit-identical after;
+- save → load reproduces the class scores exactly; a zero-shot artifact holds no tensors;
+- an artifact refuses a backbone other than the one it was made for, and a corrupted weights file;
+- an interrupted run resumed from its checkpoint ends with the same weights as an uninterrupted one.
+
+A new method gets these tests by being added to METHODS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tiny_models
+from prompttune import (
+    TaskSpec,
+    TrainConfig,
+    build_classifier,
+    get_method,
+    load_artifact,
+    load_backbone,
+    save_artifact,
+    train,
+)
+from prompttune.errors import ArtifactError, ModelError
+from prompttune.evaluation import predict_scores
+
+METHODS = ["zero-shot", "prompt-finetune", "finetune"]
+MODELS = ["bert_dir", "roberta_dir", "gpt2_dir", "t5_dir"]
+TRAINING = [m for m in METHODS if m != "zero-shot"]
+
+EXAMPLES = [
+    {"text": "great fun", "label": "1"},
+    {"text": "a terrible , boring movie .", "label": "0"},
+    {"text": "very good", "label": "1"},
+    {"text": "bad and awful film", "label": "0"},
+    {"text": "it was great", "label": "1"},
+    {"text": "boring , boring , boring", "label": "0"},
+    {"text": "good fun film", "label": "1"},
+    {"text": "the worst movie", "label": "0"},
+]
+# High lr, few steps: enough for tiny random models to start memorising 8 examples.
+FAST_TRAIN = TrainConfig(epochs=6, lr=1e-2, batch_size=4, progress=False)
+
+
+def task_spec(method: str, model_dir) -> TaskSpec:
+    # "wonderful" is two tokens everywhere, so training goes through the multi-token scoring path.
+    return TaskSpec(method=method, model=str(model_dir), text_fields=["text"], labels=["0", "1"],
+                    template="{text} it was {mask} .", verbalizer={"0": ["bad", "wonderful"], "1": ["good"]})
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+@dataclasses.dataclass
+class Trained:
+    spec: TaskSpec
+    classifier: torch.nn.Module
+    fingerprint: dict
+    before: dict[str, torch.Tensor]
+    trainable: set[str]
+    history: list[dict]
+
+
+@pytest.fixture(scope="module")
+def trained_tasks() -> dict:
+    return {}
+
+
+@pytest.fixture
+def trained(request, trained_tasks):
+    """Build and train (method, model) once per module; tests only read the result."""
+
+    def get(method: str, model_fixture: str) -> Trained:
+        key = (method, model_fixture)
+        if key not in trained_tasks:
+            spec = task_spec(method, request.getfixturevalue(model_fixture))
+            torch.manual_seed(0)  # a new classification head is initialised at build time
+            clf, fp = build_classifier(spec)
+            before = snapshot(clf)
+            trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
+            result = train(clf, EXAMPLES, None, FAST_TRAIN)
+            trained_tasks[key] = Trained(spec, clf, fp, before, trainable, result.history)
+        return trained_tasks[key]
+
+    return get
+
+
+def scores(clf) -> torch.Tensor:
+    return predict_scores(clf, EXAMPLES, batch_size=8)
+
+
+# --- what trains --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("method", TRAINING)
+def test_training_lowers_the_loss(method, model, trained):
+    history = trained(method, model).history
+    assert len(history) == FAST_TRAIN.epochs
+    first, last = history[0]["train_loss"], history[-1]["train_loss"]
+    assert last < first, f"{method} on {model}: train loss went from {first:.4f} to {last:.4f}: {history}"
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("method", METHODS)
+def test_only_the_parameters_the_method_marks_trainable_change(method, model, trained):
+    t = trained(method, model)
+    after = dict(t.classifier.named_parameters())
+    frozen_changed = [n for n in t.before if n not in t.trainable and not torch.equal(t.before[n], after[n])]
+    assert not frozen_changed, f"{method} changed frozen parameters: {frozen_changed[:5]}"
+    if method != "zero-shot":
+        changed = [n for n in t.trainable if not torch.equal(t.before[n], after[n])]
+        assert changed, f"{method} marked {len(t.trainable)} parameters trainable but training changed none"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_method_marks_exactly_its_parameters_trainable(method, bert_dir):
+    clf, _ = build_classifier(task_spec(method, bert_dir))
+    flags = {p.requires_grad for p in clf.parameters()}
+    if method == "zero-shot":
+        assert flags == {False}, "zero-shot must leave every parameter frozen"
+    else:
+        assert flags == {True}, f"{method} trains the whole model"
+    assert get_method(method).head == (method == "finetune")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_zero_shot_leaves_the_backbone_bit_identical(model, trained):
+    t = trained("zero-shot", model)
+    assert t.trainable == set(), f"zero-shot parameters require grad: {sorted(t.trainable)[:5]}"
+    assert t.history == [], "zero-shot should not run any training epoch"
+    after = dict(t.classifier.named_parameters())
+    assert all(torch.equal(t.before[n], after[n]) for n in t.before), "the backbone changed under zero-shot"
+
+
+# --- artifacts ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("method", METHODS)
+def test_an_artifact_reloads_to_identical_class_scores(method, model, trained, tmp_path):
+    t = trained(method, model)
+    save_artifact(tmp_path, t.spec, t.classifier, t.fingerprint)
+    expected = scores(t.classifier)
+    reloaded, config = load_artifact(tmp_path)
+    assert config["method"] == method
+    assert torch.equal(scores(reloaded), expected), f"{method} on {model}: reloaded scores differ"
+    if method != "zero-shot":  # make sure the round trip carried the trained numbers, not the base model
+        fresh, _ = build_classifier(t.spec)
+        assert not torch.equal(scores(fresh), expected), "training did not change the scores; the test proves nothing"
+
+
+def test_a_zero_shot_artifact_holds_no_tensors(bert_dir, tmp_path):
+    spec = task_spec("zero-shot", bert_dir)
+    clf, fp = build_classifier(spec)
+    save_artifact(tmp_path, spec, clf, fp)
+    assert load_file(str(tmp_path / "weights.safetensors")) == {}
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["weights"]["tensors"] == 0 and config["trainable_parameters"] == 0
+    assert (tmp_path / "weights.safetensors").stat().st_size < 100
+
+
+@pytest.fixture(scope="module")
+def other_bert_dir(tmp_path_factory) -> pathlib.Path:
+    """Same architecture and tokenizer as `bert_dir`, other random weights."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tiny_models, "SEED", tiny_models.SEED + 1)
+        return tiny_models.make_bert(tmp_path_factory.mktemp("other_bert"))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_artifact_refuses_a_backbone_with_other_weights(method, bert_dir, other_bert_dir, tmp_path):
+    spec = task_spec(method, bert_dir)
+    clf, fp = build_classifier(spec)
+    save_artifact(tmp_path, spec, clf, fp)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["model"] = str(other_bert_dir)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises((ModelError, ArtifactError)) as err:
+        load_artifact(tmp_path)
+    message = str(err.value)
+    assert "embedding_sha256" in message and "does not fit" in message, f"the error should name the mismatch: {message}"
+
+
+def test_an_artifact_refuses_a_backbone_passed_in_by_the_caller(bert_dir, gpt2_dir, tmp_path):
+    spec = task_spec("zero-shot", bert_dir)
+    clf, fp = build_classifier(spec)
+    save_artifact(tmp_path, spec, clf, fp)
+    with pytest.raises((ModelError, ArtifactError), match="kind: artifact was made for 'masked', backbone has 'causal'"):
+        load_artifact(tmp_path, backbone=load_backbone(str(gpt2_dir)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_corrupted_weights_file_is_refused_by_its_checksum(method, bert_dir, tmp_path):
+    spec = task_spec(method, bert_dir)
+    clf, fp = build_classifier(spec)
+    save_artifact(tmp_path, spec, clf, fp)
+    weights = tmp_path / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match the checksum in config.json"):
+        load_artifact(tmp_path)
+
+
+def test_a_directory_without_config_is_not_an_artifact(tmp_path):
+    with pytest.raises(ArtifactError, match="is not a task artifact: it has no config.json"):
+        load_artifact(tmp_path)
+
+
+# --- resuming -----------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(clf, batches: int) -> None:
+    """Make the classifier's collate raise after `batches` training batches, as a killed run would stop."""
+    collate, calls = clf.collate, [0]
+
+    def stopping_collate(examples):
+        calls[0] += all("label" in ex for ex in examples)  # evaluation batches come without labels
+        if calls[0] > batches:
+            raise Interrupted
+        return collate(examples)
+
+    clf.collate = stopping_collate
+
+
+@pytest.mark.parametrize("model", ["bert_dir", "gpt2_dir"])
+@pytest.mark.parametrize("method", TRAINING)
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(method, model, request, tmp_path):
+    """Interrupt a 4-epoch run during epoch 3, resume it, and compare with 4 epochs straight.
+
+    The interrupted run must be configured for 4 epochs from the start: a run configured for 2
+    epochs decays its learning rate to 0 by step 2·steps_per_epoch, so "train 2 then resume to 4"
+    follows another schedule and is not expected to match.
+    """
+    spec = task_spec(method, request.getfixturevalue(model))
+    config = dataclasses.replace(FAST_TRAIN, epochs=4)
+    steps_per_epoch = len(EXAMPLES) // config.batch_size
+
+    torch.manual_seed(0)
+    straight, _ = build_classifier(spec)
+    straight_result = train(straight, EXAMPLES, EXAMPLES[:4], config)
+
+    torch.manual_seed(0)
+    first, _ = build_classifier(spec)
+    interrupt_after(first, 2 * steps_per_epoch + 1)
+    with pytest.raises(Interrupted):
+        train(first, EXAMPLES, EXAMPLES[:4], config, checkpoint_dir=tmp_path)
+    assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 2
+
+    torch.manual_seed(1)  # the resumed run must not depend on the fresh build's random head
+    resumed, _ = build_classifier(spec)
+    resumed_result = train(resumed, EXAMPLES, EXAMPLES[:4], config, checkpoint_dir=tmp_path, resume=True)
+
+    assert resumed_result.history == straight_result.history
+    assert resumed_result.best_epoch == straight_result.best_epoch
+    assert resumed_result.steps == straight_result.steps == 4 * steps_per_epoch
+    a, b = straight.state_dict(), resumed.state_dict()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"resumed weights differ from an uninterrupted run in {differ[:5]}"
+
+
+def test_resuming_a_finished_run_with_more_epochs_continues_from_its_checkpoint(bert_dir, tmp_path):
+    """Extending a 2-epoch run to 4 trains epochs 3 and 4 only. Its weights differ from 4 epochs
+    straight by design: the first run's learning rate followed a 2-epoch schedule (decayed to 0)."""
+    spec = task_spec("prompt-finetune", bert_dir)
+    short = dataclasses.replace(FAST_TRAIN, epochs=2)
+    clf, _ = build_classifier(spec)
+    train(clf, EXAMPLES, None, short, checkpoint_dir=tmp_path)
+    after_two = snapshot(clf)
+
+    resumed, _ = build_classifier(spec)
+    result = train(resumed, EXAMPLES, None, dataclasses.replace(short, epochs=4), checkpoint_dir=tmp_path, resume=True)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert result.steps == 4 * len(EXAMPLES) // short.batch_size
+    assert any(not torch.equal(after_two[n], p) for n, p in resumed.named_parameters()), "epochs 3-4 changed nothing"
