@@ -8,13 +8,13 @@ frozen and bit-identical:
 1. Mask ~15% of the tokens of each text with `[MASK]` (always `[MASK]`, not BERT's
    80/10/10: the head will only ever be read at `[MASK]` tokens), run the frozen
    encoder once, and keep the hidden states at masked positions only.
-2. Train the head's own parameters (for BERT: transform dense + LayerNorm and the
-   vocabulary bias; the decoder stays tied to the frozen word embeddings) with a
-   full-vocabulary softmax on those cached states. No encoder forward is repeated,
-   so each step costs one `(batch, hidden) @ (hidden, vocab)` matmul.
-
-The vocabulary bias starts at the log unigram frequency of the masked tokens, so the
-head predicts frequent words from step 0 and training only learns the context part.
+2. Start the head in closed form: vocabulary bias = log unigram frequency of the
+   masked tokens; transform dense = ridge regression from the hidden state to the
+   true token's embedding (see `_ridge_init`).
+3. Train the head's own parameters (for BERT: transform dense + LayerNorm and the
+   vocabulary bias; the decoder stays tied to the frozen word embeddings) with Adam
+   and a full-vocabulary softmax on the cached states. No encoder forward is
+   repeated, so a step costs one `(batch, hidden) @ (hidden, vocab)` matmul.
 
 Example:
     >>> metrics = fit_lm_head(model, tokenizer, texts[:8000])      # doctest: +SKIP
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -154,6 +155,35 @@ def masked_features(
     return torch.cat(features), torch.cat(targets)
 
 
+@torch.no_grad()
+def _ridge_init(head: nn.Module, embeddings: nn.Linear, features: torch.Tensor, targets: torch.Tensor) -> None:
+    """Closed-form start for a `dense -> GELU -> LayerNorm` transform (BERT, RoBERTa).
+
+    Fits `dense` by ridge regression from the standardised hidden state to the
+    standardised embedding of the true token, so `decoder(transform(h))` already
+    scores that token highly. Heads of another shape keep their random init.
+    Standardising matters: this encoder's states share one large direction (mean
+    cosine ~0.95 on MiniLM) and only the small remainder says which word is masked.
+    """
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear) and m is not embeddings]
+    norms = [m for m in head.modules() if isinstance(m, nn.LayerNorm)]
+    if len(linears) != 1 or len(norms) != 1:
+        return
+    dense, norm = linears[0], norms[0]
+    wanted = embeddings.weight[targets].float()  # (N, E)
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    x = (features - mean) / std  # (N, H)
+    y = (wanted - wanted.mean(0)) / (wanted.std(0) + 1e-6)  # (N, E)
+    gram = x.T @ x + 1e-3 * len(x) * torch.eye(x.shape[1])
+    weight = torch.linalg.solve(gram, x.T @ y).T / std  # (E, H), folds the standardisation in
+    dense.weight.copy_(weight)
+    # +5 keeps GELU in its near-linear range; LayerNorm removes the constant again.
+    dense.bias.copy_(5.0 - weight @ mean)
+    # Undo the target standardisation; x10 sharpens the softmax (a temperature Adam then tunes).
+    norm.weight.copy_(10.0 * wanted.std(0))
+    norm.bias.copy_(wanted.mean(0))
+
+
 def fit_lm_head(
     model: nn.Module,
     tokenizer,
@@ -161,7 +191,7 @@ def fit_lm_head(
     *,
     max_length: int = 64,
     mask_prob: float = 0.15,
-    steps: int = 300,
+    steps: int = 150,
     batch_size: int = 512,
     lr: float = 3e-3,
     seed: int = 0,
@@ -173,9 +203,9 @@ def fit_lm_head(
     of steps), `encode_seconds`, `fit_seconds`.
 
     Example:
-        >>> metrics = fit_lm_head(model, tokenizer, texts, steps=300)   # doctest: +SKIP
+        >>> metrics = fit_lm_head(model, tokenizer, texts, steps=150)   # doctest: +SKIP
         >>> metrics["masked_tokens"]                                    # doctest: +SKIP
-        17833
+        16143
     """
     head = head_module(model)
     started = time.perf_counter()
@@ -184,35 +214,41 @@ def fit_lm_head(
     )
     encoded = time.perf_counter()
 
-    params = lm_head_state_dict(model)
-    trainable = [p for p in head.parameters() if id(p) != id(model.get_output_embeddings().weight)]
-    bias = model.get_output_embeddings().bias
-    if bias is not None:
-        # Start from the unigram distribution: log p(token), add-one smoothed.
-        counts = torch.bincount(targets, minlength=bias.numel()).float() + 1.0
+    embeddings = model.get_output_embeddings()
+    trainable = [p for p in head.parameters() if p is not embeddings.weight]
+    if embeddings.bias is not None:
+        # Start from the unigram distribution, log p(token), add-one smoothed, so
+        # training only has to learn what the context adds.
+        counts = torch.bincount(targets, minlength=embeddings.bias.numel()).float() + 1.0
         with torch.no_grad():
-            bias.copy_(counts.log() - counts.sum().log())
+            embeddings.bias.copy_(counts.log() - counts.sum().log())
+    _ridge_init(head, embeddings, features, targets)
 
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(trainable, lr=lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    head.train()
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, steps), pct_start=0.1)
     losses = []
-    for _ in tqdm(range(steps), desc="fit head", disable=not progress):
-        batch = torch.randint(len(targets), (min(batch_size, len(targets)),), generator=generator)
-        logits = head(features[batch])  # (batch, vocab), only masked positions
-        loss = nn.functional.cross_entropy(logits, targets[batch])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-    head.eval()
-    tail = losses[-max(1, steps // 10) :]
+    # The tied decoder weight is the encoder's word embedding: freeze it for the fit, which
+    # also skips its (vocab x hidden) gradient, the most expensive part of each step.
+    tied_requires_grad = embeddings.weight.requires_grad
+    embeddings.weight.requires_grad_(False)
+    try:
+        for _ in tqdm(range(steps), desc="fit head", disable=not progress):
+            batch = torch.randint(len(targets), (min(batch_size, len(targets)),), generator=generator)
+            logits = head(features[batch])  # (batch, vocab): masked positions only
+            loss = nn.functional.cross_entropy(logits, targets[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+    finally:
+        embeddings.weight.requires_grad_(tied_requires_grad)
+    tail = losses[-max(1, steps // 10) :] or [float("nan")]
     return {
         "texts": len(texts),
         "masked_tokens": len(targets),
-        "head_parameters": sum(p.numel() for p in params.values()),
+        "head_parameters": sum(p.numel() for p in trainable),
         "steps": steps,
         "train_loss": sum(tail) / len(tail),
         "encode_seconds": round(encoded - started, 2),
@@ -306,3 +342,35 @@ def load_lm_head(model: nn.Module, directory: str | os.PathLike) -> dict:
     model.load_state_dict(saved, strict=False)
     info_path = directory / HEAD_INFO
     return json.loads(info_path.read_text()) if info_path.is_file() else {}
+
+
+def fit_and_save_lm_head(
+    model_name: str,
+    texts: list[str],
+    directory: str | os.PathLike,
+    *,
+    max_texts: int = 8000,
+    held_out: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Load `model_name`, fit its head on up to `max_texts` texts, score, save; return the metrics.
+
+    The texts are shuffled with `seed`; the first `held_out` are kept out of the fit and
+    give `masked_token_accuracy`. 8,000 texts take about 50 s on 2 CPU cores (MiniLM).
+
+    Example:
+        >>> fit_and_save_lm_head("all-MiniLM-L6-v2", sentences, "heads/minilm")  # doctest: +SKIP
+        {'texts': 8000, 'masked_tokens': 16143, ..., 'masked_token_accuracy': 0.08}
+    """
+    from prompttune.backbones import load_backbone
+
+    backbone = load_backbone(model_name, kind="masked")
+    shuffled = list(texts)
+    random.Random(seed).shuffle(shuffled)
+    test, train = shuffled[:held_out], shuffled[held_out : held_out + max_texts]
+    metrics = fit_lm_head(backbone.model, backbone.tokenizer, train, seed=seed, progress=progress)
+    metrics["masked_token_accuracy"] = masked_token_accuracy(backbone.model, backbone.tokenizer, test, seed=seed)
+    metrics["held_out_texts"] = len(test)
+    save_lm_head(backbone.model, directory, metrics)
+    return metrics
