@@ -205,3 +205,12 @@ def test_a_template_longer_than_max_length_alone_is_an_error(bert_tok):
     template = parse_template("{s} " + "it was very good and fun " * 5 + "{mask}")
     with pytest.raises(TemplateError, match="max_length=16 even with every text field emptied"):
         encode_example(template, tok, {"s": "fun"}, mask_fill=[tok.mask_token_id], max_length=16)
+
+
+def test_sentencepiece_pieces_that_continue_the_text_get_no_spurious_space(t5_dir):
+    tok = load_tokenizer(str(t5_dir))
+    sentinel = tok.convert_tokens_to_ids("<extra_id_0>")
+    enc = encode_example(parse_template("{s}. It was {mask}."), tok, {"s": "great fun"}, mask_fill=[sentinel])
+    tokens = tok.convert_ids_to_tokens(enc.ids)
+    assert tokens[:3] == ["▁great", "▁fun", "."], f"'.' right after a field must not carry '▁': {tokens}"
+    assert tokens[enc.mask_start + 1] == ".", f"'.' right after the mask must not carry '▁': {tokens}"

@@ -178,10 +178,14 @@ class Encoded:
 
 @dataclass(frozen=True)
 class SpecialTokens:
-    """The special tokens a tokenizer wraps a single sequence in, e.g. [CLS] … [SEP]."""
+    """How a tokenizer wraps one sequence ([CLS] … [SEP]) and marks word starts."""
 
     prefix: tuple[int, ...]
     suffix: tuple[int, ...]
+    word_start: str | None = None
+    """The word-start mark SentencePiece tokenizers (T5, Llama) put before every encoded text
+    ("▁"). Where a piece continues the text before it ("{sentence}." → "."), that mark would be a
+    spurious space, so `continue_piece` takes it off again."""
 
     @classmethod
     def of(cls, tokenizer) -> "SpecialTokens":
@@ -189,10 +193,25 @@ class SpecialTokens:
         # find the wrapping by encoding a probe with and without special tokens.
         bare = tokenizer("a", add_special_tokens=False)["input_ids"]
         full = tokenizer("a", add_special_tokens=True)["input_ids"]
+        first = tokenizer.convert_ids_to_tokens(bare[:1])
+        mark = "\u2581" if first and first[0].startswith("\u2581") else None
         for start in range(len(full) - len(bare) + 1):
             if full[start : start + len(bare)] == bare:
-                return cls(tuple(full[:start]), tuple(full[start + len(bare) :]))
-        return cls((), ())
+                return cls(tuple(full[:start]), tuple(full[start + len(bare) :]), mark)
+        return cls((), (), mark)
+
+    def continue_piece(self, tokenizer, ids: list[int]) -> list[int]:
+        """Drop the word-start mark from a piece that continues the previous one without a space."""
+        if self.word_start is None or not ids:
+            return ids
+        token = tokenizer.convert_ids_to_tokens(ids[0])
+        if token == self.word_start:
+            return ids[1:]
+        if token.startswith(self.word_start):
+            bare = tokenizer.convert_tokens_to_ids(token[len(self.word_start) :])
+            if bare is not None and bare != tokenizer.unk_token_id:
+                return [bare, *ids[1:]]
+        return ids
 
 
 def segment_texts(template: Template, example: dict) -> list[tuple[Segment, str]]:
@@ -262,6 +281,8 @@ def encode_example(
             ids = [soft_token_id] * seg.n
         else:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+            if pieces and not text[:1].isspace():
+                ids = specials.continue_piece(tokenizer, ids)
         pieces.append((seg, ids))
 
     overflow = len(specials.prefix) + len(specials.suffix) + sum(len(ids) for _, ids in pieces) - max_length
