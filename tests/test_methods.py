@@ -288,3 +288,11 @@ def test_resuming_a_finished_run_with_more_epochs_continues_from_its_checkpoint(
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     assert result.steps == 4 * len(EXAMPLES) // short.batch_size
     assert any(not torch.equal(after_two[n], p) for n, p in resumed.named_parameters()), "epochs 3-4 changed nothing"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_freshly_built_classifier_predicts_deterministically(method, bert_dir):
+    clf, _ = build_classifier(task_spec(method, bert_dir))
+    assert not clf.training, "build_classifier must hand back a model in eval mode (dropout off)"
+    batch = clf.collate(EXAMPLES[:4])
+    assert torch.equal(clf(batch), clf(batch))

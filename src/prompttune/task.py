@@ -70,4 +70,5 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None) -> tuple[
         fp = backbone.fingerprint()
         clf = PromptClassifier(backbone, template, verbalizer, spec.max_length)
     method.attach(clf)
+    clf.eval()  # dropout off until a trainer asks for train mode: predictions are deterministic
     return clf, fp

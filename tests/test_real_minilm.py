@@ -1,0 +1,60 @@
+"""Real weights: the embedded all-MiniLM-L6-v2 (offline), with SST-2 from ../shared/data.
+
+Marked slow (run with `pytest -m slow`): they load a 22.7 M-parameter model and fit an MLM head.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prompttune import ModelError, TaskSpec, build_classifier, evaluate, load_artifact, load_backbone, save_artifact
+from prompttune.data import load_examples, sample_per_class
+from prompttune.lm_head import fit_and_save_lm_head, masked_token_accuracy
+
+pytestmark = pytest.mark.slow
+
+SPEC = dict(model="all-MiniLM-L6-v2", text_fields=["sentence"], labels=["0", "1"],
+            template="{sentence} It was {mask}.", verbalizer={"0": ["terrible"], "1": ["great"]}, max_length=64)
+
+
+@pytest.fixture(scope="module")
+def sst2(shared_data):
+    return load_examples(shared_data / "sst2" / "train.tsv", ["sentence"], "label")
+
+
+@pytest.fixture(scope="module")
+def head_dir(sst2, tmp_path_factory):
+    out = tmp_path_factory.mktemp("head")
+    report = fit_and_save_lm_head("all-MiniLM-L6-v2", [ex["sentence"] for ex in sst2[:3000]], out,
+                                  max_texts=2500, held_out=500, progress=False)
+    assert report["masked_token_accuracy"] > 0.03, f"the fitted head should beat chance by far: {report}"
+    return out
+
+
+def test_the_default_loads_offline_as_a_masked_lm_without_a_head():
+    bb = load_backbone()
+    assert bb.kind == "masked" and bb.model.config.hidden_size == 384
+    assert bb.missing_head, "all-MiniLM-L6-v2 ships without cls.predictions; this must be detected"
+
+
+def test_label_word_methods_refuse_the_default_without_a_fitted_head():
+    with pytest.raises(ModelError, match="fit-lm-head"):
+        build_classifier(TaskSpec(method="zero-shot", **SPEC))
+
+
+def test_zero_shot_with_a_fitted_head_runs_and_round_trips(sst2, head_dir, tmp_path):
+    clf, fp = build_classifier(TaskSpec(method="zero-shot", lm_head=str(head_dir), **SPEC))
+    test = sample_per_class(sst2[-5000:], 50, seed=0)
+    result = evaluate(clf, test)
+    assert result["n"] == 100 and 0.0 <= result["accuracy"] <= 1.0
+    save_artifact(tmp_path / "task", TaskSpec(method="zero-shot", lm_head=str(head_dir), **SPEC), clf, fp)
+    loaded, _ = load_artifact(tmp_path / "task")
+    batch = clf.collate(test[:8])
+    assert torch.equal(clf(batch), loaded(batch))
+
+
+def test_the_fitted_head_predicts_masked_tokens_on_held_out_text(sst2, head_dir):
+    bb = load_backbone(lm_head=str(head_dir))
+    acc = masked_token_accuracy(bb.model, bb.tokenizer, [ex["sentence"] for ex in sst2[-500:]])
+    assert acc > 0.03, f"masked-token accuracy {acc:.3f} is near chance (1/30522)"
