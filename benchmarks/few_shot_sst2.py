@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE, VERBALIZER = "{sentence} It was {mask}.", {0: "terrible", 1: "great"}
 METHODS = {
     "zero-shot": {},
-    "finetune": {"epochs": 20, "lr": 5e-5},
-    "prompt-finetune": {"epochs": 20, "lr": 2e-5},
+    "finetune": {"epochs": 20, "lr": 1e-4},
+    "prompt-finetune": {"epochs": 20, "lr": 1e-4},
 }
 
 

@@ -23,7 +23,7 @@ DEMO_CONFIG = {
     "task": {"text_fields": ["sentence"], "label_field": "label", "shots": 16, "seed": 13},
     "prompt": {"template": "{sentence} It was {mask}.", "verbalizer": {0: "terrible", 1: "great"}},
     "method": {"name": "prompt-finetune"},
-    "train": {"epochs": 10, "lr": 2e-5, "batch_size": 8, "max_length": 64, "seed": 13},
+    "train": {"epochs": 20, "lr": 1e-4, "batch_size": 8, "max_length": 64, "seed": 13},
 }
 
 

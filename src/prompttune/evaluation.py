@@ -37,12 +37,14 @@ def metrics(pred: list[int], gold: list[int], n_classes: int) -> dict:
 
 
 def evaluate(classifier: nn.Module, examples: list[dict], *, batch_size: int = 32, progress: bool = False) -> dict:
-    """Accuracy, macro-F1 and n of `classifier` on labelled `examples`.
+    """Accuracy, macro-F1, n and mean cross-entropy of `classifier` on labelled `examples`.
 
     Example:
         >>> evaluate(clf, dev_examples)
-        {'accuracy': 0.81, 'macro_f1': 0.80, 'n': 32}
+        {'accuracy': 0.81, 'macro_f1': 0.80, 'n': 32, 'loss': 0.45}
     """
     scores = predict_scores(classifier, examples, batch_size=batch_size, progress=progress)
     gold = [classifier.label_index(ex["label"]) for ex in examples]
-    return metrics(scores.argmax(-1).tolist(), gold, len(classifier.labels))
+    result = metrics(scores.argmax(-1).tolist(), gold, len(classifier.labels))
+    result["loss"] = torch.nn.functional.cross_entropy(scores, torch.tensor(gold)).item() if gold else 0.0
+    return result

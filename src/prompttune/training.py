@@ -74,6 +74,8 @@ def train(
 ) -> TrainResult:
     """Train the classifier's trainable parameters with cross-entropy over its class scores.
 
+    The best epoch is the one with the highest dev accuracy (lowest dev loss among ties).
+
     Example:
         >>> get_method("prompt-finetune").attach(clf)
         >>> result = train(clf, train_examples, dev_examples, TrainConfig(epochs=5, lr=1e-5))
@@ -126,8 +128,9 @@ def train(
         record = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses)}
         if dev_examples:
             dev = evaluate(classifier, dev_examples, batch_size=config.eval_batch_size)
-            record["dev_accuracy"] = dev["accuracy"]
-            if result.best_dev is None or dev["accuracy"] > result.best_dev["accuracy"]:
+            record["dev_accuracy"], record["dev_loss"] = dev["accuracy"], dev["loss"]
+            # A few-shot dev set (32 examples) ties often; the lower loss breaks the tie.
+            if result.best_dev is None or (dev["accuracy"], -dev["loss"]) > (result.best_dev["accuracy"], -result.best_dev["loss"]):
                 result.best_epoch, result.best_dev = epoch + 1, dev
                 best_state = {k: v.clone() for k, v in trainable_state_dict(classifier).items()}
         result.history.append(record)
