@@ -30,3 +30,10 @@ from .task import TaskSpec, build_classifier  # noqa: E402
 from .templates import Template, parse_template  # noqa: E402
 from .training import TrainConfig, train  # noqa: E402
 from .verbalizers import Verbalizer, parse_verbalizer  # noqa: E402
+
+__all__ = [
+    "ArtifactError", "Backbone", "ConfigError", "DEFAULT_MODEL", "DataError", "HeadClassifier", "Method",
+    "ModelError", "PromptClassifier", "PromptTuneError", "TaskSpec", "Template", "TemplateError", "TrainConfig",
+    "Verbalizer", "VerbalizerError", "build_classifier", "evaluate", "get_method", "load_artifact", "load_backbone",
+    "make_scorer", "parse_template", "parse_verbalizer", "register_method", "save_artifact", "train",
+]

@@ -199,10 +199,13 @@ def fingerprint(model: nn.Module, name: str, kind: str, lm_head: str | None = No
 
 
 def head_digest(model: nn.Module) -> str:
+    """Hash of a fitted MLM head's own parameters (the tied decoder is the embeddings, hashed above)."""
+    from .lm_head import lm_head_state_dict
+
     h = hashlib.sha256()
-    params = dict(model.named_parameters(remove_duplicate=False))
-    for n in sorted(lm_head_parameter_names(model)):
-        h.update(params[n].detach().float().cpu().contiguous().numpy().tobytes())
+    for name, tensor in sorted(lm_head_state_dict(model).items()):
+        h.update(name.encode())
+        h.update(tensor.float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 

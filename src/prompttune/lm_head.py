@@ -28,45 +28,34 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from prompttune.errors import ModelError
+from .backbones import lm_head_module
+from .errors import ModelError
+from .files import write_json, write_safetensors
 
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_INFO = "head.json"
 
 
 def head_module(model: nn.Module) -> nn.Module:
-    """Return the MLM head of a `*ForMaskedLM` model: the one child beside the encoder.
+    """The MLM head of a `*ForMaskedLM` model (BERT: `model.cls`, RoBERTa: `model.lm_head`).
 
-    Its forward maps encoder hidden states `(..., hidden)` to vocabulary logits
-    `(..., vocab)` (BERT: `model.cls`, RoBERTa: `model.lm_head`).
-
-    Example:
-        >>> head_module(BertForMaskedLM(config))   # doctest: +SKIP
-        BertOnlyMLMHead(...)
+    Its forward maps encoder hidden states `(..., hidden)` to vocabulary logits `(..., vocab)`.
     """
-    encoder = getattr(model, "base_model", model)
-    get_output = getattr(model, "get_output_embeddings", None)
-    if encoder is model or get_output is None or get_output() is None:
+    head = lm_head_module(model)
+    if head is None or getattr(model, "get_output_embeddings", lambda: None)() is None:
         raise ModelError(
             f"{type(model).__name__} has no masked-LM head: expected a *ForMaskedLM model "
             "(an encoder plus a head whose decoder is the output embeddings)"
         )
-    heads = [child for child in model.children() if child is not encoder and next(child.parameters(), None) is not None]
-    if len(heads) != 1:
-        raise ModelError(
-            f"{type(model).__name__}: expected exactly one head module beside the encoder, "
-            f"got {len(heads)}"
-        )
-    return heads[0]
+    return head
 
 
 def lm_head_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -283,18 +272,6 @@ def masked_token_accuracy(
     return correct / max(1, len(targets))
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Call `write(tmp_path)`, then move the file into place so readers never see half of it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def save_lm_head(model: nn.Module, directory: str | os.PathLike, metrics: dict | None = None) -> None:
     """Write `head.safetensors` (head parameters only) and `head.json` to `directory`.
 
@@ -309,8 +286,8 @@ def save_lm_head(model: nn.Module, directory: str | os.PathLike, metrics: dict |
         "parameters": {name: list(t.shape) for name, t in state.items()},
         "metrics": metrics or {},
     }
-    _write_atomic(directory / HEAD_WEIGHTS, lambda tmp: save_file(state, tmp))
-    _write_atomic(directory / HEAD_INFO, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+    write_safetensors(directory / HEAD_WEIGHTS, state)
+    write_json(directory / HEAD_INFO, info)
 
 
 def load_lm_head(model: nn.Module, directory: str | os.PathLike) -> dict:
@@ -363,7 +340,7 @@ def fit_and_save_lm_head(
         >>> fit_and_save_lm_head("all-MiniLM-L6-v2", sentences, "heads/minilm")  # doctest: +SKIP
         {'texts': 8000, 'masked_tokens': 16143, ..., 'masked_token_accuracy': 0.08}
     """
-    from prompttune.backbones import load_backbone
+    from .backbones import load_backbone
 
     backbone = load_backbone(model_name, kind="masked")
     shuffled = list(texts)

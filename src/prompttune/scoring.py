@@ -55,7 +55,7 @@ def text_after_mask(template: Template) -> bool:
     return not isinstance(segs[-1], Mask)
 
 
-def hidden_at(model: nn.Module, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def vocab_logprobs_at(model: nn.Module, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Vocabulary log-probs at positions (rows, cols) of the final hidden states."""
     head = lm_head_module(model)
     return F.log_softmax(head(hidden[rows, cols]).float(), dim=-1)
@@ -109,7 +109,7 @@ class MaskedLMScorer(_Scorer):
     def _logprobs(model, ids, attn, rows, cols):
         if lm_head_module(model) is not None:
             hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
-            return hidden_at(model, hidden, rows, cols)
+            return vocab_logprobs_at(model, hidden, rows, cols)
         logits = model(input_ids=ids, attention_mask=attn).logits
         return F.log_softmax(logits[rows, cols].float(), dim=-1)
 
