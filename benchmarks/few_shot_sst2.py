@@ -4,6 +4,7 @@ LM-BFF's protocol (Gao et al. 2021): K=16 examples per class for training and an
 class for choosing the best epoch, 5 seeds; accuracy on held-out sentences that no run trains on.
 
     python benchmarks/few_shot_sst2.py [--data ../shared/data/sst2/train.tsv] [--seeds 13 21 42 87 100]
+    python benchmarks/few_shot_sst2.py --random-head --methods zero-shot prompt-finetune   # control: no fitted head
 
 Prints a markdown table of mean ± std accuracy and writes benchmarks/results/few_shot_sst2.json.
 """
@@ -16,9 +17,12 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
+from prompttune.backbones import load_backbone
 from prompttune.config import load_config
 from prompttune.data import few_shot_split, load_examples, sample_per_class
-from prompttune.lm_head import fit_and_save_lm_head
+from prompttune.lm_head import fit_and_save_lm_head, save_lm_head
 from prompttune.recipes import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +43,8 @@ def main() -> None:
     ap.add_argument("--head-texts", type=int, default=20000)
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--work", default=str(ROOT / "runs/bench_few_shot"))
+    ap.add_argument("--random-head", action="store_true",
+                    help="control: use an unfitted (random) MLM head instead of a fitted one")
     args = ap.parse_args()
 
     work = Path(args.work)
@@ -47,7 +53,10 @@ def main() -> None:
     taken = {id(ex) for ex in test}
     rest = [ex for ex in examples if id(ex) not in taken]
 
-    head = work / "lm_head"
+    head = work / ("random_head" if args.random_head else "lm_head")
+    if args.random_head and not (head / "head.json").is_file():
+        torch.manual_seed(0)
+        save_lm_head(load_backbone("all-MiniLM-L6-v2").model, head, {"random": True})
     if not (head / "head.json").is_file():
         report = fit_and_save_lm_head("all-MiniLM-L6-v2", [ex["sentence"] for ex in rest], head, max_texts=args.head_texts, held_out=1000)
         print("lm head:", json.dumps(report))
@@ -84,7 +93,7 @@ def main() -> None:
         f1 = [r["macro_f1"] for r in rows]
         print(f"| {method} | {statistics.mean(acc):.3f} ± {statistics.pstdev(acc):.3f} | {statistics.mean(f1):.3f} "
               f"| {rows[0]['trainable_parameters']:,} | {statistics.mean(r['seconds'] for r in rows):.0f} |")
-    out = ROOT / "benchmarks/results/few_shot_sst2.json"
+    out = ROOT / f"benchmarks/results/few_shot_sst2{'_random_head' if args.random_head else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "lm_head": head_report, "results": results}, indent=2) + "\n")
 
