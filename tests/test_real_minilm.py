@@ -1,6 +1,6 @@
 """Real weights: the embedded all-MiniLM-L6-v2 (offline), with SST-2 from ../shared/data.
 
-Marked slow (run with `pytest -m slow`): they load a 22.7 M-parameter model and fit an MLM head.
+Marked slow (skip them with `pytest -m 'not slow'`): they load a 22.7 M-parameter model and fit an MLM head.
 """
 
 from __future__ import annotations
