@@ -3,7 +3,7 @@
 1. fit a masked-LM head on the frozen all-MiniLM-L6-v2 (it ships without one) from SST-2 text;
 2. zero-shot: `{sentence} It was {mask}.` with terrible / great, no training;
 3. prompt-finetune (LM-BFF) on 16 examples per class, best epoch chosen on 16 more per class;
-4. print accuracy on 1,000 held-out sentences. About 2 minutes on 2 CPU cores.
+4. print accuracy on 500 held-out sentences. About 2 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def find_sst2(data: str | None) -> Path:
     raise DataError("the demo reads SST-2 sentences (label<TAB>sentence); none found at ../shared/data/sst2/train.tsv — pass --data FILE")
 
 
-def run_demo(data: str | None = None, out: Path = Path("runs/demo"), held_out: int = 500, head_texts: int = 8000) -> dict:
+def run_demo(data: str | None = None, out: Path = Path("runs/demo"), held_out: int = 250, head_texts: int = 6000) -> dict:
     """Run the demo; return {method: eval metrics}."""
     from .lm_head import fit_and_save_lm_head
 
@@ -52,7 +52,9 @@ def run_demo(data: str | None = None, out: Path = Path("runs/demo"), held_out: i
     head_dir = out / "lm_head"
     if not (head_dir / "head.json").is_file():
         print(f"[1/3] fitting a masked-LM head on frozen all-MiniLM-L6-v2 from {head_texts:,} unlabeled sentences")
-        report = fit_and_save_lm_head("all-MiniLM-L6-v2", [ex["sentence"] for ex in rest], head_dir, max_texts=head_texts, held_out=500)
+        # The closed-form start does most of the fit (benchmarks/README.md): 60 refinement steps suffice here.
+        report = fit_and_save_lm_head("all-MiniLM-L6-v2", [ex["sentence"] for ex in rest], head_dir,
+                                      max_texts=head_texts, held_out=500, steps=60)
         print(f"      masked-token accuracy on held-out text: {report['masked_token_accuracy']:.3f}")
     else:
         print(f"[1/3] reusing the masked-LM head in {head_dir}")

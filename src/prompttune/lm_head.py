@@ -328,6 +328,7 @@ def fit_and_save_lm_head(
     *,
     max_texts: int = 8000,
     held_out: int = 1000,
+    steps: int = 150,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
@@ -346,7 +347,7 @@ def fit_and_save_lm_head(
     shuffled = list(texts)
     random.Random(seed).shuffle(shuffled)
     test, train = shuffled[:held_out], shuffled[held_out : held_out + max_texts]
-    metrics = fit_lm_head(backbone.model, backbone.tokenizer, train, seed=seed, progress=progress)
+    metrics = fit_lm_head(backbone.model, backbone.tokenizer, train, steps=steps, seed=seed, progress=progress)
     metrics["masked_token_accuracy"] = masked_token_accuracy(backbone.model, backbone.tokenizer, test, seed=seed)
     metrics["held_out_texts"] = len(test)
     save_lm_head(backbone.model, directory, metrics)
