@@ -115,3 +115,13 @@ def test_every_command_explains_itself(command, capsys):
 def test_shipped_config_is_valid(path):
     cfg = load_config(path)
     assert cfg.method.name and cfg.task.text_fields
+
+
+def test_resume_checkpoints_can_be_switched_off(tmp_path, config_yaml, monkeypatch):
+    import prompttune.training
+    from prompttune.recipes import run_training
+
+    written = []
+    monkeypatch.setattr(prompttune.training, "_save_checkpoint", lambda *args: written.append(args))
+    run_training(load_config(config_yaml, ["train.checkpoint=false"]), tmp_path / "task", log=lambda _: None)
+    assert not written, "train.checkpoint=false must not write a checkpoint after each epoch"

@@ -17,7 +17,7 @@ EPILOG_TRAIN = """example:
   prompttune train configs/sst2_prompt_finetune.yaml --out runs/sst2 --set train.lr=2e-5 --set task.shots=16
 config keys: model, model_kind, lm_head, task.{train,dev,eval,text_fields,label_field,shots,seed,labels},
   prompt.{template,verbalizer}, method.name, train.{epochs,lr,batch_size,eval_batch_size,max_length,
-  weight_decay,warmup_ratio,max_grad_norm,seed,progress}"""
+  weight_decay,warmup_ratio,max_grad_norm,seed,progress,checkpoint}"""
 
 
 def main(argv: list[str] | None = None) -> int:

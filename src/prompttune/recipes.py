@@ -87,7 +87,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
     log(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
         f"{len(train_ex)} train / {len(dev_ex)} dev / {len(test_ex)} eval examples")
     out_dir = Path(out_dir)
-    result = train(classifier, train_ex, dev_ex, cfg.train, checkpoint_dir=out_dir / "checkpoint", resume=resume)
+    ckpt = out_dir / "checkpoint" if cfg.train.checkpoint else None
+    result = train(classifier, train_ex, dev_ex, cfg.train, checkpoint_dir=ckpt, resume=resume)
     summary = {"method": method.name, "trainable_parameters": trainable, "total_parameters": total,
                "best_epoch": result.best_epoch, "best_dev": result.best_dev, "history": result.history}
     save_artifact(out_dir, spec, classifier, fp, extra={"training": summary, "label_field": cfg.task.label_field})

@@ -46,6 +46,9 @@ class TrainConfig:
     """Seeds parameter init, data order and dropout: equal seeds give equal runs."""
     progress: bool = True
     """Show progress bars."""
+    checkpoint: bool = True
+    """Write a resume checkpoint (weights + optimizer state) after each epoch; off saves disk I/O
+    for large models in runs that will not be resumed."""
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_batch_size", "max_length"):
