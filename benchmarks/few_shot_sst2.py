@@ -75,7 +75,7 @@ def main() -> None:
                 "task": {"text_fields": ["sentence"], "shots": args.shots, "seed": seed},
                 "prompt": {"template": TEMPLATE, "verbalizer": VERBALIZER} if method != "finetune" else {},
                 "method": {"name": method},
-                "train": {"batch_size": 8, "max_length": 64, "seed": seed, "progress": False, **METHODS[method]},
+                "train": {"batch_size": 8, "max_length": 64, "seed": seed, "progress": False, "checkpoint": False, **METHODS[method]},
             })
             start = time.perf_counter()
             summary = run_training(cfg, work / f"{method}-{seed}", splits=(train, dev, test), log=lambda _: None)
