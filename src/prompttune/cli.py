@@ -168,10 +168,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from .methods import _METHODS
+    from .methods import get_method, method_names
 
-    for name in sorted(_METHODS):
-        print(f"{name:18s} {_METHODS[name].summary}")
+    for name in method_names():
+        print(f"{name:18s} {get_method(name).summary}")
     return 0
 
 
