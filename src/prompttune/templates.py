@@ -76,6 +76,11 @@ class Template:
     def has_mask(self) -> bool:
         return any(isinstance(s, Mask) for s in self.segments)
 
+    @property
+    def n_soft(self) -> int:
+        """Total number of soft-token vectors the template asks for."""
+        return sum(s.n for s in self.segments if isinstance(s, Soft))
+
     def check_fields(self, available: list[str] | tuple[str, ...]) -> None:
         """Raise `TemplateError` if the template names a field the data lacks."""
         missing = [f for f in self.fields if f not in available]
