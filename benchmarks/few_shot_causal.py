@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from prompttune.config import load_config
-from prompttune.data import few_shot_split, load_examples, sample_per_class
+from prompttune.data import few_shot_split, load_examples, sample_per_class, without
 from prompttune.recipes import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +78,7 @@ def main() -> None:
     work = Path(args.work)
     examples = load_examples(args.data, ["sentence"], "label")
     test = sample_per_class(examples, args.test, seed=0)
-    taken = {id(ex) for ex in test}
-    rest = [ex for ex in examples if id(ex) not in taken]
+    rest = without(examples, test)
 
     results: dict[str, list[dict]] = {m: [] for m in args.methods}
     for seed in args.seeds:

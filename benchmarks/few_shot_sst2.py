@@ -21,7 +21,7 @@ import torch
 
 from prompttune.backbones import load_backbone
 from prompttune.config import load_config
-from prompttune.data import few_shot_split, load_examples, sample_per_class
+from prompttune.data import few_shot_split, load_examples, sample_per_class, without
 from prompttune.lm_head import fit_and_save_lm_head, save_lm_head
 from prompttune.recipes import run_training
 
@@ -50,8 +50,7 @@ def main() -> None:
     work = Path(args.work)
     examples = load_examples(args.data, ["sentence"], "label")
     test = sample_per_class(examples, args.test, seed=0)
-    taken = {id(ex) for ex in test}
-    rest = [ex for ex in examples if id(ex) not in taken]
+    rest = without(examples, test)
 
     head = work / ("random_head" if args.random_head else "lm_head")
     if args.random_head and not (head / "head.json").is_file():

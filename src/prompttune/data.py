@@ -95,12 +95,17 @@ def by_label(examples: list[dict]) -> dict[str, list[dict]]:
     return dict(sorted(groups.items()))
 
 
+def without(examples: list[dict], taken: list[dict]) -> list[dict]:
+    """`examples` minus the very example objects in `taken` (equal texts elsewhere are kept)."""
+    ids = {id(ex) for ex in taken}
+    return [ex for ex in examples if id(ex) not in ids]
+
+
 def sample_per_class(examples: list[dict], k: int, seed: int, *, exclude: list[dict] = ()) -> list[dict]:
     """K examples of each label, drawn with `seed` (LM-BFF's few-shot protocol)."""
-    taken = {id(ex) for ex in exclude}
     rng = random.Random(seed)
     out = []
-    for label, group in by_label([ex for ex in examples if id(ex) not in taken]).items():
+    for label, group in by_label(without(examples, exclude)).items():
         if len(group) < k:
             raise DataError(f"label {label!r} has {len(group)} examples, fewer than the {k} per class asked for")
         out.extend(rng.sample(group, k))

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .config import load_config
-from .data import few_shot_split, load_examples, sample_per_class
+from .data import few_shot_split, load_examples, sample_per_class, without
 from .errors import DataError
 from .recipes import run_training
 
@@ -46,7 +46,7 @@ def run_demo(data: str | None = None, out: Path = Path("runs/demo"), held_out: i
     path = find_sst2(data)
     examples = load_examples(path, ["sentence"], "label")
     test = sample_per_class(examples, held_out, seed=0)
-    rest = _without(examples, test)
+    rest = without(examples, test)
     print(f"data: {path} ({len(examples):,} rows); held-out test: {len(test)} balanced sentences")
 
     head_dir = out / "lm_head"
@@ -74,7 +74,3 @@ def run_demo(data: str | None = None, out: Path = Path("runs/demo"), held_out: i
     print(f"(16 examples per class for training; finished in {time.perf_counter() - start:.0f} s; artifacts in {out})")
     return results
 
-
-def _without(examples: list[dict], taken: list[dict]) -> list[dict]:
-    ids = {id(ex) for ex in taken}
-    return [ex for ex in examples if id(ex) not in ids]

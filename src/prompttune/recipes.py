@@ -62,9 +62,6 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
     log = log or (lambda msg: print(msg, file=sys.stderr))
     method = get_method(cfg.method.name)
     train_ex, dev_ex, test_ex = splits if splits is not None else load_splits(cfg)
-    trains = cfg.method.name != "zero-shot"
-    if trains and not train_ex:
-        raise ConfigError(f"method {cfg.method.name!r} trains: set task.train to a data file")
     labels = task_labels(cfg, train_ex)
     for name, examples in (("train", train_ex), ("dev", dev_ex), ("eval", test_ex)):
         unknown = sorted({ex["label"] for ex in examples} - set(labels))
@@ -84,6 +81,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
     set_seed(cfg.train.seed)  # a new classification head is initialised here: make it repeatable
     classifier, fp = build_classifier(spec)
     trainable, total = count_parameters(classifier)
+    if trainable and not train_ex:
+        raise ConfigError(f"method {method.name!r} trains {trainable:,} parameters: set task.train to a data file")
     log(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
         f"{len(train_ex)} train / {len(dev_ex)} dev / {len(test_ex)} eval examples")
     out_dir = Path(out_dir)
