@@ -131,12 +131,21 @@ def test_a_template_without_mask_has_no_mask_position(bert_tok):
 
 def test_soft_tokens_are_placed_and_their_positions_recorded(bert_tok):
     tok = bert_tok
-    soft_id = tok.unk_token_id
+    base = 10_000  # soft token k is rendered as base + k (see prompttune.soft_prompts)
     enc = encode_example(parse_template("{soft:2} {s} {soft} {mask}"), tok, {"s": "fun"},
-                         mask_fill=[tok.mask_token_id], soft_token_id=soft_id)
+                         mask_fill=[tok.mask_token_id], soft_base=base)
     assert enc.soft_positions == [1, 2, 4]
-    assert [enc.ids[p] for p in enc.soft_positions] == [soft_id] * 3
+    assert [enc.ids[p] for p in enc.soft_positions] == [base, base + 1, base + 2]
     assert enc.mask_start == 5
+
+
+def test_word_initialised_soft_tokens_get_one_vector_per_token_of_the_words(bert_tok):
+    tok = bert_tok
+    n_words = len(tok("wonderful movies", add_special_tokens=False)["input_ids"])
+    enc = encode_example(parse_template('{soft:"wonderful movies"} {s} {soft} {mask}'), tok, {"s": "fun"},
+                         mask_fill=[tok.mask_token_id], soft_base=500)
+    assert len(enc.soft_positions) == n_words + 1, f"expected {n_words} word vectors + 1: {enc.soft_positions}"
+    assert [enc.ids[p] for p in enc.soft_positions] == list(range(500, 500 + n_words + 1))
 
 
 def test_soft_tokens_without_a_soft_prompt_method_are_an_error(bert_tok):

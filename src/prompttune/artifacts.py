@@ -18,9 +18,11 @@ from torch import nn
 
 from . import __version__
 from .backbones import Backbone, compare_fingerprints
+from .deep_prompts import DeepPrompt
 from .errors import ArtifactError, PromptTuneError
 from .files import file_sha256, write_json, write_safetensors
 from .parameters import count_parameters, trainable_state_dict
+from .soft_prompts import SoftPrompt
 from .task import TaskSpec, build_classifier
 
 CONFIG, WEIGHTS = "config.json", "weights.safetensors"
@@ -34,8 +36,10 @@ def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, 
         >>> save_artifact("runs/sst2", spec, clf, fp)
     """
     directory = Path(directory)
+    fold_prompts(classifier)
     weights = trainable_state_dict(classifier)
     trainable, total = count_parameters(classifier)
+    stored = sum(t.numel() for t in weights.values())
     write_safetensors(directory / WEIGHTS, weights, metadata={"format": "pt", "prompttune": __version__})
     config = {
         "prompttune_version": __version__,
@@ -43,11 +47,22 @@ def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, 
         "backbone": base_fingerprint,
         "trainable_parameters": trainable,
         "total_parameters": total,
+        # What this task costs beside the shared model: the numbers it stores, and their share.
+        "stored_numbers": stored,
+        "fraction_of_backbone": stored / count_parameters(classifier.model)[1],
         "weights": {"file": WEIGHTS, "sha256": file_sha256(directory / WEIGHTS), "tensors": len(weights)},
         **(extra or {}),
     }
     write_json(directory / CONFIG, config)
     return directory
+
+
+def fold_prompts(classifier: nn.Module) -> None:
+    """Fold training-only reparameterizations (P-tuning's encoder, prefix-tuning's MLP) into the
+    vectors they compute; the classifier's outputs do not change."""
+    for module in list(classifier.modules()):
+        if isinstance(module, (SoftPrompt, DeepPrompt)):
+            module.fold()
 
 
 def read_config(directory: str | Path) -> dict:
@@ -88,7 +103,7 @@ def load_artifact(directory: str | Path, backbone: Backbone | None = None) -> tu
         )
     spec = spec_from_config(config)
     try:
-        classifier, fp = build_classifier(spec, backbone)
+        classifier, fp = build_classifier(spec, backbone, folded=True)
     except PromptTuneError as e:
         raise ArtifactError(f"cannot rebuild the task saved in {str(directory)!r}: {e}") from e
     compare_fingerprints(config["backbone"], fp)

@@ -131,7 +131,11 @@ def load_head_model(name: str, num_labels: int, *, dtype: torch.dtype | None = N
     """The same pretrained weights under a fresh classification head (the fine-tuning baseline)."""
     from transformers import AutoModelForSequenceClassification
 
-    model = _from_pretrained(AutoModelForSequenceClassification, resolve_model_path(name), dtype=dtype, num_labels=num_labels)
+    model, info = _from_pretrained(AutoModelForSequenceClassification, resolve_model_path(name), dtype=dtype,
+                                   num_labels=num_labels, output_loading_info=True)
+    # Weights the checkpoint lacked (the new head; BERT's pooler when saved from a masked LM) are
+    # freshly initialised: they belong to the head, whatever the method trains.
+    model.new_parameter_names = sorted(info.get("missing_keys", ()))
     if getattr(model.config, "pad_token_id", None) is None:
         # Decoder classifiers pool the last non-pad token and need to know the pad id.
         model.config.pad_token_id = load_tokenizer(name).pad_token_id

@@ -15,7 +15,7 @@ import yaml
 
 from .backbones import DEFAULT_MODEL, KINDS
 from .errors import ConfigError
-from .methods import get_method
+from .methods import MethodOptions, get_method
 from .training import TrainConfig
 
 
@@ -48,9 +48,13 @@ class PromptConfig:
 
 
 @dataclass
-class MethodConfig:
+class MethodConfig(MethodOptions):
     name: str = "prompt-finetune"
-    """One of the registered methods (`prompttune methods` lists them)."""
+    """One of the registered methods (`prompttune methods` lists them); the other keys are its options."""
+
+    def options(self) -> dict:
+        """The options as stored in a task spec (everything but the name)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
 
 
 @dataclass
@@ -168,7 +172,11 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"task.shots must be ≥ 1 or null, got {cfg.task.shots}")
     if not cfg.task.text_fields:
         raise ConfigError("task.text_fields must name at least one column")
-    if not method.head and (cfg.prompt.template is None or cfg.prompt.verbalizer is None):
+    if cfg.method.init_from == "most_similar" and not cfg.method.prompt_bank:
+        raise ConfigError("method.init_from: most_similar needs method.prompt_bank: a directory of task artifacts")
+    if cfg.method.prompt_length < 0:
+        raise ConfigError(f"method.prompt_length must be ≥ 0, got {cfg.method.prompt_length}")
+    if not method.uses_head(cfg.method) and (cfg.prompt.template is None or cfg.prompt.verbalizer is None):
         raise ConfigError(f"method {method.name!r} needs prompt.template and prompt.verbalizer")
     # Parse now so a broken template or verbalizer fails before any model is loaded.
     if cfg.prompt.template is not None:

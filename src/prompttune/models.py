@@ -6,7 +6,8 @@
 
 Both expose the same two steps: `collate(examples) -> batch` (runs in the data loader) and
 `forward(batch) -> (B, n_classes)` scores. Their parameters are named `model.*`, so an artifact's
-keys read the same as the backbone's.
+keys read the same as the backbone's. Prompt methods add `soft` (soft-token vectors) and/or
+`deep` (per-layer prefixes) modules, bound to the frozen model at the start of each forward.
 """
 
 from __future__ import annotations
@@ -33,9 +34,12 @@ class PromptClassifier(nn.Module):
     def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int = 256):
         super().__init__()
         self.model = backbone.model
+        self.tokenizer = backbone.tokenizer
+        self.template = template
         self.labels = verbalizer.labels
         self.verbalizer = verbalizer
         self.scorer = make_scorer(backbone, template, verbalizer, max_length)
+        self.soft, self.deep = None, None
 
     def collate(self, examples: list[dict]) -> dict:
         batch = self.scorer.encode(examples)
@@ -47,11 +51,15 @@ class PromptClassifier(nn.Module):
         return self.verbalizer.class_index(label)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.verbalizer.class_scores(self.scorer(self.model, batch))
+        return self.verbalizer.class_scores(self.word_scores(batch))
 
     def word_scores(self, batch: dict) -> torch.Tensor:
         """(B, n_words) log-probabilities of every label word, before averaging per class."""
+        bind_prompts(self)
         return self.scorer(self.model, batch)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return []  # the label words' output embeddings are the "head", and they are the LM's own
 
 
 class HeadClassifier(nn.Module):
@@ -68,6 +76,7 @@ class HeadClassifier(nn.Module):
         self.text_fields = list(text_fields)
         self.labels = tuple(labels)
         self.max_length = max_length
+        self.soft, self.deep = None, None
 
     def collate(self, examples: list[dict]) -> dict:
         texts = [[str(ex[f]) for f in self.text_fields] for ex in examples]
@@ -88,4 +97,19 @@ class HeadClassifier(nn.Module):
         return self.labels.index(key)
 
     def forward(self, batch: dict) -> torch.Tensor:
+        bind_prompts(self)
         return self.model(input_ids=batch["ids"], attention_mask=batch["attn"]).logits
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The new classification head: everything outside the pretrained base model, and anything
+        the checkpoint did not have (e.g. BERT's pooler when it was saved from a masked LM)."""
+        base = {id(p) for p in self.model.base_model.parameters()}
+        new = set(getattr(self.model, "new_parameter_names", ()))
+        return [p for n, p in self.model.named_parameters() if id(p) not in base or n in new]
+
+
+def bind_prompts(classifier: nn.Module) -> None:
+    """Put the classifier's current soft vectors / prefixes in place on its (shared) model."""
+    for prompt in (classifier.soft, classifier.deep):
+        if prompt is not None:
+            prompt.bind()

@@ -77,6 +77,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
         model_kind=cfg.model_kind,
         lm_head=_absolute_if_local(cfg.lm_head),
         max_length=cfg.train.max_length,
+        options=cfg.method.options(),
     )
     set_seed(cfg.train.seed)  # a new classification head is initialised here: make it repeatable
     classifier, fp = build_classifier(spec)

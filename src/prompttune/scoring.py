@@ -68,11 +68,12 @@ class _Scorer:
         self.tokenizer = backbone.tokenizer
         self.specials = SpecialTokens.of(self.tokenizer)
         self.word_ids = tokenize_words(self.tokenizer, verbalizer.flat_words, leading_space=mask_leading_space(template))
+        # Soft tokens are rendered as ids past the embedding table (see `soft_prompts`).
+        self.soft_base = backbone.model.get_input_embeddings().num_embeddings
 
-    def _encode(self, example: dict, fill: list[int], **kw):
-        return encode_example(
-            self.template, self.tokenizer, example, mask_fill=fill, max_length=self.max_length, specials=self.specials, **kw
-        )
+    def _encode(self, example: dict, fill: list[int]):
+        return encode_example(self.template, self.tokenizer, example, mask_fill=fill, max_length=self.max_length,
+                              specials=self.specials, soft_base=self.soft_base)
 
 
 class MaskedLMScorer(_Scorer):

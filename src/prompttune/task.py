@@ -6,13 +6,13 @@ weights' checksum); `build_classifier` turns it into a module with the method at
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
 from .backbones import Backbone, Kind, fingerprint, load_backbone, load_head_model, load_tokenizer
-from .errors import ConfigError, ModelError
-from .methods import get_method
+from .errors import ConfigError, ModelError, TemplateError
+from .methods import MethodOptions, get_method
 from .models import HeadClassifier, PromptClassifier
 from .templates import parse_template
 from .verbalizers import parse_verbalizer
@@ -37,19 +37,29 @@ class TaskSpec:
     model_kind: Kind | None = None
     lm_head: str | None = None
     max_length: int = 128
+    options: dict = field(default_factory=dict)
+    """The method's options (`MethodOptions` fields), e.g. {"prompt_length": 20}."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def method_options(self) -> MethodOptions:
+        try:
+            return MethodOptions(**self.options)
+        except TypeError as e:
+            raise ConfigError(f"bad method options {self.options}: {e}") from None
 
-def build_classifier(spec: TaskSpec, backbone: Backbone | None = None) -> tuple[nn.Module, dict]:
+
+def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded: bool = False) -> tuple[nn.Module, dict]:
     """The task's classifier with its method attached, and the base backbone's fingerprint.
 
     `backbone` lets several prompt tasks share one loaded model; head-based methods load their
-    own copy (they replace the LM head by a classification head).
+    own copy (they replace the LM head by a classification head). `folded` builds the form a
+    saved task has (P-tuning's encoder and prefix-tuning's MLP already folded into vectors).
     """
     method = get_method(spec.method)
-    if method.head:
+    options = spec.method_options()
+    if method.uses_head(options):
         model = load_head_model(spec.model, len(spec.labels))
         fp = fingerprint(model, spec.model, "classifier")
         clf = HeadClassifier(model, load_tokenizer(spec.model), spec.text_fields, tuple(spec.labels), spec.max_length)
@@ -69,6 +79,15 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None) -> tuple[
             )
         fp = backbone.fingerprint()
         clf = PromptClassifier(backbone, template, verbalizer, spec.max_length)
-    method.attach(clf)
+    method.attach(clf, options, folded)
+    if not method.uses_head(options) and template.n_soft_segments and clf.soft is None:
+        raise TemplateError(
+            f"template {spec.template!r} has soft tokens, but method {spec.method!r} has no soft prompt to fill them; "
+            "use prompt-tuning or p-tuning, or remove {soft}"
+        )
+    if options.init_from and not folded and options.init_from != "most_similar":
+        from .prompt_bank import init_from_artifact
+
+        init_from_artifact(clf, options.init_from, fp)
     clf.eval()  # dropout off until a trainer asks for train mode: predictions are deterministic
     return clf, fp

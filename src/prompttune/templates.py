@@ -77,6 +77,10 @@ class Template:
         return any(isinstance(s, Mask) for s in self.segments)
 
     @property
+    def n_soft_segments(self) -> int:
+        return sum(isinstance(s, Soft) for s in self.segments)
+
+    @property
     def n_soft(self) -> int:
         """Total number of soft-token vectors the template asks for."""
         return sum(s.n for s in self.segments if isinstance(s, Soft))
@@ -253,13 +257,15 @@ def encode_example(
     mask_fill: list[int] | None = None,
     max_length: int = 256,
     specials: SpecialTokens | None = None,
-    soft_token_id: int | None = None,
+    soft_base: int | None = None,
 ) -> Encoded:
     """Render one example to token ids.
 
     `mask_fill` is the token ids put at `{mask}` (e.g. k mask tokens for a k-token label word on a
     masked LM, or the label word itself for a causal LM); nothing is put there if it is None.
-    Fields are truncated, longest first, until the sequence fits `max_length`.
+    The k-th soft token (counting across all `{soft...}` segments) gets the id `soft_base + k`
+    (see `prompttune.soft_prompts`). Fields are truncated, longest first, until the sequence fits
+    `max_length`.
 
     Example:
         >>> enc = encode_example(parse_template("{s} It was {mask}."), tok, {"s": "Fun."},
@@ -269,16 +275,19 @@ def encode_example(
     """
     specials = specials or SpecialTokens.of(tokenizer)
     pieces: list[tuple[Segment, list[int]]] = []
+    n_soft = 0
     for seg, text in segment_texts(template, example):
         if isinstance(seg, Mask):
             ids = list(mask_fill or [])
         elif isinstance(seg, Soft):
-            if soft_token_id is None:
+            if soft_base is None:
                 raise TemplateError(
                     f"template {template.source!r} has soft tokens, but this method has no soft prompt to fill "
                     "them; use a soft-prompt method (prompt-tuning, p-tuning) or remove {soft}"
                 )
-            ids = [soft_token_id] * seg.n
+            n = seg.n or len(soft_init_ids(tokenizer, seg.init))
+            ids = list(range(soft_base + n_soft, soft_base + n_soft + n))
+            n_soft += n
         else:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
             if pieces and not text[:1].isspace():
@@ -299,6 +308,14 @@ def encode_example(
         ids.extend(piece)
     ids.extend(specials.suffix)
     return enc
+
+
+def soft_init_ids(tokenizer, words: str) -> list[int]:
+    """The token ids whose embeddings initialise `{soft:"words"}` (one soft vector per token)."""
+    ids = tokenizer(words, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise TemplateError(f'{{soft:"{words}"}}: the words tokenize to nothing')
+    return ids
 
 
 def _truncate_fields(pieces: list[tuple[Segment, list[int]]], overflow: int, template: Template, max_length: int) -> None:

@@ -1,9 +1,9 @@
 """Methods: what a task trains. One module per method; this file is the registry.
 
 A method decides two things: whether the task is read through a template + verbalizer or
-through a classification head, and which parameters train (`attach` sets `requires_grad`).
-What trains is exactly what the artifact saves (see `prompttune.parameters`). Register your own
-with `register_method`.
+through a classification head, and which parameters train (`attach` adds prompt modules and sets
+`requires_grad`). What trains is exactly what the artifact saves (see `prompttune.parameters`).
+Register your own with `register_method`.
 """
 
 from __future__ import annotations
@@ -16,21 +16,49 @@ from torch import nn
 from ..errors import ConfigError
 
 
+@dataclass
+class MethodOptions:
+    """Knobs of the prompt methods (YAML `method:` section, beside `name`). Each method reads its own."""
+
+    prompt_length: int = 20
+    """Deep prompts (prefix-tuning, p-tuning-v2): prefix vectors per layer."""
+    init: str = "vocab"
+    """Soft tokens without words: start from sampled vocabulary embeddings (vocab) or random."""
+    encoder: str = "lstm"
+    """p-tuning's prompt encoder: lstm | mlp | none."""
+    reparameterize: bool | None = None
+    """Deep prompts through an MLP while training (default: on for prefix-tuning, off for p-tuning-v2)."""
+    reparam_hidden: int = 512
+    """Hidden width of that MLP."""
+    head: bool = False
+    """p-tuning-v2 / prefix-tuning: a linear classification head instead of template + verbalizer."""
+    init_from: str | None = None
+    """Prompt transfer: an artifact directory to start from, or `most_similar` (needs prompt_bank)."""
+    prompt_bank: str | None = None
+    """Directory of task artifacts to pick the most similar prompt from."""
+    transfer_epochs: int = 1
+    """`init_from: most_similar`: epochs of brief training before comparing with the bank."""
+
+
 @dataclass(frozen=True)
 class Method:
     """A tuning method.
 
     Example:
         >>> register_method(Method("head-only", "train the classifier head", head=True,
-        ...                        attach=lambda clf: ...))
+        ...                        attach=lambda clf, options, folded: ...))
     """
 
     name: str
     summary: str
-    head: bool
-    """True: a classification head on the raw text; False: template + verbalizer."""
-    attach: Callable[[nn.Module], None]
-    """Mark the classifier's trainable parameters (everything else frozen)."""
+    head: bool | None
+    """True: a classification head on the raw text; False: template + verbalizer; None: `options.head` decides."""
+    attach: Callable[[nn.Module, MethodOptions, bool], None]
+    """Add the method's modules to the classifier and mark what trains (everything else frozen).
+    `folded` is True when rebuilding a saved task: build the form that was saved (see `fold`)."""
+
+    def uses_head(self, options: MethodOptions) -> bool:
+        return bool(options.head) if self.head is None else self.head
 
 
 _METHODS: dict[str, Method] = {}
@@ -54,4 +82,12 @@ def method_names() -> list[str]:
     return sorted(_METHODS)
 
 
-from . import finetune, prompt_finetune, zero_shot  # noqa: E402,F401  (register the built-ins)
+from . import (  # noqa: E402,F401  (register the built-ins)
+    finetune,
+    p_tuning,
+    p_tuning_v2,
+    prefix_tuning,
+    prompt_finetune,
+    prompt_tuning,
+    zero_shot,
+)

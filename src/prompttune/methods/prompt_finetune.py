@@ -11,7 +11,7 @@ from torch import nn
 from . import Method, register_method
 
 
-def train_everything(classifier: nn.Module) -> None:
+def train_everything(classifier: nn.Module, options=None, folded: bool = False) -> None:
     for p in classifier.parameters():
         p.requires_grad_(True)
 

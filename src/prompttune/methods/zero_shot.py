@@ -3,4 +3,4 @@
 from ..parameters import freeze
 from . import Method, register_method
 
-register_method(Method("zero-shot", "score label words with the frozen model; no training", head=False, attach=freeze))
+register_method(Method("zero-shot", "score label words with the frozen model; no training", head=False, attach=lambda clf, options, folded: freeze(clf)))

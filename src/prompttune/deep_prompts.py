@@ -1,0 +1,296 @@
+"""Deep prompts: trainable key/value prefixes at every attention layer (prefix-tuning, P-tuning v2).
+
+Where the prefix goes in. Hugging Face PEFT passes prefixes as `past_key_values`, i.e. it
+pretends they are a cache; that broke each time `transformers` changed its cache classes
+(huggingface/peft #2821, #1962), clashes with a real cache in `generate` (#2131: mask size
+mismatch) and with gradient checkpointing (#2191: the cache is mutated, then replayed). Here the
+prefix never touches the cache. `transformers` 5 routes every attention call through its public
+`AttentionInterface` (`module, query, key, value, attention_mask, **kwargs`); we register one
+more implementation there that prepends this layer's prefix to `key`/`value`, widens the mask
+(and T5's relative position bias) by the prefix length, and calls the model's own sdpa or eager
+attention. The cache holds only real tokens, so generation with a cache, padding and
+checkpointed recomputation see the same prefix every time.
+
+Semantics follow the original implementations (Li & Liang 2021; Liu et al. 2022, P-tuning v2),
+which fed the prefix as past key/values: every query attends to all prefix positions, and models
+with absolute position embeddings (BERT, RoBERTa, GPT-2) number the real tokens from P, as if the
+prefix had occupied positions 0..P-1. That is also what PEFT computes, so exported prefixes give
+PEFT's outputs.
+
+`install(model)` is idempotent and leaves the model computing exactly what it did before until a
+prefix is bound (`bind`); binding with P = 0 is also the bare model.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+_PREFIX = "_prompttune_prefix"  # attribute on an attention module: (key, value), each (H, P, D)
+_BASE = "_prompttune_base"  # the attention implementation the model used before install
+_SHIFT = "_prompttune_shift"  # attribute on a position-embedding module: P to add to position ids
+_CAPTURE = "_prompttune_capture"  # attribute on an attention module: a list that records (key, value)
+
+
+def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """Attention with this layer's prefix prepended; registered in `transformers`' AttentionInterface."""
+    base = _base_attention(module)
+    capture = getattr(module, _CAPTURE, None)
+    if capture is not None:  # DeepPrompt's initialisation reads the model's own keys/values
+        capture.append((key.detach(), value.detach()))
+    prefix = getattr(module, _PREFIX, None)
+    if prefix is None or prefix[0].shape[1] == 0:
+        return base(module, query, key, value, attention_mask, **kwargs)
+    pk, pv = prefix
+    batch, n_prefix = key.shape[0], pk.shape[1]
+    key = torch.cat([pk.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1), key], dim=2)
+    value = torch.cat([pv.to(value.dtype).unsqueeze(0).expand(batch, -1, -1, -1), value], dim=2)
+    q_len, k_len = query.shape[2], key.shape[2]
+    is_causal = kwargs.pop("is_causal", None)
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+    if attention_mask is None and causal and q_len > 1:
+        # The caller relied on sdpa's `is_causal`, which aligns top-left and would hide real keys
+        # once the prefix makes the key longer than the query: spell the causal mask out.
+        real = k_len - n_prefix
+        i = torch.arange(q_len, device=query.device)[:, None]
+        j = torch.arange(real, device=query.device)[None, :]
+        attention_mask = (j <= i + (real - q_len))[None, None]
+        if getattr(module, _BASE) == "eager":
+            attention_mask = _additive(attention_mask, query.dtype)
+    if attention_mask is not None:
+        pad_shape = (*attention_mask.shape[:-1], n_prefix)
+        fill = True if attention_mask.dtype == torch.bool else 0.0
+        attention_mask = torch.cat([attention_mask.new_full(pad_shape, fill), attention_mask], dim=-1)
+    if kwargs.get("position_bias") is not None:  # T5: the prefix has no relative position
+        bias = kwargs["position_bias"]
+        kwargs["position_bias"] = torch.cat([bias.new_zeros((*bias.shape[:-1], n_prefix)), bias], dim=-1)
+    return base(module, query, key, value, attention_mask, **kwargs)
+
+
+def _additive(allowed: torch.Tensor, dtype) -> torch.Tensor:
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _base_attention(module: nn.Module):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    name = getattr(module, _BASE)
+    if name == "eager":
+        # Each modeling file defines its own eager attention (T5's adds the position bias).
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[name]
+
+
+def _register(base: str) -> str:
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    name = f"prompttune_prefix_{base}"
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(name, prefix_attention)
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+    return name
+
+
+# --- where the prefixes go --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Site:
+    """One self-attention module that takes a prefix, with its key/value shape."""
+
+    name: str
+    module: nn.Module
+    heads: int
+    head_dim: int
+
+
+def attention_sites(model: nn.Module) -> list[Site]:
+    """The model's self-attention modules in order (T5: encoder layers, then decoder layers).
+
+    Cross-attention modules take no prefix: on T5 the encoder prefix already reaches the decoder
+    through the encoder's outputs.
+    """
+    sites = []
+    for name, module in _attention_modules(model):
+        lowered = name.lower()
+        if "cross" in lowered or "encdec" in lowered or getattr(module, "is_cross_attention", False):
+            continue
+        heads, head_dim = _kv_shape(module, model.config)
+        sites.append(Site(name, module, heads, head_dim))
+    if not sites:
+        raise ModelError(f"found no self-attention modules in {type(model).__name__}; deep prompts cannot attach to it")
+    return sites
+
+
+def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Innermost modules named *Attention: the ones that call the attention function."""
+    named = [(n, m) for n, m in model.named_modules() if type(m).__name__.endswith("Attention")]
+    return [(n, m) for n, m in named if not any(o is not m for o in m.modules() if type(o).__name__.endswith("Attention"))]
+
+
+def _kv_shape(module: nn.Module, config) -> tuple[int, int]:
+    cfg = getattr(module, "config", config)
+    head_dim = next((getattr(module, a) for a in ("head_dim", "attention_head_size", "key_value_proj_dim") if hasattr(module, a)), None)
+    heads = getattr(cfg, "num_key_value_heads", None) or next(
+        (getattr(module, a) for a in ("num_attention_heads", "num_heads", "n_heads") if hasattr(module, a)), None
+    ) or getattr(cfg, "num_attention_heads", None)
+    if head_dim is None or heads is None:
+        raise ModelError(f"cannot read the key/value shape of {type(module).__name__}; deep prompts do not support it yet")
+    return int(heads), int(head_dim)
+
+
+def position_embeddings(model: nn.Module) -> nn.Embedding | None:
+    """The absolute position embedding table (BERT/RoBERTa `position_embeddings`, GPT-2 `wpe`), if any."""
+    base = getattr(model, "base_model", model)
+    for path in ("embeddings.position_embeddings", "wpe"):
+        module = base
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, nn.Embedding):
+            return module
+    return None
+
+
+def _shift_positions(module: nn.Module, args):
+    shift = getattr(module, _SHIFT, 0)
+    return (args[0] + shift, *args[1:]) if shift else None
+
+
+def install(model: nn.Module) -> list[Site]:
+    """Route the model's attention through `prefix_attention`; return its sites. Idempotent."""
+    sites = attention_sites(model)
+    current = model.config._attn_implementation
+    if not str(current).startswith("prompttune_prefix_"):
+        if current not in ("sdpa", "eager"):
+            raise ModelError(f"deep prompts support sdpa and eager attention; this model uses {current!r}")
+        model.set_attn_implementation(_register(current))
+        for m in model.modules():
+            if hasattr(m, "config") and getattr(m.config, "_attn_implementation", None) == current:
+                m.config._attn_implementation = _register(current)
+        for _, module in _attention_modules(model):  # cross-attention too: it passes through
+            setattr(module, _BASE, current)
+        table = position_embeddings(model)
+        if table is not None:
+            table.register_forward_pre_hook(_shift_positions)
+    return sites
+
+
+def bind(model: nn.Module, sites: list[Site], keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    """Give each site its prefix: keys[i], values[i] of shape (heads, P, head_dim).
+
+    The prefix stays bound until the next `bind` (a checkpointed layer recomputed during the
+    backward pass must see the same prefix as in the forward pass).
+    """
+    for site, k, v in zip(sites, keys, values, strict=True):
+        setattr(site.module, _PREFIX, (k, v))
+    table = position_embeddings(model)
+    if table is not None:
+        n_prefix = keys[0].shape[1] if keys else 0
+        if n_prefix and table.num_embeddings < n_prefix + 2:
+            raise ModelError(f"a prefix of {n_prefix} leaves no room in {table.num_embeddings} position embeddings")
+        setattr(table, _SHIFT, n_prefix)
+
+
+def unbind(model: nn.Module, sites: list[Site]) -> None:
+    """Remove the prefixes: the model computes what the bare model does."""
+    for site in sites:
+        setattr(site.module, _PREFIX, None)
+    table = position_embeddings(model)
+    if table is not None:
+        setattr(table, _SHIFT, 0)
+
+
+# --- the trainable prefixes --------------------------------------------------------------
+
+
+class DeepPrompt(nn.Module):
+    """P prefix vectors per self-attention layer, for keys and for values.
+
+    Stored as one (P, sites, 2, heads, head_dim) tensor `prefix`. With `reparameterize`, the
+    prefix is instead computed as MLP(E) from a smaller (P, hidden_size) matrix E, which Li & Liang
+    (2021, §4.3) found necessary for stable training; `fold()` evaluates the MLP once and keeps only
+    the resulting `prefix`, so a saved task holds P·sites·2·heads·head_dim numbers either way.
+
+    Example:
+        >>> deep = DeepPrompt(model, length=10)         # prefix-tuning / P-tuning v2 on any HF LM
+        >>> deep.bind()                                 # then call the model as usual
+    """
+
+    def __init__(self, model: nn.Module, length: int, *, reparameterize: bool = False, hidden: int = 512, folded: bool = False):
+        super().__init__()
+        self.sites = install(model)
+        self._model = (model,)  # a tuple: the backbone is not a submodule of the prompt
+        shapes = {(s.heads, s.head_dim) for s in self.sites}
+        if len(shapes) != 1:
+            raise ModelError(f"attention layers of different shapes {sorted(shapes)}: deep prompts need one shape")
+        (self.heads, self.head_dim), self.length = shapes.pop(), length
+        self.shape = (length, len(self.sites), 2, self.heads, self.head_dim)
+        if reparameterize and not folded:
+            d_model = model.get_input_embeddings().embedding_dim
+            self.embedding = nn.Parameter(_sampled_embeddings(model, length))
+            self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.Tanh(), nn.Linear(hidden, len(self.sites) * 2 * self.heads * self.head_dim))
+        else:
+            self.prefix = nn.Parameter(self._activations_of_sampled_words() if not folded else torch.zeros(self.shape))
+
+    def table(self) -> torch.Tensor:
+        """(P, sites, 2, heads, head_dim)."""
+        if hasattr(self, "prefix"):
+            return self.prefix
+        return self.mlp(self.embedding).view(self.shape)
+
+    def bind(self) -> None:
+        """Attach the current prefix to the model's attention layers (until the next bind)."""
+        table = self.table()
+        keys = [table[:, s, 0].transpose(0, 1) for s in range(len(self.sites))]
+        values = [table[:, s, 1].transpose(0, 1) for s in range(len(self.sites))]
+        bind(self._model[0], self.sites, keys, values)
+
+    def fold(self) -> None:
+        """Replace the reparameterization by the prefix it computes (what is saved and served)."""
+        if hasattr(self, "prefix"):
+            return
+        with torch.no_grad():
+            prefix = self.table().detach().clone()
+        del self.embedding, self.mlp
+        self.prefix = nn.Parameter(prefix)
+
+    def _activations_of_sampled_words(self) -> torch.Tensor:
+        """The keys/values the frozen model computes for P sampled vocabulary tokens.
+
+        Li & Liang (2021, §7.2) found prefixes initialised with real words' activations train
+        better than random ones in low-data settings; the scale also matches the model's own keys.
+        """
+        model = self._model[0]
+        if self.length == 0:
+            return torch.zeros(self.shape)
+        ids = _sampled_ids(model, self.length)[None]
+        for site in self.sites:
+            setattr(site.module, _CAPTURE, [])
+        unbind(model, self.sites)
+        try:
+            with torch.no_grad():
+                extra = {"decoder_input_ids": ids} if model.config.is_encoder_decoder else {}
+                model.base_model(input_ids=ids, **extra)
+            kv = [getattr(site.module, _CAPTURE)[0] for site in self.sites]
+        finally:
+            for site in self.sites:
+                setattr(site.module, _CAPTURE, None)
+        # each captured (key, value) is (1, H, P, D): stack to (P, sites, 2, H, D)
+        return torch.stack([torch.stack([k[0], v[0]]) for k, v in kv]).permute(3, 0, 1, 2, 4).float().contiguous()
+
+
+def _sampled_ids(model: nn.Module, n: int) -> torch.Tensor:
+    # Skip the first rows, where vocabularies keep special and unused tokens.
+    rows = model.get_input_embeddings().num_embeddings
+    low = min(1000, rows // 2)
+    return torch.randint(low, rows, (n,))
+
+
+def _sampled_embeddings(model: nn.Module, n: int) -> torch.Tensor:
+    return model.get_input_embeddings().weight[_sampled_ids(model, n)].detach().float().clone()
