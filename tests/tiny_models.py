@@ -50,6 +50,10 @@ LAYERS = 2
 HEADS = 4
 INTERMEDIATE = 64
 MAX_POSITIONS = 128
+# Weight init spread for BERT/RoBERTa/GPT-2. The library default (0.02) makes a tiny random model's
+# attention nearly uniform and its outputs nearly independent of the other tokens, so prompts
+# (soft tokens) would have nothing to learn; at 0.2 the context matters.
+INIT_RANGE = 0.2
 NUM_SENTINELS = 10
 
 # Words that are whole tokens in every English tokenizer built here.
@@ -186,6 +190,7 @@ def _bert_config(tokenizer: BertTokenizerFast) -> BertConfig:
         intermediate_size=INTERMEDIATE,
         max_position_embeddings=MAX_POSITIONS,
         pad_token_id=tokenizer.pad_token_id,
+        initializer_range=INIT_RANGE,
     )
 
 
@@ -283,6 +288,7 @@ def make_roberta(directory: pathlib.Path) -> pathlib.Path:
         intermediate_size=INTERMEDIATE,
         max_position_embeddings=MAX_POSITIONS + 2,
         type_vocab_size=1,
+        initializer_range=INIT_RANGE,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -308,6 +314,7 @@ def make_gpt2(directory: pathlib.Path) -> pathlib.Path:
         n_head=HEADS,
         n_inner=INTERMEDIATE,
         n_positions=MAX_POSITIONS,
+        initializer_range=INIT_RANGE,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )

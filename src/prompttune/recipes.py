@@ -7,6 +7,7 @@ report comes from the same code path users run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -84,6 +85,9 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
     trainable, total = count_parameters(classifier)
     if trainable and not train_ex:
         raise ConfigError(f"method {method.name!r} trains {trainable:,} parameters: set task.train to a data file")
+    transfer = None
+    if cfg.method.init_from == "most_similar":
+        classifier, transfer = _start_from_most_similar(cfg, spec, fp, classifier, train_ex, log)
     log(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
         f"{len(train_ex)} train / {len(dev_ex)} dev / {len(test_ex)} eval examples")
     out_dir = Path(out_dir)
@@ -91,6 +95,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
     result = train(classifier, train_ex, dev_ex, cfg.train, checkpoint_dir=ckpt, resume=resume)
     summary = {"method": method.name, "trainable_parameters": trainable, "total_parameters": total,
                "best_epoch": result.best_epoch, "best_dev": result.best_dev, "history": result.history}
+    if transfer is not None:
+        summary["transfer"] = transfer
     save_artifact(out_dir, spec, classifier, fp, extra={"training": summary, "label_field": cfg.task.label_field})
     # The run finished and its result is saved: the resume checkpoint (optimizer state, several
     # times the artifact's size) has no further use.
@@ -100,6 +106,24 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
         write_json(out_dir / "eval.json", summary["eval"])
         log(f"eval: {json.dumps(summary['eval'])}")
     return summary
+
+
+def _start_from_most_similar(cfg: RunConfig, spec: TaskSpec, fp: dict, classifier, train_ex: list[dict], log):
+    """SPoT's retrieval: train briefly, find the closest stored prompt, restart from it."""
+    from .prompt_bank import init_from_artifact, most_similar
+
+    brief = dataclasses.replace(cfg.train, epochs=cfg.method.transfer_epochs, checkpoint=False)
+    train(classifier, train_ex, None, brief)
+    found = most_similar(classifier, cfg.method.prompt_bank, fp)
+    set_seed(cfg.train.seed)
+    fresh, _ = build_classifier(spec)
+    if found is None:
+        log(f"prompt bank {cfg.method.prompt_bank}: no prompt of this method and shape on this backbone; starting fresh")
+        return fresh, {"from": None}
+    path, similarity = found
+    init_from_artifact(fresh, path, fp)
+    log(f"prompt transfer: starting from {path} (cosine similarity {similarity:.3f} after {brief.epochs} brief epoch(s))")
+    return fresh, {"from": str(path), "cosine": round(similarity, 4)}
 
 
 def _absolute_if_local(path: str | None) -> str | None:
