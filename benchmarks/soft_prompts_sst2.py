@@ -20,6 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
 from prompttune.config import load_config
 from prompttune.data import few_shot_split, load_examples, sample_per_class, without
 from prompttune.lm_head import fit_and_save_lm_head
@@ -36,7 +38,7 @@ METHODS = {
     "p-tuning": ("{soft:3} {sentence} {soft:3} It was {mask}.", {"encoder": "lstm"},
                  {16: {"epochs": 20, "lr": 3e-3}, 1000: {"epochs": 5, "lr": 1e-3}}),
     "prefix-tuning": (None, {"head": True, "prompt_length": 10},
-                      {16: {"epochs": 20, "lr": 1e-2}, 1000: {"epochs": 5, "lr": 5e-3}}),
+                      {16: {"epochs": 20, "lr": 3e-3}, 1000: {"epochs": 5, "lr": 3e-3}}),
     "p-tuning-v2": (None, {"head": True, "prompt_length": 20},
                     {16: {"epochs": 20, "lr": 1e-2}, 1000: {"epochs": 5, "lr": 1e-2}}),
 }
@@ -59,7 +61,10 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "runs/bench_soft_prompts"))
     ap.add_argument("--head", default=str(ROOT / "runs/bench_few_shot/lm_head"), help="fitted MLM head (made if absent)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/soft_prompts_sst2.json"))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     work, head = Path(args.work), Path(args.head)
     examples = load_examples(args.data, ["sentence"], "label")

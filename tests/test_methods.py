@@ -33,9 +33,21 @@ from prompttune import (
 from prompttune.errors import ArtifactError, ModelError
 from prompttune.evaluation import predict_scores
 
-METHODS = ["zero-shot", "prompt-finetune", "finetune"]
+# A method key is "name" or "name:variant"; PROMPTS gives its template and options.
+METHODS = ["zero-shot", "prompt-finetune", "finetune", "prompt-tuning", "p-tuning", "p-tuning:mlp",
+           "prefix-tuning", "p-tuning-v2", "p-tuning-v2:head"]
 MODELS = ["bert_dir", "roberta_dir", "gpt2_dir", "t5_dir"]
 TRAINING = [m for m in METHODS if m != "zero-shot"]
+PROMPT_METHODS = [m for m in METHODS if m not in ("zero-shot", "prompt-finetune", "finetune")]
+TEMPLATE = "{text} it was {mask} ."
+PROMPTS = {  # soft tokens in several places: first, between fields and text, word-initialised
+    "prompt-tuning": ("{soft:3} {text} {soft} it was {mask} .", {}),
+    "p-tuning": ('{soft:2} {text} {soft:"it was"} {mask} .', {"encoder": "lstm"}),
+    "p-tuning:mlp": ("{soft:2} {text} it was {mask} {soft} .", {"encoder": "mlp"}),
+    "prefix-tuning": (TEMPLATE, {"prompt_length": 3, "reparam_hidden": 16}),
+    "p-tuning-v2": (TEMPLATE, {"prompt_length": 3}),
+    "p-tuning-v2:head": (None, {"prompt_length": 3, "head": True}),
+}
 
 EXAMPLES = [
     {"text": "great fun", "label": "1"},
@@ -49,12 +61,21 @@ EXAMPLES = [
 ]
 # High lr, few steps: enough for tiny random models to start memorising 8 examples.
 FAST_TRAIN = TrainConfig(epochs=6, lr=1e-2, batch_size=4, progress=False)
+PROMPT_TRAIN = TrainConfig(epochs=6, lr=1e-1, batch_size=4, progress=False)  # a few vectors need bigger steps
+
+
+def train_config(method: str) -> TrainConfig:
+    if method.endswith(":head"):  # a new linear head diverges at prompt step sizes
+        return dataclasses.replace(PROMPT_TRAIN, lr=1e-2)
+    return PROMPT_TRAIN if method in PROMPT_METHODS else FAST_TRAIN
 
 
 def task_spec(method: str, model_dir) -> TaskSpec:
     # "wonderful" is two tokens everywhere, so training goes through the multi-token scoring path.
-    return TaskSpec(method=method, model=str(model_dir), text_fields=["text"], labels=["0", "1"],
-                    template="{text} it was {mask} .", verbalizer={"0": ["bad", "wonderful"], "1": ["good"]})
+    template, options = PROMPTS.get(method, (TEMPLATE, {}))
+    return TaskSpec(method=method.split(":")[0], model=str(model_dir), text_fields=["text"], labels=["0", "1"],
+                    template=template, verbalizer={"0": ["bad", "wonderful"], "1": ["good"]} if template else None,
+                    options=dict(options))
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -69,6 +90,19 @@ class Trained:
     before: dict[str, torch.Tensor]
     trainable: set[str]
     history: list[dict]
+    loss_before: float
+    loss_after: float
+
+
+def eval_loss(clf) -> float:
+    """Cross-entropy on all training examples, dropout off: a deterministic measure of fit."""
+    was_training = clf.training
+    clf.eval()
+    with torch.no_grad():
+        batch = clf.collate(EXAMPLES)
+        loss = torch.nn.functional.cross_entropy(clf(batch).float(), batch["labels"]).item()
+    clf.train(was_training)
+    return loss
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +122,9 @@ def trained(request, trained_tasks):
             clf, fp = build_classifier(spec)
             before = snapshot(clf)
             trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
-            result = train(clf, EXAMPLES, None, FAST_TRAIN)
-            trained_tasks[key] = Trained(spec, clf, fp, before, trainable, result.history)
+            loss_before = eval_loss(clf)
+            result = train(clf, EXAMPLES, None, train_config(method))
+            trained_tasks[key] = Trained(spec, clf, fp, before, trainable, result.history, loss_before, eval_loss(clf))
         return trained_tasks[key]
 
     return get
@@ -105,10 +140,12 @@ def scores(clf) -> torch.Tensor:
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("method", TRAINING)
 def test_training_lowers_the_loss(method, model, trained):
-    history = trained(method, model).history
-    assert len(history) == FAST_TRAIN.epochs
-    first, last = history[0]["train_loss"], history[-1]["train_loss"]
-    assert last < first, f"{method} on {model}: train loss went from {first:.4f} to {last:.4f}: {history}"
+    t = trained(method, model)
+    assert len(t.history) == train_config(method).epochs
+    assert t.loss_after < t.loss_before - 0.01, (
+        f"{method} on {model}: loss on the training examples went from {t.loss_before:.4f} to {t.loss_after:.4f} "
+        f"(epoch means: {[round(h['train_loss'], 4) for h in t.history]})"
+    )
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -126,12 +163,21 @@ def test_only_the_parameters_the_method_marks_trainable_change(method, model, tr
 @pytest.mark.parametrize("method", METHODS)
 def test_a_method_marks_exactly_its_parameters_trainable(method, bert_dir):
     clf, _ = build_classifier(task_spec(method, bert_dir))
-    flags = {p.requires_grad for p in clf.parameters()}
+    trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
     if method == "zero-shot":
-        assert flags == {False}, "zero-shot must leave every parameter frozen"
+        assert not trainable, "zero-shot must leave every parameter frozen"
+    elif method in PROMPT_METHODS:
+        head = {n for n in trainable if n.startswith("model.")}
+        prompt = trainable - head
+        assert prompt and all(n.startswith(("soft.", "deep.")) for n in prompt), f"{method} trains {sorted(prompt)}"
+        if method.endswith(":head"):  # the new classification head (and BERT's pooler, absent from an MLM checkpoint)
+            assert head and all(".classifier." in n or ".pooler." in n for n in head), f"{method}'s head: {sorted(head)}"
+        else:
+            assert not head, f"{method} must leave the backbone frozen, trains {sorted(head)[:5]}"
     else:
-        assert flags == {True}, f"{method} trains the whole model"
-    assert get_method(method).head == (method == "finetune")
+        assert trainable == {n for n, _ in clf.named_parameters()}, f"{method} trains the whole model"
+    spec = task_spec(method, bert_dir)
+    assert get_method(spec.method).uses_head(spec.method_options()) == (method in ("finetune", "p-tuning-v2:head"))
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -153,7 +199,7 @@ def test_an_artifact_reloads_to_identical_class_scores(method, model, trained, t
     save_artifact(tmp_path, t.spec, t.classifier, t.fingerprint)
     expected = scores(t.classifier)
     reloaded, config = load_artifact(tmp_path)
-    assert config["method"] == method
+    assert config["method"] == t.spec.method
     assert torch.equal(scores(reloaded), expected), f"{method} on {model}: reloaded scores differ"
     if method != "zero-shot":  # make sure the round trip carried the trained numbers, not the base model
         fresh, _ = build_classifier(t.spec)
@@ -248,7 +294,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(method, mod
     follows another schedule and is not expected to match.
     """
     spec = task_spec(method, request.getfixturevalue(model))
-    config = dataclasses.replace(FAST_TRAIN, epochs=4)
+    config = dataclasses.replace(train_config(method), epochs=4)
     steps_per_epoch = len(EXAMPLES) // config.batch_size
 
     torch.manual_seed(0)

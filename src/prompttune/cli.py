@@ -1,4 +1,4 @@
-"""The `prompttune` command line: train, eval, predict, demo, fit-lm-head, methods.
+"""The `prompttune` command line: train, eval, predict, export, demo, fit-lm-head, methods.
 
 Every command turns its arguments into plain objects and calls the library; errors from bad
 input print one line naming the problem and exit with status 2.
@@ -66,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", required=True, help="an input (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object per input with label and probabilities")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a saved task's prompt as a Hugging Face PEFT adapter",
+                       description="Write a task artifact's prompt as a PEFT adapter directory (adapter_config.json + "
+                                   "adapter_model.safetensors) that peft.PeftModel.from_pretrained loads and that gives "
+                                   "the task's outputs (checked before writing). Exports prompt-tuning and p-tuning whose "
+                                   "soft tokens come first, and prefix-tuning and p-tuning-v2 with a template on "
+                                   "decoder-only or encoder-only models with absolute position embeddings (GPT-2, BERT, "
+                                   "RoBERTa); anything else is refused with the reason.")
+    p.add_argument("artifact", help="task artifact directory")
+    p.add_argument("--format", required=True, choices=["peft"], help="target format (peft)")
+    p.add_argument("--out", required=True, help="directory for the adapter")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("fit-lm-head", help="fit a masked-LM head on a frozen encoder that ships without one",
                        description="Fit the MLM head of an encoder without one (e.g. all-MiniLM-L6-v2) from unlabeled "
@@ -146,6 +158,15 @@ def cmd_predict(args) -> int:
                              ensure_ascii=False))
         else:
             print(f"{label}\t{float(p.max()):.3f}\t{text}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import ADAPTER_CONFIG, export_peft
+
+    out = export_peft(args.artifact, args.out)
+    adapter = json.loads((out / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    print(json.dumps({"adapter": str(out), **{k: adapter[k] for k in ("peft_type", "task_type", "num_virtual_tokens")}}))
     return 0
 
 

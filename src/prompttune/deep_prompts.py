@@ -12,10 +12,10 @@ attention. The cache holds only real tokens, so generation with a cache, padding
 checkpointed recomputation see the same prefix every time.
 
 Semantics follow the original implementations (Li & Liang 2021; Liu et al. 2022, P-tuning v2),
-which fed the prefix as past key/values: every query attends to all prefix positions, and models
-with absolute position embeddings (BERT, RoBERTa, GPT-2) number the real tokens from P, as if the
-prefix had occupied positions 0..P-1. That is also what PEFT computes, so exported prefixes give
-PEFT's outputs.
+which fed the prefix as past key/values: every query attends to all prefix positions, and the
+real tokens are numbered from P, as if the prefix had occupied positions 0..P-1 (absolute tables
+in BERT, RoBERTa, GPT-2; rotary embeddings in Llama-style models). That is also what PEFT
+computes, so exported prefixes give PEFT's outputs.
 
 `install(model)` is idempotent and leaves the model computing exactly what it did before until a
 prefix is bound (`bind`); binding with P = 0 is also the bare model.
@@ -157,9 +157,23 @@ def position_embeddings(model: nn.Module) -> nn.Embedding | None:
     return None
 
 
-def _shift_positions(module: nn.Module, args):
+def position_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules that turn position ids into positions: the absolute table, or rotary embeddings
+    (Llama, Qwen... `rotary_emb(x, position_ids)`). T5's relative bias has none."""
+    table = position_embeddings(model)
+    rotary = [m for n, m in model.named_modules() if n.endswith("rotary_emb")]
+    return ([table] if table is not None else []) + rotary
+
+
+def _shift_positions(module: nn.Module, args, kwargs):
     shift = getattr(module, _SHIFT, 0)
-    return (args[0] + shift, *args[1:]) if shift else None
+    if not shift:
+        return None
+    if isinstance(module, nn.Embedding):
+        return (args[0] + shift, *args[1:]), kwargs
+    if "position_ids" in kwargs:
+        return args, {**kwargs, "position_ids": kwargs["position_ids"] + shift}
+    return (args[0], args[1] + shift, *args[2:]), kwargs
 
 
 def install(model: nn.Module) -> list[Site]:
@@ -175,9 +189,8 @@ def install(model: nn.Module) -> list[Site]:
                 m.config._attn_implementation = _register(current)
         for _, module in _attention_modules(model):  # cross-attention too: it passes through
             setattr(module, _BASE, current)
-        table = position_embeddings(model)
-        if table is not None:
-            table.register_forward_pre_hook(_shift_positions)
+        for module in position_modules(model):
+            module.register_forward_pre_hook(_shift_positions, with_kwargs=True)
     return sites
 
 
@@ -189,21 +202,19 @@ def bind(model: nn.Module, sites: list[Site], keys: list[torch.Tensor], values: 
     """
     for site, k, v in zip(sites, keys, values, strict=True):
         setattr(site.module, _PREFIX, (k, v))
-    table = position_embeddings(model)
-    if table is not None:
-        n_prefix = keys[0].shape[1] if keys else 0
-        if n_prefix and table.num_embeddings < n_prefix + 2:
-            raise ModelError(f"a prefix of {n_prefix} leaves no room in {table.num_embeddings} position embeddings")
-        setattr(table, _SHIFT, n_prefix)
+    n_prefix = keys[0].shape[1] if keys else 0
+    for module in position_modules(model):
+        if isinstance(module, nn.Embedding) and n_prefix and module.num_embeddings < n_prefix + 2:
+            raise ModelError(f"a prefix of {n_prefix} leaves no room in {module.num_embeddings} position embeddings")
+        setattr(module, _SHIFT, n_prefix)
 
 
 def unbind(model: nn.Module, sites: list[Site]) -> None:
     """Remove the prefixes: the model computes what the bare model does."""
     for site in sites:
         setattr(site.module, _PREFIX, None)
-    table = position_embeddings(model)
-    if table is not None:
-        setattr(table, _SHIFT, 0)
+    for module in position_modules(model):
+        setattr(module, _SHIFT, 0)
 
 
 # --- the trainable prefixes --------------------------------------------------------------

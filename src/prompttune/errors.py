@@ -31,3 +31,7 @@ class ArtifactError(PromptTuneError):
 
 class ModelError(PromptTuneError):
     """A backbone that cannot be loaded or does not fit the method."""
+
+
+class ExportError(PromptTuneError):
+    """A task that cannot be written in another library's format without changing its outputs."""

@@ -34,6 +34,7 @@ class PromptClassifier(nn.Module):
     def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int = 256):
         super().__init__()
         self.model = backbone.model
+        self.kind = backbone.kind
         self.tokenizer = backbone.tokenizer
         self.template = template
         self.labels = verbalizer.labels

@@ -142,6 +142,8 @@ class CausalLMScorer(_Scorer):
         ids, attn = pad(seqs, pad_id)
         pos_t, valid = pad(pos, 0)
         tok_t, _ = pad(tok, 0)
+        soft = tok_t >= self.soft_base  # soft tokens after the mask are input, not text to score
+        valid, tok_t = valid.masked_fill(soft, 0), tok_t.masked_fill(soft, 0)
         return {"ids": ids, "attn": attn, "pos": pos_t, "tok": tok_t, "valid": valid}
 
     def _check_prefix(self, encs):

@@ -16,7 +16,7 @@ from torch import nn
 
 from .errors import ConfigError, ModelError, TemplateError
 from .prompt_encoders import PromptEncoder
-from .templates import Soft, Template, soft_init_ids
+from .templates import Soft, Template, soft_init_ids, soft_words
 
 _STATE = "_prompttune_soft"  # attribute on the input embedding module: {"table": bound (n, dim) table, "pending": [...]}
 INITS = ("vocab", "random")
@@ -68,11 +68,6 @@ def install_soft_embedding(model: nn.Module) -> dict:
     return state
 
 
-def soft_lengths(template: Template, tokenizer) -> list[int]:
-    """Number of vectors of each `{soft...}` segment (`{soft:"words"}`: one per token of the words)."""
-    return [s.n or len(soft_init_ids(tokenizer, s.init)) for s in template.segments if isinstance(s, Soft)]
-
-
 def initial_vectors(template: Template, model: nn.Module, tokenizer, how: str = "vocab") -> torch.Tensor:
     """Starting vectors for the template's soft tokens, (n, dim).
 
@@ -84,9 +79,10 @@ def initial_vectors(template: Template, model: nn.Module, tokenizer, how: str = 
         raise ConfigError(f"method.init must be one of {list(INITS)}, got {how!r}")
     weight = model.get_input_embeddings().weight.detach().float()
     parts = []
-    for seg in (s for s in template.segments if isinstance(s, Soft)):
-        if seg.init is not None:
-            parts.append(weight[torch.tensor(soft_init_ids(tokenizer, seg.init))])
+    segments = [s for s in template.segments if isinstance(s, Soft)]
+    for seg, words in zip(segments, soft_words(template)):
+        if words is not None:
+            parts.append(weight[torch.tensor(soft_init_ids(tokenizer, words))])
         elif how == "vocab":
             low = min(1000, weight.shape[0] // 2)  # skip special/unused rows at the start of vocabularies
             parts.append(weight[torch.randint(low, weight.shape[0], (seg.n,))])

@@ -285,7 +285,7 @@ def encode_example(
                     f"template {template.source!r} has soft tokens, but this method has no soft prompt to fill "
                     "them; use a soft-prompt method (prompt-tuning, p-tuning) or remove {soft}"
                 )
-            n = seg.n or len(soft_init_ids(tokenizer, seg.init))
+            n = seg.n or len(soft_init_ids(tokenizer, text + seg.init))
             ids = list(range(soft_base + n_soft, soft_base + n_soft + n))
             n_soft += n
         else:
@@ -310,8 +310,18 @@ def encode_example(
     return enc
 
 
+def soft_words(template: Template) -> list[str | None]:
+    """For each `{soft...}` segment, the words (with the space before them) that initialise it, or None."""
+    dummy = {f: "x" for f in template.fields}
+    return [text + seg.init if seg.init is not None else None
+            for seg, text in segment_texts(template, dummy) if isinstance(seg, Soft)]
+
+
 def soft_init_ids(tokenizer, words: str) -> list[int]:
-    """The token ids whose embeddings initialise `{soft:"words"}` (one soft vector per token)."""
+    """The token ids whose embeddings initialise `{soft:"words"}` (one soft vector per token).
+
+    `words` carries the space the template puts before the placeholder, so BPE tokenizers
+    (GPT-2, RoBERTa) start from the tokens the words would be written with in that place."""
     ids = tokenizer(words, add_special_tokens=False)["input_ids"]
     if not ids:
         raise TemplateError(f'{{soft:"{words}"}}: the words tokenize to nothing')

@@ -1,0 +1,423 @@
+"""Speed of a prompt-tuning / P-tuning v2 training step, as ratios measured in one run on one batch.
+
+    python benchmarks/speed_soft_prompts.py [--reps 20] [--warmup 3] [--device cpu|cuda] [--note TEXT]
+
+One fixed batch of 16 SST-2 sentences (8 per class, sampled with seed 0), max length 64, the
+embedded all-MiniLM-L6-v2 with the fitted MLM head (runs/bench_few_shot/lm_head). Every variant is
+a separately loaded copy of the same frozen backbone in train mode (dropout on, as in training),
+so no variant's hooks or attention routing touch another's. After `--warmup` untimed rounds,
+`--reps` rounds are timed; within a round the variants run round-robin, in an order rotated each
+round, so load from other processes hits all of them alike. Reported: the median wall time of
+one step per variant (and its interquartile range), and the ratios of medians.
+
+Variants, verbalizer setting (template `{sentence} It was {mask}.`, words terrible/great,
+loss = cross-entropy over the label words' log-probabilities at the mask):
+
+- bare: the frozen model, forward + backward of that loss. Backward needs something that
+  requires grad, so the word embeddings of the input are fed as `inputs_embeds` with
+  `requires_grad`: the least any prompt method must pay (a full backward through every layer
+  down to the input). No optimizer step (there is nothing to update).
+- bare+20: the same with 20 ordinary tokens (literal words) in front of the sentence. A soft
+  prompt makes the sequence 20 tokens longer, and attention/FFN cost grows with length; so
+  ours/bare mixes "the method's overhead" with "a longer input", while ours/(bare+20) compares
+  equal sequence lengths and isolates the implementation's overhead (hook, bind, optimizer).
+- ours prompt-tuning: `{soft:20} {sentence} It was {mask}.` via `build_classifier`; one full
+  training step = forward + backward + AdamW step over the 20 soft vectors.
+- peft prompt-tuning: PEFT `PromptTuningConfig(num_virtual_tokens=20)` with task type
+  FEATURE_EXTRACTION (PEFT has no masked-LM task type: `task_type=None` raises `KeyError: None`
+  in `get_peft_model`), on the same backbone, same batch, forward + backward + AdamW step. PEFT
+  puts the virtual tokens first, so the mask index shifts by 20. Two forms:
+  - `peft prompt-tuning` (the like-for-like one, used for the ratio): PEFT wraps the encoder
+    (`model.bert`) and our MLM head is applied at the mask position only, as prompttune does;
+  - `peft prompt-tuning (MLM)`: PEFT wraps the whole `BertForMaskedLM`, which computes
+    vocabulary logits at every position, and the label words are read at the mask; this is
+    what the straightforward PEFT setup costs (informational).
+- ours p-tuning-v2: 20 key/value prefixes per layer (`prompt_length: 20`), same template as bare
+  (the prefix adds no tokens to the input), forward + backward + AdamW.
+- peft prefix: PEFT `PrefixTuningConfig(num_virtual_tokens=20, prefix_projection=False)` (the
+  P-tuning v2 form), FEATURE_EXTRACTION on `model.bert` + our head at the mask.
+
+Head setting (P-tuning v2's NLU form: a linear head on [CLS] via AutoModelForSequenceClassification,
+the sentences alone, loss = cross-entropy of the logits):
+
+- bare head: frozen encoder, classifier trainable, `inputs_embeds` requiring grad; forward + backward.
+- ours p-tuning-v2 head: `options {"head": true, "prompt_length": 20}`; forward + backward + AdamW
+  over prefix + classifier.
+- peft prefix head: `PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20,
+  prefix_projection=False)`; forward + backward + AdamW over prefix + classifier.
+
+A PEFT variant that fails records its exact error in the JSON and the table instead of a time.
+
+Targets (from the issue): ours / bare ≤ 1.10; ours / PEFT ≤ 1.0. Writes
+benchmarks/results/speed_soft_prompts.json (per-variant medians, all samples, ratios, machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "all-MiniLM-L6-v2"
+TEMPLATE = "{sentence} It was {mask}."
+VERBALIZER = {"0": ["terrible"], "1": ["great"]}
+N_SOFT = 20
+# 20 ordinary words, one token each in the MiniLM (BERT uncased) vocabulary: bare+20's extra tokens.
+FILLER = "this is a short movie review from the web and here is what the writer of it had to say"
+
+
+def spec(method: str, template: str | None, head: str, max_length: int, options: dict | None = None):
+    from prompttune import TaskSpec
+
+    verbalizer = VERBALIZER if template is not None else None
+    return TaskSpec(method=method, model=MODEL, text_fields=["sentence"], labels=["0", "1"], template=template,
+                    verbalizer=verbalizer, lm_head=head if template is not None else None,
+                    max_length=max_length, options=options or {})
+
+
+def to(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def pick_batch(data: str, n: int) -> list[dict]:
+    import random
+
+    from prompttune.data import load_examples
+
+    examples = load_examples(data, ["sentence"], "label")
+    rng = random.Random(0)
+    per_class = {lab: [e for e in examples if e["label"] == lab] for lab in ("0", "1")}
+    batch = rng.sample(per_class["0"], n // 2) + rng.sample(per_class["1"], n - n // 2)
+    rng.shuffle(batch)
+    return batch
+
+
+# --- the variants: each is built once and returns a `step()` closure ------------------------
+
+
+class Variant:
+    def __init__(self, name: str, setting: str, step, seq_len: int, trainable: int, kind: str):
+        self.name, self.setting, self.step, self.seq_len, self.trainable, self.kind = name, setting, step, seq_len, trainable, kind
+        self.times: list[float] = []
+
+
+def word_loss(verbalizer, logp: torch.Tensor, word_ids: list[list[int]], labels: torch.Tensor) -> torch.Tensor:
+    first = torch.tensor([w[0] for w in word_ids], device=logp.device)  # single-token words (checked)
+    return F.cross_entropy(verbalizer.class_scores(logp[:, first]), labels)
+
+
+def build_variants(args, examples: list[dict], device) -> tuple[list[Variant], dict]:
+    from prompttune import build_classifier
+    from prompttune.backbones import lm_head_module, load_backbone, load_head_model
+    from prompttune.parameters import count_parameters, freeze
+
+    variants, errors = [], {}
+    head_dir = args.lm_head
+
+    def ours(name, setting, sp):
+        torch.manual_seed(args.seed)
+        clf, _ = build_classifier(sp)
+        clf.to(device).train()
+        batch = to(clf.collate(examples), device)
+        params = [p for p in clf.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-3)
+        labels = batch["labels"]
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(clf(batch).float(), labels)
+            loss.backward()
+            opt.step()
+            return loss
+
+        width = batch["ids1" if "ids1" in batch else "ids"].shape[1]
+        variants.append(Variant(name, setting, step, width, count_parameters(clf)[0], "ours"))
+        return clf
+
+    # Reference scorer pieces (template encoding, label words, verbalizer) from a zero-shot classifier.
+    zs, _ = build_classifier(spec("zero-shot", TEMPLATE, head_dir, args.max_length))
+    word_ids = zs.scorer.word_ids
+    if any(len(w) != 1 for w in word_ids):
+        raise SystemExit(f"label words must be single tokens for this benchmark, got {word_ids}")
+    verbalizer = zs.verbalizer
+    plain = to(zs.collate(examples), device)
+    zs20, _ = build_classifier(spec("zero-shot", FILLER + " " + TEMPLATE, head_dir, args.max_length))
+    padded = to(zs20.collate(examples), device)
+    del zs, zs20
+
+    def bare(name, batch):
+        torch.manual_seed(args.seed)
+        model = load_backbone(MODEL, lm_head=head_dir).model.to(device)
+        freeze(model)
+        model.train()
+        emb, head = model.get_input_embeddings(), lm_head_module(model)
+        ids, attn, pos, labels = batch["ids1"], batch["attn1"], batch["pos1"][:, 0], batch["labels"]
+        rows = torch.arange(ids.shape[0], device=device)
+
+        def step():
+            x = emb(ids).detach().requires_grad_(True)
+            hidden = model.base_model(inputs_embeds=x, attention_mask=attn).last_hidden_state
+            logp = F.log_softmax(head(hidden[rows, pos]).float(), dim=-1)
+            loss = word_loss(verbalizer, logp, word_ids, labels)
+            loss.backward()
+            return loss
+
+        variants.append(Variant(name, "verbalizer", step, ids.shape[1], 0, "bare"))
+
+    def peft_verbalizer(name, config, whole_mlm: bool = False):
+        from peft import get_peft_model
+
+        torch.manual_seed(args.seed)
+        try:
+            model = load_backbone(MODEL, lm_head=head_dir).model
+            freeze(model)
+            head = lm_head_module(model)
+            pm = get_peft_model(model if whole_mlm else model.base_model, config).to(device)
+            pm.train()
+            head.train()
+            params = [p for p in pm.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=1e-3)
+            ids, attn, labels = plain["ids1"], plain["attn1"], plain["labels"]
+            # Virtual tokens are prepended (prompt tuning) or live in the cache (prefix): mask index shifts only for the former.
+            shift = config.num_virtual_tokens if config.peft_type.value == "PROMPT_TUNING" else 0
+            pos = plain["pos1"][:, 0] + shift
+            rows = torch.arange(ids.shape[0], device=device)
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                out = pm(input_ids=ids, attention_mask=attn)
+                if whole_mlm:
+                    logp = F.log_softmax(out.logits[rows, pos].float(), dim=-1)
+                else:
+                    logp = F.log_softmax(head(out.last_hidden_state[rows, pos]).float(), dim=-1)
+                loss = word_loss(verbalizer, logp, word_ids, labels)
+                loss.backward()
+                opt.step()
+                return loss
+
+            step()  # fail here, at build time, rather than in the timed loop
+            variants.append(Variant(name, "verbalizer", step, ids.shape[1] + shift, sum(p.numel() for p in params), "peft"))
+        except Exception as e:  # noqa: BLE001 - a PEFT failure is itself a finding, recorded verbatim
+            errors[name] = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+
+    def bare_head(name):
+        torch.manual_seed(args.seed)
+        model = load_head_model(MODEL, 2).to(device)
+        freeze(model.base_model)
+        model.train()
+        emb = model.get_input_embeddings()
+        batch = heads_batch
+        ids, attn, labels = batch["ids"], batch["attn"], batch["labels"]
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            x = emb(ids).detach().requires_grad_(True)
+            loss = F.cross_entropy(model(inputs_embeds=x, attention_mask=attn).logits.float(), labels)
+            loss.backward()
+            return loss
+
+        variants.append(Variant(name, "head", step, ids.shape[1], count_parameters(model)[0], "bare"))
+
+    def peft_head(name, config):
+        from peft import get_peft_model
+
+        torch.manual_seed(args.seed)
+        try:
+            pm = get_peft_model(load_head_model(MODEL, 2), config).to(device)
+            pm.train()
+            params = [p for p in pm.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=1e-3)
+            ids, attn, labels = heads_batch["ids"], heads_batch["attn"], heads_batch["labels"]
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(pm(input_ids=ids, attention_mask=attn).logits.float(), labels)
+                loss.backward()
+                opt.step()
+                return loss
+
+            step()
+            variants.append(Variant(name, "head", step, ids.shape[1], sum(p.numel() for p in params), "peft"))
+        except Exception as e:  # noqa: BLE001
+            errors[name] = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+
+    from peft import PrefixTuningConfig, PromptTuningConfig
+
+    sel = set(args.settings)
+    if "verbalizer" in sel:
+        bare("bare", plain)
+        bare("bare+20", padded)
+        ours("ours prompt-tuning", "verbalizer",
+             spec("prompt-tuning", f"{{soft:{N_SOFT}}} " + TEMPLATE, head_dir, args.max_length))
+        peft_verbalizer("peft prompt-tuning", PromptTuningConfig(num_virtual_tokens=N_SOFT, task_type="FEATURE_EXTRACTION"))
+        if args.peft_mlm:
+            peft_verbalizer("peft prompt-tuning (MLM)",
+                            PromptTuningConfig(num_virtual_tokens=N_SOFT, task_type="FEATURE_EXTRACTION"), whole_mlm=True)
+        ours("ours p-tuning-v2", "verbalizer",
+             spec("p-tuning-v2", TEMPLATE, head_dir, args.max_length, {"prompt_length": N_SOFT}))
+        peft_verbalizer("peft prefix", PrefixTuningConfig(num_virtual_tokens=N_SOFT, prefix_projection=False,
+                                                          task_type="FEATURE_EXTRACTION"))
+    if "head" in sel:
+        head_clf = ours("ours p-tuning-v2 head", "head",
+                        spec("p-tuning-v2", None, head_dir, args.max_length, {"head": True, "prompt_length": N_SOFT}))
+        heads_batch = to(head_clf.collate(examples), device)
+        bare_head("bare head")
+        peft_head("peft prefix head", PrefixTuningConfig(num_virtual_tokens=N_SOFT, prefix_projection=False, task_type="SEQ_CLS"))
+
+    by = {v.name: v for v in variants}
+    if "bare+20" in by and "ours prompt-tuning" in by and by["bare+20"].seq_len != by["ours prompt-tuning"].seq_len:
+        print(f"warning: bare+20 has {by['bare+20'].seq_len} tokens, prompt-tuning {by['ours prompt-tuning'].seq_len}",
+              file=sys.stderr)
+    return variants, errors
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(variants: list[Variant], reps: int, warmup: int, device) -> None:
+    torch.manual_seed(0)
+    n = len(variants)
+    for r in range(warmup + reps):
+        order = variants[r % n:] + variants[: r % n]  # rotate: no variant always runs right after another
+        for v in order:
+            sync(device)
+            t0 = time.perf_counter()
+            v.step()
+            sync(device)
+            if r >= warmup:
+                v.times.append(time.perf_counter() - t0)
+
+
+RATIOS = [  # (label, numerator, denominator, target)
+    ("ours_prompt_tuning / bare", "ours prompt-tuning", "bare", 1.10),
+    ("ours_prompt_tuning / bare_plus_20_tokens", "ours prompt-tuning", "bare+20", 1.10),
+    ("ours_prompt_tuning / peft_prompt_tuning", "ours prompt-tuning", "peft prompt-tuning", 1.0),
+    ("ours_prompt_tuning / peft_prompt_tuning_mlm_logits", "ours prompt-tuning", "peft prompt-tuning (MLM)", 1.0),
+    ("ours_ptv2 / bare", "ours p-tuning-v2", "bare", 1.10),
+    ("ours_ptv2 / peft_prefix", "ours p-tuning-v2", "peft prefix", 1.0),
+    ("ours_ptv2_head / bare_head", "ours p-tuning-v2 head", "bare head", 1.10),
+    ("ours_ptv2_head / peft_prefix_head", "ours p-tuning-v2 head", "peft prefix head", 1.0),
+]
+
+
+def quartiles(xs: list[float]) -> tuple[float, float]:
+    if len(xs) < 2:
+        return xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4)
+    return q[0], q[2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/sst2/train.tsv"))
+    ap.add_argument("--lm-head", default=str(ROOT / "runs/bench_few_shot/lm_head"), help="fitted MLM head directory")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=20, help="timed rounds (each round runs every variant once)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave torch's default)")
+    ap.add_argument("--settings", nargs="+", default=["verbalizer", "head"], choices=["verbalizer", "head"])
+    ap.add_argument("--no-peft-mlm", dest="peft_mlm", action="store_false",
+                    help="skip PEFT prompt tuning on the whole masked LM (vocabulary logits at every position)")
+    ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'machine was loaded')")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/speed_soft_prompts.json"))
+    args = ap.parse_args()
+
+    import peft
+    import transformers
+
+    from prompttune.backbones import resolve_model_path
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    load_before = os.getloadavg()
+    examples = pick_batch(args.data, args.batch_size)
+    t0 = time.perf_counter()
+    variants, errors = build_variants(args, examples, device)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    measure(variants, args.reps, args.warmup, device)
+    measure_s = time.perf_counter() - t0
+    load_after = os.getloadavg()
+
+    rows, medians = {}, {}
+    for v in variants:
+        med = statistics.median(v.times)
+        q1, q3 = quartiles(v.times)
+        medians[v.name] = med
+        rows[v.name] = {"setting": v.setting, "kind": v.kind, "median_ms": round(med * 1e3, 2),
+                        "q1_ms": round(q1 * 1e3, 2), "q3_ms": round(q3 * 1e3, 2), "reps": len(v.times),
+                        "seq_len": v.seq_len, "trainable_parameters": v.trainable,
+                        "times_ms": [round(t * 1e3, 2) for t in v.times]}
+    ratios = {}
+    for label, num, den, target in RATIOS:
+        if num in medians and den in medians:
+            r = medians[num] / medians[den]
+            ratios[label] = {"ratio": round(r, 3), "target": target, "meets_target": r <= target}
+        elif num in medians and den in errors:
+            ratios[label] = {"ratio": None, "target": target, "error": f"{den}: {errors[den]}"}
+
+    print(f"\ntorch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
+          f"device {device}, torch threads {torch.get_num_threads()}, {args.reps} reps after {args.warmup} warm-up rounds, "
+          f"batch {args.batch_size}, max length {args.max_length}; load average {load_before[0]:.2f} -> {load_after[0]:.2f}\n")
+    print("| variant | setting | tokens | trainable params | median ms/step | IQR ms | reps |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['setting']} | {r['seq_len']} | {r['trainable_parameters']:,} | {r['median_ms']:.1f} | "
+              f"{r['q1_ms']:.1f}–{r['q3_ms']:.1f} | {r['reps']} |")
+    for name, err in errors.items():
+        print(f"| {name} | – | – | – | error: `{err}` | – | – |")
+    print("\n| ratio (medians) | value | target | meets |")
+    print("|---|---|---|---|")
+    for label, r in ratios.items():
+        value = f"{r['ratio']:.3f}" if r["ratio"] is not None else f"error: `{r['error']}`"
+        meets = "" if r["ratio"] is None else ("yes" if r["meets_target"] else "**no**")
+        print(f"| {label} | {value} | ≤ {r['target']:.2f} | {meets} |")
+
+    result = {
+        "command": "python " + " ".join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:]),
+        "note": args.note,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "device": str(device),
+                    "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+                    "load_average_before": [round(x, 2) for x in load_before],
+                    "load_average_after": [round(x, 2) for x in load_after]},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "peft": peft.__version__},
+        "setup": {"model": MODEL, "model_path": resolve_model_path(MODEL), "lm_head": args.lm_head,
+                  "batch_size": args.batch_size, "max_length": args.max_length, "template": TEMPLATE,
+                  "verbalizer": VERBALIZER, "soft_tokens": N_SOFT, "filler_for_bare_plus_20": FILLER,
+                  "reps": args.reps, "warmup": args.warmup, "seed": args.seed,
+                  "sentences": [e["sentence"] for e in examples]},
+        "variants": rows,
+        "errors": errors,
+        "ratios": ratios,
+        "seconds": {"build": round(build_s, 1), "measure": round(measure_s, 1)},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
