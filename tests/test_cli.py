@@ -100,10 +100,12 @@ def test_eval_refuses_a_directory_that_is_not_an_artifact(tmp_path, capsys, sent
 
 def test_methods_are_listed(capsys):
     code, out, _ = run(capsys, "methods")
-    assert code == 0 and {"zero-shot", "prompt-finetune", "finetune"} <= {line.split()[0] for line in out.splitlines()}
+    listed = {line.split()[0] for line in out.splitlines()}
+    assert code == 0 and {"zero-shot", "prompt-finetune", "finetune", "prompt-tuning", "p-tuning", "prefix-tuning",
+                          "p-tuning-v2"} <= listed, listed
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "demo", "fit-lm-head", "methods"])
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "generate", "export", "demo", "fit-lm-head", "methods"])
 def test_every_command_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([command, "--help"])
@@ -125,3 +127,30 @@ def test_resume_checkpoints_can_be_switched_off(tmp_path, config_yaml, monkeypat
     monkeypatch.setattr(prompttune.training, "_save_checkpoint", lambda *args: written.append(args))
     run_training(load_config(config_yaml, ["train.checkpoint=false"]), tmp_path / "task", log=lambda _: None)
     assert not written, "train.checkpoint=false must not write a checkpoint after each epoch"
+
+
+@pytest.mark.parametrize("method", ["prompt-tuning", "p-tuning", "prefix-tuning", "p-tuning-v2"])
+def test_prompt_methods_train_and_generate_through_the_cli(method, tmp_path, capsys, gpt2_dir, sentiment_tsv):
+    template = "{soft:3} {sentence} it was {mask}" if method in ("prompt-tuning", "p-tuning") else "{sentence} it was {mask}"
+    path = tmp_path / "run.yaml"
+    path.write_text(f"""
+model: {gpt2_dir}
+task: {{train: {sentiment_tsv}, text_fields: [sentence], shots: 2}}
+prompt: {{template: "{template}", verbalizer: {{0: bad, 1: good}}}}
+method: {{name: {method}, prompt_length: 3, encoder: mlp}}
+train: {{epochs: 1, lr: 0.1, batch_size: 2, progress: false}}
+""")
+    code, out, err = run(capsys, "train", path, "--out", tmp_path / "task")
+    assert code == 0, err
+    assert json.loads(out)["trainable_parameters"] > 0
+    code, out, err = run(capsys, "generate", tmp_path / "task", "--text", "a good film", "--text", "bad", "--max-new-tokens", "3", "--json")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["text"] for r in rows] == ["a good film", "bad"] and all(isinstance(r["generated"], str) for r in rows)
+
+
+def test_generate_refuses_a_masked_lm_task_in_one_line(tmp_path, capsys, config_yaml):
+    code, _, err = run(capsys, "train", config_yaml, "--out", tmp_path / "task", "--set", "train.epochs=1")
+    assert code == 0, err
+    code, _, err = run(capsys, "generate", tmp_path / "task", "--text", "a good film")
+    assert code == 2 and err.count("\n") == 1 and "does not generate" in err, err

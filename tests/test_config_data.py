@@ -85,6 +85,12 @@ def test_an_unknown_nested_key_is_named_with_its_section_path():
         ({"train": {"lr": -1.0}}, "train.lr must be a positive number"),
         ({"task": {"shots": 0}}, "task.shots must be ≥ 1 or null"),
         ({"model_kind": "diffusion"}, "model_kind must be one of"),
+        ({"method": {"name": "p-tuning", "encoder": "gru"}}, "method.encoder must be one of ['lstm', 'mlp', 'none'], got 'gru'"),
+        ({"method": {"name": "prompt-tuning", "init": "zeros"}}, "method.init must be one of ['vocab', 'random']"),
+        ({"method": {"name": "prefix-tuning", "prompt_length": -1}}, "method.prompt_length must be ≥ 0, got -1"),
+        ({"method": {"name": "prefix-tuning", "reparameterize": "maybe"}}, "config key 'method.reparameterize' expects bool"),
+        ({"method": {"name": "prefix-tuning", "init_from": "most_similar"}}, "most_similar needs method.prompt_bank"),
+        ({"method": {"name": "p-tuning-v2", "lenght": 3}}, "unknown config key(s) ['method.lenght']"),
     ],
 )
 def test_a_value_of_the_wrong_type_or_range_names_the_key(sections, expected):
@@ -106,6 +112,10 @@ def test_a_prompt_method_without_template_is_refused_and_a_head_method_needs_non
         load_config(raw=config_with(prompt={"template": None}))
     cfg = load_config(raw=config_with(prompt=None, method={"name": "finetune"}))
     assert cfg.prompt.template is None
+    cfg = load_config(raw=config_with(prompt=None, method={"name": "p-tuning-v2", "head": True}))
+    assert cfg.method.options()["head"] is True and "name" not in cfg.method.options()
+    with pytest.raises(ConfigError, match="method 'p-tuning-v2' needs prompt.template"):
+        load_config(raw=config_with(prompt=None, method={"name": "p-tuning-v2"}))
 
 
 @pytest.mark.parametrize(

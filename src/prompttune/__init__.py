@@ -17,23 +17,29 @@ from .errors import (  # noqa: E402
     ArtifactError,
     ConfigError,
     DataError,
+    ExportError,
     ModelError,
     PromptTuneError,
     TemplateError,
     VerbalizerError,
 )
+from .deep_prompts import DeepPrompt  # noqa: E402
 from .evaluation import evaluate  # noqa: E402
-from .methods import Method, get_method, register_method  # noqa: E402
+from .export import export_peft  # noqa: E402
+from .generation import generate  # noqa: E402
+from .methods import Method, MethodOptions, get_method, register_method  # noqa: E402
 from .models import HeadClassifier, PromptClassifier  # noqa: E402
 from .scoring import make_scorer  # noqa: E402
+from .soft_prompts import SoftPrompt  # noqa: E402
 from .task import TaskSpec, build_classifier  # noqa: E402
 from .templates import Template, parse_template  # noqa: E402
 from .training import TrainConfig, train  # noqa: E402
 from .verbalizers import Verbalizer, parse_verbalizer  # noqa: E402
 
 __all__ = [
-    "ArtifactError", "Backbone", "ConfigError", "DEFAULT_MODEL", "DataError", "HeadClassifier", "Method",
-    "ModelError", "PromptClassifier", "PromptTuneError", "TaskSpec", "Template", "TemplateError", "TrainConfig",
-    "Verbalizer", "VerbalizerError", "build_classifier", "evaluate", "get_method", "load_artifact", "load_backbone",
-    "make_scorer", "parse_template", "parse_verbalizer", "register_method", "save_artifact", "train",
+    "ArtifactError", "Backbone", "ConfigError", "DEFAULT_MODEL", "DataError", "DeepPrompt", "ExportError",
+    "HeadClassifier", "Method", "MethodOptions", "ModelError", "PromptClassifier", "PromptTuneError", "SoftPrompt",
+    "TaskSpec", "Template", "TemplateError", "TrainConfig", "Verbalizer", "VerbalizerError", "build_classifier",
+    "evaluate", "export_peft", "generate", "get_method", "load_artifact", "load_backbone", "make_scorer",
+    "parse_template", "parse_verbalizer", "register_method", "save_artifact", "train",
 ]

@@ -1,4 +1,4 @@
-"""The `prompttune` command line: train, eval, predict, export, demo, fit-lm-head, methods.
+"""The `prompttune` command line: train, eval, predict, generate, export, demo, fit-lm-head, methods.
 
 Every command turns its arguments into plain objects and calls the library; errors from bad
 input print one line naming the problem and exit with status 2.
@@ -16,7 +16,8 @@ from .errors import PromptTuneError
 EPILOG_TRAIN = """example:
   prompttune train configs/sst2_prompt_finetune.yaml --out runs/sst2 --set train.lr=2e-5 --set task.shots=16
 config keys: model, model_kind, lm_head, task.{train,dev,eval,text_fields,label_field,shots,seed,labels},
-  prompt.{template,verbalizer}, method.name, train.{epochs,lr,batch_size,eval_batch_size,max_length,
+  prompt.{template,verbalizer}, method.{name,prompt_length,init,encoder,reparameterize,reparam_hidden,head,
+  init_from,prompt_bank,transfer_epochs}, train.{epochs,lr,batch_size,eval_batch_size,max_length,
   weight_decay,warmup_ratio,max_grad_norm,seed,progress,checkpoint}"""
 
 
@@ -67,13 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per input with label and probabilities")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("generate", help="generate text from a saved task's prompt (causal or seq2seq models)",
+                       description="Render each --text with the task's template up to {mask} (the whole input with the "
+                                   "mask as a sentinel on T5), bind the task's soft tokens / prefixes, and print what the "
+                                   "model generates. Inputs are batched with padding; the cache is used.")
+    p.add_argument("artifact", help="task artifact directory")
+    p.add_argument("--text", action="append", required=True, help="an input (repeatable; JSON object for several fields)")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="print one JSON object per input")
+    p.set_defaults(func=cmd_generate)
+
     p = sub.add_parser("export", help="write a saved task's prompt as a Hugging Face PEFT adapter",
                        description="Write a task artifact's prompt as a PEFT adapter directory (adapter_config.json + "
                                    "adapter_model.safetensors) that peft.PeftModel.from_pretrained loads and that gives "
                                    "the task's outputs (checked before writing). Exports prompt-tuning and p-tuning whose "
                                    "soft tokens come first, and prefix-tuning and p-tuning-v2 with a template on "
-                                   "decoder-only or encoder-only models with absolute position embeddings (GPT-2, BERT, "
-                                   "RoBERTa); anything else is refused with the reason.")
+                                   "decoder-only or encoder-only models (GPT-2, Llama, BERT, RoBERTa); anything else is "
+                                   "refused with the reason.")
     p.add_argument("artifact", help="task artifact directory")
     p.add_argument("--format", required=True, choices=["peft"], help="target format (peft)")
     p.add_argument("--out", required=True, help="directory for the adapter")
@@ -133,24 +144,9 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .artifacts import load_artifact
     from .evaluation import predict_scores
-    from .errors import DataError
 
     clf, config = load_artifact(args.artifact)
-    fields = config["text_fields"]
-    examples = []
-    for text in args.text:
-        if len(fields) == 1 and not text.lstrip().startswith("{"):
-            examples.append({fields[0]: text})
-            continue
-        try:
-            ex = json.loads(text)
-        except json.JSONDecodeError:
-            raise DataError(f"this task reads fields {fields}: give --text as a JSON object with those keys") from None
-        missing = [f for f in fields if f not in ex]
-        if not isinstance(ex, dict) or missing:
-            raise DataError(f"--text {text!r} lacks field(s) {missing}; the task reads {fields}")
-        examples.append(ex)
-    probs = predict_scores(clf, examples).softmax(-1)
+    probs = predict_scores(clf, examples_from_texts(args.text, config["text_fields"])).softmax(-1)
     for text, p in zip(args.text, probs):
         label = config["labels"][int(p.argmax())]
         if args.json:
@@ -158,6 +154,37 @@ def cmd_predict(args) -> int:
                              ensure_ascii=False))
         else:
             print(f"{label}\t{float(p.max()):.3f}\t{text}")
+    return 0
+
+
+def examples_from_texts(texts: list[str], fields: list[str]) -> list[dict]:
+    """--text values as examples: plain text for a one-field task, else JSON objects with the fields."""
+    from .errors import DataError
+
+    examples = []
+    for text in texts:
+        if len(fields) == 1 and not text.lstrip().startswith("{"):
+            examples.append({fields[0]: text})
+            continue
+        try:
+            ex = json.loads(text)
+        except json.JSONDecodeError:
+            raise DataError(f"this task reads fields {fields}: give --text as a JSON object with those keys") from None
+        missing = [f for f in fields if f not in ex] if isinstance(ex, dict) else fields
+        if missing:
+            raise DataError(f"--text {text!r} lacks field(s) {missing}; the task reads {fields}")
+        examples.append(ex)
+    return examples
+
+
+def cmd_generate(args) -> int:
+    from .artifacts import load_artifact
+    from .generation import generate
+
+    clf, config = load_artifact(args.artifact)
+    outputs = generate(clf, examples_from_texts(args.text, config["text_fields"]), max_new_tokens=args.max_new_tokens)
+    for text, out in zip(args.text, outputs):
+        print(json.dumps({"text": text, "generated": out}, ensure_ascii=False) if args.json else out)
     return 0
 
 

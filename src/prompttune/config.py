@@ -174,8 +174,18 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("task.text_fields must name at least one column")
     if cfg.method.init_from == "most_similar" and not cfg.method.prompt_bank:
         raise ConfigError("method.init_from: most_similar needs method.prompt_bank: a directory of task artifacts")
-    if cfg.method.prompt_length < 0:
-        raise ConfigError(f"method.prompt_length must be ≥ 0, got {cfg.method.prompt_length}")
+    from .prompt_encoders import ENCODERS
+    from .soft_prompts import INITS
+
+    m = cfg.method
+    if m.prompt_length < 0:
+        raise ConfigError(f"method.prompt_length must be ≥ 0, got {m.prompt_length}")
+    if m.encoder not in ENCODERS:
+        raise ConfigError(f"method.encoder must be one of {list(ENCODERS)}, got {m.encoder!r}")
+    if m.init not in INITS:
+        raise ConfigError(f"method.init must be one of {list(INITS)}, got {m.init!r}")
+    if m.reparam_hidden < 1 or m.transfer_epochs < 1:
+        raise ConfigError(f"method.reparam_hidden and method.transfer_epochs must be ≥ 1, got {m.reparam_hidden} and {m.transfer_epochs}")
     if not method.uses_head(cfg.method) and (cfg.prompt.template is None or cfg.prompt.verbalizer is None):
         raise ConfigError(f"method {method.name!r} needs prompt.template and prompt.verbalizer")
     # Parse now so a broken template or verbalizer fails before any model is loaded.
