@@ -58,3 +58,35 @@ def test_the_fitted_head_predicts_masked_tokens_on_held_out_text(sst2, head_dir)
     bb = load_backbone(lm_head=str(head_dir))
     acc = masked_token_accuracy(bb.model, bb.tokenizer, [ex["sentence"] for ex in sst2[-500:]])
     assert acc > 0.03, f"masked-token accuracy {acc:.3f} is near chance (1/30522)"
+
+
+def test_soft_words_and_a_zero_prefix_reproduce_the_real_model(sst2, head_dir):
+    """On the real weights: {soft:"It was"} untrained scores as the written words; a 0-length prefix is the bare model."""
+    test = sample_per_class(sst2[-5000:], 8, seed=1)
+    written, _ = build_classifier(TaskSpec(method="zero-shot", lm_head=str(head_dir), **SPEC))
+    soft_spec = {**SPEC, "template": '{sentence} {soft:"It was"} {mask}.'}
+    soft, _ = build_classifier(TaskSpec(method="prompt-tuning", lm_head=str(head_dir), **soft_spec))
+    prefix, _ = build_classifier(TaskSpec(method="p-tuning-v2", lm_head=str(head_dir), options={"prompt_length": 0}, **SPEC))
+    batch = written.collate(test)
+    with torch.no_grad():
+        expected = written(batch)
+        torch.testing.assert_close(soft(soft.collate(test)), expected, rtol=0, atol=1e-4)
+        torch.testing.assert_close(prefix(batch), expected, rtol=0, atol=0)
+
+
+def test_p_tuning_v2_trains_a_few_steps_and_round_trips(sst2, tmp_path):
+    from prompttune import TrainConfig, train
+
+    spec = TaskSpec(method="p-tuning-v2", model="all-MiniLM-L6-v2", text_fields=["sentence"], labels=["0", "1"],
+                    max_length=64, options={"prompt_length": 8, "head": True})
+    clf, fp = build_classifier(spec)
+    before = {n: p.detach().clone() for n, p in clf.model.base_model.named_parameters()}
+    train(clf, sample_per_class(sst2[:2000], 16, seed=0), None, TrainConfig(epochs=1, lr=1e-2, batch_size=8, progress=False))
+    assert all(torch.equal(before[n], p) for n, p in clf.model.base_model.named_parameters()), "the backbone changed"
+    save_artifact(tmp_path / "task", spec, clf, fp)
+    loaded, config = load_artifact(tmp_path / "task")
+    assert config["stored_numbers"] < 0.01 * config["total_parameters"]
+    test = sample_per_class(sst2[-5000:], 4, seed=2)
+    clf.eval()  # train() leaves the classifier in training mode (dropout on)
+    with torch.no_grad():
+        assert torch.equal(clf(clf.collate(test)), loaded(loaded.collate(test)))
