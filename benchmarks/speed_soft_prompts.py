@@ -8,7 +8,12 @@ a separately loaded copy of the same frozen backbone in train mode (dropout on, 
 so no variant's hooks or attention routing touch another's. After `--warmup` untimed rounds,
 `--reps` rounds are timed; within a round the variants run round-robin, in an order rotated each
 round, so load from other processes hits all of them alike. Reported: the median wall time of
-one step per variant (and its interquartile range), and the ratios of medians.
+one step per variant (and its interquartile range), the ratios of medians, and the median of the
+per-round ratios (num and den ran back to back in each round; this cancels slow load drift).
+
+Threads: torch's default (printed; one per core). On a machine whose cores other processes are
+using, pass `--threads 1`: with two OpenMP threads on two busy cores every parallel op waits for a
+descheduled thread and steps become ~10x slower and bimodal (seen: 3.2 s instead of 0.2 s).
 
 Variants, verbalizer setting (template `{sentence} It was {mask}.`, words terrible/great,
 loss = cross-entropy over the label words' log-probabilities at the mask):
@@ -62,6 +67,8 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -105,10 +112,17 @@ def pick_batch(data: str, n: int) -> list[dict]:
 # --- the variants: each is built once and returns a `step()` closure ------------------------
 
 
+@dataclass
 class Variant:
-    def __init__(self, name: str, setting: str, step, seq_len: int, trainable: int, kind: str):
-        self.name, self.setting, self.step, self.seq_len, self.trainable, self.kind = name, setting, step, seq_len, trainable, kind
-        self.times: list[float] = []
+    """One thing timed: `step()` runs one training step (or bare forward + backward)."""
+
+    name: str
+    setting: str  # "verbalizer" or "head"
+    step: Callable[[], object]
+    seq_len: int
+    trainable: int
+    kind: str  # "bare", "ours" or "peft"
+    times: list[float] = field(default_factory=list)
 
 
 def word_loss(verbalizer, logp: torch.Tensor, word_ids: list[list[int]], labels: torch.Tensor) -> torch.Tensor:
@@ -179,7 +193,7 @@ def build_variants(args, examples: list[dict], device) -> tuple[list[Variant], d
 
         torch.manual_seed(args.seed)
         try:
-            model = load_backbone(MODEL, lm_head=head_dir).model
+            model = load_backbone(MODEL, lm_head=head_dir).model.to(device)  # the head too, not only what PEFT wraps
             freeze(model)
             head = lm_head_module(model)
             pm = get_peft_model(model if whole_mlm else model.base_model, config).to(device)
@@ -368,11 +382,15 @@ def main() -> None:
                         "q1_ms": round(q1 * 1e3, 2), "q3_ms": round(q3 * 1e3, 2), "reps": len(v.times),
                         "seq_len": v.seq_len, "trainable_parameters": v.trainable,
                         "times_ms": [round(t * 1e3, 2) for t in v.times]}
+    by = {v.name: v for v in variants}
     ratios = {}
     for label, num, den, target in RATIOS:
         if num in medians and den in medians:
             r = medians[num] / medians[den]
-            ratios[label] = {"ratio": round(r, 3), "target": target, "meets_target": r <= target}
+            # Both ran in every round, one right after the other: the per-round ratio cancels slow load drift.
+            paired = statistics.median(a / b for a, b in zip(by[num].times, by[den].times, strict=True))
+            ratios[label] = {"ratio": round(r, 3), "paired_ratio": round(paired, 3), "target": target,
+                             "meets_target": r <= target}
         elif num in medians and den in errors:
             ratios[label] = {"ratio": None, "target": target, "error": f"{den}: {errors[den]}"}
 
@@ -386,12 +404,14 @@ def main() -> None:
               f"{r['q1_ms']:.1f}–{r['q3_ms']:.1f} | {r['reps']} |")
     for name, err in errors.items():
         print(f"| {name} | – | – | – | error: `{err}` | – | – |")
-    print("\n| ratio (medians) | value | target | meets |")
-    print("|---|---|---|---|")
+    print("\n| ratio | of medians | median per-round ratio | target | meets |")
+    print("|---|---|---|---|---|")
     for label, r in ratios.items():
-        value = f"{r['ratio']:.3f}" if r["ratio"] is not None else f"error: `{r['error']}`"
-        meets = "" if r["ratio"] is None else ("yes" if r["meets_target"] else "**no**")
-        print(f"| {label} | {value} | ≤ {r['target']:.2f} | {meets} |")
+        if r["ratio"] is None:
+            print(f"| {label} | error: `{r['error']}` | – | ≤ {r['target']:.2f} | |")
+            continue
+        meets = "yes" if r["meets_target"] else "**no**"
+        print(f"| {label} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} | ≤ {r['target']:.2f} | {meets} |")
 
     result = {
         "command": "python " + " ".join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:]),

@@ -239,3 +239,31 @@ def test_generation_refuses_a_masked_lm(bert_dir):
 
     with pytest.raises(ModelError, match="masked LM: it fills masks but does not generate"):
         generate(task(bert_dir, "prefix-tuning"), EXAMPLES)
+
+
+def test_tasks_sharing_one_backbone_each_see_only_their_own_prompt(gpt2_dir):
+    """Serving many tasks on one frozen model: a prompt bound by one task never leaks into another."""
+    from prompttune import load_backbone
+    from prompttune.evaluation import predict_scores
+
+    def build(method, backbone=None):
+        template = "{soft:3} {text} it was {mask}" if method == "prompt-tuning" else "{text} it was {mask}"
+        s = TaskSpec(method=method, model=str(gpt2_dir), text_fields=["text"], labels=["0", "1"], template=template,
+                     verbalizer={"0": ["bad"], "1": ["good"]}, options={"prompt_length": 3})
+        clf, _ = build_classifier(s, backbone)
+        with torch.no_grad():
+            for p in clf.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p))
+        return clf
+
+    alone = {m: predict_scores(build(m), EXAMPLES) for m in ("zero-shot", "prefix-tuning", "prompt-tuning")}
+    torch.manual_seed(0)
+    shared = load_backbone(str(gpt2_dir))
+    tasks = {m: build(m, shared) for m in ("prefix-tuning", "prompt-tuning", "zero-shot")}
+    for m in ["prefix-tuning", "zero-shot", "prompt-tuning", "zero-shot", "prefix-tuning"]:
+        got = predict_scores(tasks[m], EXAMPLES)
+        if m == "zero-shot":
+            torch.testing.assert_close(got, alone[m], rtol=0, atol=1e-6, msg="another task's prompt leaked into zero-shot")
+        else:
+            assert not torch.allclose(got, alone["zero-shot"]), f"{m}'s prompt was not applied on the shared backbone"

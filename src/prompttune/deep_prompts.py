@@ -35,6 +35,7 @@ _PREFIX = "_prompttune_prefix"  # attribute on an attention module: (key, value)
 _BASE = "_prompttune_base"  # the attention implementation the model used before install
 _SHIFT = "_prompttune_shift"  # attribute on a position-embedding module: P to add to position ids
 _CAPTURE = "_prompttune_capture"  # attribute on an attention module: a list that records (key, value)
+_SITES = "_prompttune_sites"  # attribute on an installed model: its sites
 
 
 def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
@@ -191,6 +192,7 @@ def install(model: nn.Module) -> list[Site]:
             setattr(module, _BASE, current)
         for module in position_modules(model):
             module.register_forward_pre_hook(_shift_positions, with_kwargs=True)
+        model.__dict__[_SITES] = sites  # not a submodule list: plain bookkeeping for `clear`
     return sites
 
 
@@ -207,6 +209,13 @@ def bind(model: nn.Module, sites: list[Site], keys: list[torch.Tensor], values: 
         if isinstance(module, nn.Embedding) and n_prefix and module.num_embeddings < n_prefix + 2:
             raise ModelError(f"a prefix of {n_prefix} leaves no room in {module.num_embeddings} position embeddings")
         setattr(module, _SHIFT, n_prefix)
+
+
+def clear(model: nn.Module) -> None:
+    """Unbind whatever prefix a task sharing this model left bound (no-op if none was installed)."""
+    sites = model.__dict__.get(_SITES)
+    if sites is not None:
+        unbind(model, sites)
 
 
 def unbind(model: nn.Module, sites: list[Site]) -> None:

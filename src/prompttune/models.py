@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from .backbones import Backbone
+from .deep_prompts import clear as clear_deep
 from .errors import DataError
 from .scoring import make_scorer
+from .soft_prompts import clear_soft
 from .templates import Template
 from .verbalizers import Verbalizer, label_key
 
@@ -110,7 +112,13 @@ class HeadClassifier(nn.Module):
 
 
 def bind_prompts(classifier: nn.Module) -> None:
-    """Put the classifier's current soft vectors / prefixes in place on its (shared) model."""
-    for prompt in (classifier.soft, classifier.deep):
-        if prompt is not None:
-            prompt.bind()
+    """Put the classifier's current soft vectors / prefixes in place on its model, and take away
+    any that another task sharing the model left there."""
+    if classifier.soft is not None:
+        classifier.soft.bind()
+    else:
+        clear_soft(classifier.model)
+    if classifier.deep is not None:
+        classifier.deep.bind()
+    else:
+        clear_deep(classifier.model)

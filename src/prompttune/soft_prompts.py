@@ -68,6 +68,13 @@ def install_soft_embedding(model: nn.Module) -> dict:
     return state
 
 
+def clear_soft(model: nn.Module) -> None:
+    """Unbind the soft table a task sharing this model left bound (no-op if none was installed)."""
+    state = getattr(model.get_input_embeddings(), _STATE, None)
+    if state is not None:
+        state["table"] = None
+
+
 def initial_vectors(template: Template, model: nn.Module, tokenizer, how: str = "vocab") -> torch.Tensor:
     """Starting vectors for the template's soft tokens, (n, dim).
 
