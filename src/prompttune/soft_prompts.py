@@ -24,17 +24,19 @@ INITS = ("vocab", "random")
 
 def _before(module: nn.Embedding, args):
     ids, state = args[0], getattr(module, _STATE)
-    soft = ids >= module.num_embeddings
-    if not bool(soft.any()):
+    if state["table"] is None:  # no soft prompt bound: nothing to look for (and no device sync)
         state["pending"].append(None)
         return None
-    table = state["table"]
-    index = ids - module.num_embeddings
-    if table is None or int(index.max()) >= table.shape[0]:
-        have = 0 if table is None else table.shape[0]
-        raise TemplateError(f"the input has soft token #{int(index.max())} but the bound soft prompt has {have} vectors")
-    state["pending"].append((soft, index.clamp(min=0)))
-    return (ids.masked_fill(soft, 0), *args[1:])
+    rows, cols = (ids >= module.num_embeddings).nonzero(as_tuple=True)
+    if rows.numel() == 0:  # e.g. T5's decoder ids through the shared table
+        state["pending"].append(None)
+        return None
+    index = ids[rows, cols] - module.num_embeddings
+    if int(index.max()) >= state["table"].shape[0]:
+        raise TemplateError(f"the input has soft token #{int(index.max())} but the bound soft prompt has "
+                            f"{state['table'].shape[0]} vectors")
+    state["pending"].append((rows, cols, index))
+    return (ids.clamp(max=module.num_embeddings - 1), *args[1:])
 
 
 def _after(module: nn.Embedding, args, output):
@@ -42,9 +44,9 @@ def _after(module: nn.Embedding, args, output):
     pending = state["pending"].pop()
     if pending is None:
         return None
-    soft, index = pending
-    table = state["table"]
-    return torch.where(soft[..., None], table[index].to(output.dtype), output)
+    rows, cols, index = pending
+    # Write only the soft positions (index_put), so the backward pass touches only those rows.
+    return output.index_put((rows, cols), state["table"][index].to(output.dtype))
 
 
 def install_soft_embedding(model: nn.Module) -> dict:
