@@ -136,8 +136,10 @@ def cmd_eval(args) -> int:
     result = evaluate(clf, examples, batch_size=args.batch_size, progress=not args.json)
     if args.json:
         print(json.dumps(result))
-    else:
+    elif "accuracy" in result:
         print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  n {result['n']}")
+    else:  # a generation task
+        print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  n {result['n']}")
     return 0
 
 
@@ -146,6 +148,10 @@ def cmd_predict(args) -> int:
     from .evaluation import predict_scores
 
     clf, config = load_artifact(args.artifact)
+    if config.get("generation"):
+        from .errors import ConfigError
+
+        raise ConfigError("this is a generation task: use `prompttune generate` to see its output text")
     probs = predict_scores(clf, examples_from_texts(args.text, config["text_fields"])).softmax(-1)
     for text, p in zip(args.text, probs):
         label = config["labels"][int(p.argmax())]

@@ -37,6 +37,8 @@ class TaskConfig:
     """Seed of the few-shot sample."""
     labels: list[str] | None = None
     """Label set for head-based methods; default: the verbalizer's labels, else those in train."""
+    generation: bool = False
+    """A text task: `label_field` holds the target text the model learns to write at `{mask}`."""
 
 
 @dataclass
@@ -186,7 +188,14 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"method.init must be one of {list(INITS)}, got {m.init!r}")
     if m.reparam_hidden < 1 or m.transfer_epochs < 1:
         raise ConfigError(f"method.reparam_hidden and method.transfer_epochs must be ≥ 1, got {m.reparam_hidden} and {m.transfer_epochs}")
-    if not method.uses_head(cfg.method) and (cfg.prompt.template is None or cfg.prompt.verbalizer is None):
+    if cfg.task.generation:
+        if method.uses_head(cfg.method):
+            raise ConfigError(f"task.generation needs a template method, not {method.name!r} with a classification head")
+        if cfg.prompt.template is None:
+            raise ConfigError("task.generation needs prompt.template with a {mask} where the target text goes")
+        if cfg.task.shots is not None:
+            raise ConfigError("task.shots draws K examples per class; a generation task has no classes (leave it null)")
+    elif not method.uses_head(cfg.method) and (cfg.prompt.template is None or cfg.prompt.verbalizer is None):
         raise ConfigError(f"method {method.name!r} needs prompt.template and prompt.verbalizer")
     # Parse now so a broken template or verbalizer fails before any model is loaded.
     if cfg.prompt.template is not None:

@@ -43,8 +43,27 @@ def evaluate(classifier: nn.Module, examples: list[dict], *, batch_size: int = 3
         >>> evaluate(clf, dev_examples)
         {'accuracy': 0.81, 'macro_f1': 0.80, 'n': 32, 'loss': 0.45}
     """
+    if getattr(classifier, "generates", False):
+        return generation_loss(classifier, examples, batch_size=batch_size, progress=progress)
     scores = predict_scores(classifier, examples, batch_size=batch_size, progress=progress)
     gold = [classifier.label_index(ex["label"]) for ex in examples]
     result = metrics(scores.argmax(-1).tolist(), gold, len(classifier.labels))
     result["loss"] = torch.nn.functional.cross_entropy(scores, torch.tensor(gold)).item() if gold else 0.0
     return result
+
+
+@torch.no_grad()
+def generation_loss(task: nn.Module, examples: list[dict], *, batch_size: int = 32, progress: bool = False) -> dict:
+    """A text generator's mean LM loss per target token (batch-weighted), its perplexity and n."""
+    was_training = task.training
+    task.eval()
+    device = next(task.parameters()).device
+    total, tokens = 0.0, 0
+    for i in tqdm(range(0, len(examples), batch_size), desc="evaluating", disable=not progress, leave=False):
+        batch = {k: v.to(device) for k, v in task.collate(examples[i : i + batch_size]).items()}
+        n = int((batch["target"] != -100).sum())
+        total += float(task(batch)) * n
+        tokens += n
+    task.train(was_training)
+    loss = total / tokens if tokens else 0.0
+    return {"loss": loss, "perplexity": float(torch.tensor(loss).exp()), "n": len(examples)}

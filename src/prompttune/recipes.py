@@ -63,8 +63,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
     log = log or (lambda msg: print(msg, file=sys.stderr))
     method = get_method(cfg.method.name)
     train_ex, dev_ex, test_ex = splits if splits is not None else load_splits(cfg)
-    labels = task_labels(cfg, train_ex)
-    for name, examples in (("train", train_ex), ("dev", dev_ex), ("eval", test_ex)):
+    labels = [] if cfg.task.generation else task_labels(cfg, train_ex)
+    for name, examples in (("train", train_ex), ("dev", dev_ex), ("eval", test_ex)) if labels else ():
         unknown = sorted({ex["label"] for ex in examples} - set(labels))
         if unknown:
             raise DataError(f"the {name} data has label(s) {unknown} that the task does not know; task labels: {labels}")
@@ -79,6 +79,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
         lm_head=_absolute_if_local(cfg.lm_head),
         max_length=cfg.train.max_length,
         options=cfg.method.options(),
+        generation=cfg.task.generation,
     )
     set_seed(cfg.train.seed)  # a new classification head is initialised here: make it repeatable
     classifier, fp = build_classifier(spec)

@@ -39,6 +39,8 @@ class TaskSpec:
     max_length: int = 128
     options: dict = field(default_factory=dict)
     """The method's options (`MethodOptions` fields), e.g. {"prompt_length": 20}."""
+    generation: bool = False
+    """A text task: the model writes the target text at `{mask}` (no labels, no verbalizer)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,16 +61,18 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
     """
     method = get_method(spec.method)
     options = spec.method_options()
+    if spec.generation and method.uses_head(options):
+        raise ConfigError(f"method {spec.method!r} with a classification head cannot generate text; a generation task "
+                          "needs a template method (prompt-tuning, p-tuning, prefix-tuning, p-tuning-v2, prompt-finetune)")
     if method.uses_head(options):
         model = load_head_model(spec.model, len(spec.labels))
         fp = fingerprint(model, spec.model, "classifier")
         clf = HeadClassifier(model, load_tokenizer(spec.model), spec.text_fields, tuple(spec.labels), spec.max_length)
     else:
-        if spec.template is None or spec.verbalizer is None:
+        if spec.template is None or (spec.verbalizer is None and not spec.generation):
             raise ConfigError(f"method {spec.method!r} needs prompt.template and prompt.verbalizer")
         template = parse_template(spec.template)
         template.check_fields(spec.text_fields)
-        verbalizer = parse_verbalizer(spec.verbalizer)
         if backbone is None:
             backbone = load_backbone(spec.model, kind=spec.model_kind, lm_head=spec.lm_head)
         if backbone.missing_head:
@@ -78,7 +82,12 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
                 "and set lm_head: HEAD_DIR"
             )
         fp = backbone.fingerprint()
-        clf = PromptClassifier(backbone, template, verbalizer, spec.max_length)
+        if spec.generation:
+            from .generation import TextGenerator
+
+            clf = TextGenerator(backbone, template, spec.max_length)
+        else:
+            clf = PromptClassifier(backbone, template, parse_verbalizer(spec.verbalizer), spec.max_length)
     method.attach(clf, options, folded)
     if not method.uses_head(options) and template.n_soft_segments and clf.soft is None:
         raise TemplateError(

@@ -118,7 +118,9 @@ def train(
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (config.progress and accelerator.is_main_process))
         losses = []
         for batch in bar:
-            loss = F.cross_entropy(model(batch).float(), batch["labels"])
+            out = model(batch)
+            # A classifier returns class scores; a text generator returns its LM loss (a scalar).
+            loss = out if out.ndim == 0 else F.cross_entropy(out.float(), batch["labels"])
             accelerator.backward(loss)
             if config.max_grad_norm:
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -131,9 +133,11 @@ def train(
         record = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses)}
         if dev_examples:
             dev = evaluate(classifier, dev_examples, batch_size=config.eval_batch_size)
-            record["dev_accuracy"], record["dev_loss"] = dev["accuracy"], dev["loss"]
+            record.update({f"dev_{k}": v for k, v in dev.items() if k in ("accuracy", "loss")})
             # A few-shot dev set (32 examples) ties often; the lower loss breaks the tie.
-            if result.best_dev is None or (dev["accuracy"], -dev["loss"]) > (result.best_dev["accuracy"], -result.best_dev["loss"]):
+            # (A generation task has no accuracy: its dev loss alone decides.)
+            key = lambda d: (d.get("accuracy", 0.0), -d["loss"])  # noqa: E731
+            if result.best_dev is None or key(dev) > key(result.best_dev):
                 result.best_epoch, result.best_dev = epoch + 1, dev
                 best_state = {k: v.clone() for k, v in trainable_state_dict(classifier).items()}
         result.history.append(record)
