@@ -342,3 +342,33 @@ def test_a_freshly_built_classifier_predicts_deterministically(method, bert_dir)
     assert not clf.training, "build_classifier must hand back a model in eval mode (dropout off)"
     batch = clf.collate(EXAMPLES[:4])
     assert torch.equal(clf(batch), clf(batch))
+
+
+# --- prompt methods: the frozen model stays out of gradients and artifacts -----------------
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("method", PROMPT_METHODS)
+def test_only_the_prompt_receives_gradients(method, model, request):
+    clf, _ = build_classifier(task_spec(method, request.getfixturevalue(model)))
+    batch = clf.collate(EXAMPLES)
+    torch.nn.functional.cross_entropy(clf(batch), batch["labels"]).backward()
+    with_grad = {n for n, p in clf.named_parameters() if p.grad is not None}
+    trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
+    assert with_grad == trainable, f"{method}: gradients reached {sorted(with_grad - trainable)[:5]}, missed {sorted(trainable - with_grad)[:5]}"
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("method", PROMPT_METHODS)
+def test_a_prompt_artifact_holds_no_backbone_weights(method, model, trained, tmp_path):
+    t = trained(method, model)
+    save_artifact(tmp_path, t.spec, t.classifier, t.fingerprint)
+    keys = set(load_file(str(tmp_path / "weights.safetensors")))
+    head = {id(p) for p in t.classifier.head_parameters()}  # a new head (p-tuning-v2:head) is the task's, not the backbone's
+    pretrained = {f"model.{n}" for n, p in t.classifier.model.named_parameters() if id(p) not in head}
+    leaked = keys & pretrained
+    assert not leaked, f"{method} saved backbone weights: {sorted(leaked)[:5]}"
+    assert any(k.startswith(("soft.", "deep.")) for k in keys), f"{method} saved no prompt: {sorted(keys)}"
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["stored_numbers"] == sum(t.numel() for t in load_file(str(tmp_path / "weights.safetensors")).values())
+    assert 0 < config["fraction_of_backbone"] < 0.5
