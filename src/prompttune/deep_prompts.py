@@ -67,6 +67,8 @@ def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwa
         pad_shape = (*attention_mask.shape[:-1], n_prefix)
         fill = True if attention_mask.dtype == torch.bool else 0.0
         attention_mask = torch.cat([attention_mask.new_full(pad_shape, fill), attention_mask], dim=-1)
+    else:  # no mask left means every query sees every key: say so, whatever the module's default
+        kwargs["is_causal"] = False
     if kwargs.get("position_bias") is not None:  # T5: the prefix has no relative position
         bias = kwargs["position_bias"]
         kwargs["position_bias"] = torch.cat([bias.new_zeros((*bias.shape[:-1], n_prefix)), bias], dim=-1)
