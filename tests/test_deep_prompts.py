@@ -182,6 +182,7 @@ def test_generation_with_the_cache_equals_generation_without(model, method, requ
     assert cached == uncached, f"the cache changed the generations: {cached} vs {uncached}"
 
 
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_(enable|disable)` is deprecated:FutureWarning")
 @pytest.mark.parametrize("model", ["bert_dir", "gpt2_dir", "t5_dir"])
 @pytest.mark.parametrize("method", PROMPTS + ["p-tuning"])
 def test_gradient_checkpointing_gives_the_same_gradients(model, method, request):
