@@ -14,6 +14,7 @@ from .backbones import Backbone, Kind, fingerprint, load_backbone, load_head_mod
 from .errors import ConfigError, ModelError, TemplateError
 from .methods import MethodOptions, get_method
 from .models import HeadClassifier, PromptClassifier
+from .parameters import freeze
 from .templates import parse_template
 from .verbalizers import parse_verbalizer
 
@@ -88,6 +89,7 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
             clf = TextGenerator(backbone, template, spec.max_length)
         else:
             clf = PromptClassifier(backbone, template, parse_verbalizer(spec.verbalizer), spec.max_length)
+    freeze(clf)  # methods switch on what they train
     method.attach(clf, options, folded)
     if not method.uses_head(options) and template.n_soft_segments and clf.soft is None:
         raise TemplateError(

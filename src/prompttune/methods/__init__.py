@@ -54,7 +54,8 @@ class Method:
     head: bool | None
     """True: a classification head on the raw text; False: template + verbalizer; None: `options.head` decides."""
     attach: Callable[[nn.Module, MethodOptions, bool], None]
-    """Add the method's modules to the classifier and mark what trains (everything else frozen).
+    """Add the method's modules to the classifier and mark what it trains. The classifier arrives
+    frozen, so methods only ever switch training on, and several can be attached in turn.
     `folded` is True when rebuilding a saved task: build the form that was saved (see `fold`)."""
 
     def uses_head(self, options: MethodOptions) -> bool:

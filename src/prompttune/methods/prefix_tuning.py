@@ -7,13 +7,11 @@ linear head.
 """
 
 from ..deep_prompts import DeepPrompt
-from ..parameters import freeze
 from . import Method, register_method
 
 
 def attach_deep_prompt(classifier, options, folded: bool, reparameterize: bool) -> None:
-    """Give the classifier a deep prompt; train only it (and a classification head, if any)."""
-    freeze(classifier)
+    """Give the classifier a deep prompt; train it (and a classification head, if any)."""
     if options.reparameterize is not None:
         reparameterize = options.reparameterize
     classifier.deep = DeepPrompt(classifier.model, options.prompt_length, reparameterize=reparameterize,

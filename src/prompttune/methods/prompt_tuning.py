@@ -5,14 +5,12 @@ as a prefix; here they go wherever the template puts them, beside text fields, l
 the mask.
 """
 
-from ..parameters import freeze
 from ..soft_prompts import SoftPrompt, initial_vectors
 from . import Method, register_method
 
 
 def attach_soft_prompt(classifier, options, folded: bool, encoder: str | None = None) -> None:
-    """Give a PromptClassifier a soft prompt for its template's `{soft}` tokens; train only that."""
-    freeze(classifier)
+    """Give a PromptClassifier a soft prompt for its template's `{soft}` tokens; train it."""
     init = initial_vectors(classifier.template, classifier.model, classifier.tokenizer, options.init)
     classifier.soft = SoftPrompt(classifier.model, init, None if folded else encoder)
 
