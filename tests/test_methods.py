@@ -35,7 +35,7 @@ from prompttune.evaluation import predict_scores
 
 # A method key is "name" or "name:variant"; PROMPTS gives its template and options.
 METHODS = ["zero-shot", "prompt-finetune", "finetune", "prompt-tuning", "p-tuning", "p-tuning:mlp",
-           "prefix-tuning", "p-tuning-v2", "p-tuning-v2:head"]
+           "prefix-tuning", "p-tuning-v2", "p-tuning-v2:head", "lora", "lora:head", "p-tuning+lora"]
 MODELS = ["bert_dir", "roberta_dir", "gpt2_dir", "t5_dir"]
 TRAINING = [m for m in METHODS if m != "zero-shot"]
 PROMPT_METHODS = [m for m in METHODS if m not in ("zero-shot", "prompt-finetune", "finetune")]
@@ -47,7 +47,11 @@ PROMPTS = {  # soft tokens in several places: first, between fields and text, wo
     "prefix-tuning": (TEMPLATE, {"prompt_length": 3, "reparam_hidden": 16}),
     "p-tuning-v2": (TEMPLATE, {"prompt_length": 3}),
     "p-tuning-v2:head": (None, {"prompt_length": 3, "head": True}),
+    "lora": (TEMPLATE, {"lora_rank": 4}),
+    "lora:head": (None, {"lora_rank": 4, "head": True}),
+    "p-tuning+lora": ("{soft:2} {text} it was {mask} .", {"encoder": "mlp", "lora_rank": 4}),
 }
+TRAINED_BY_METHOD = ("soft.", "deep.", "lora_")  # what a parameter-efficient method may add and train
 
 EXAMPLES = [
     {"text": "great fun", "label": "1"},
@@ -73,7 +77,8 @@ def train_config(method: str) -> TrainConfig:
 def task_spec(method: str, model_dir) -> TaskSpec:
     # "wonderful" is two tokens everywhere, so training goes through the multi-token scoring path.
     template, options = PROMPTS.get(method, (TEMPLATE, {}))
-    return TaskSpec(method=method.split(":")[0], model=str(model_dir), text_fields=["text"], labels=["0", "1"],
+    name = method.split(":")[0]
+    return TaskSpec(method=name.split("+") if "+" in name else name, model=str(model_dir), text_fields=["text"], labels=["0", "1"],
                     template=template, verbalizer={"0": ["bad", "wonderful"], "1": ["good"]} if template else None,
                     options=dict(options))
 
@@ -167,9 +172,9 @@ def test_a_method_marks_exactly_its_parameters_trainable(method, bert_dir):
     if method == "zero-shot":
         assert not trainable, "zero-shot must leave every parameter frozen"
     elif method in PROMPT_METHODS:
-        head = {n for n in trainable if n.startswith("model.")}
-        prompt = trainable - head
-        assert prompt and all(n.startswith(("soft.", "deep.")) for n in prompt), f"{method} trains {sorted(prompt)}"
+        prompt = {n for n in trainable if any(mark in n for mark in TRAINED_BY_METHOD)}
+        head = trainable - prompt
+        assert prompt, f"{method} trains nothing of its own: {sorted(trainable)[:5]}"
         if method.endswith(":head"):  # the new classification head (and BERT's pooler, absent from an MLM checkpoint)
             assert head and all(".classifier." in n or ".pooler." in n for n in head), f"{method}'s head: {sorted(head)}"
         else:
@@ -177,7 +182,7 @@ def test_a_method_marks_exactly_its_parameters_trainable(method, bert_dir):
     else:
         assert trainable == {n for n, _ in clf.named_parameters()}, f"{method} trains the whole model"
     spec = task_spec(method, bert_dir)
-    assert get_method(spec.method).uses_head(spec.method_options()) == (method in ("finetune", "p-tuning-v2:head"))
+    assert get_method(spec.method).uses_head(spec.method_options()) == (method in ("finetune", "p-tuning-v2:head", "lora:head"))
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -365,10 +370,11 @@ def test_a_prompt_artifact_holds_no_backbone_weights(method, model, trained, tmp
     save_artifact(tmp_path, t.spec, t.classifier, t.fingerprint)
     keys = set(load_file(str(tmp_path / "weights.safetensors")))
     head = {id(p) for p in t.classifier.head_parameters()}  # a new head (p-tuning-v2:head) is the task's, not the backbone's
-    pretrained = {f"model.{n}" for n, p in t.classifier.model.named_parameters() if id(p) not in head}
+    pretrained = {f"model.{n}" for n, p in t.classifier.model.named_parameters()
+                  if id(p) not in head and "lora_" not in n}
     leaked = keys & pretrained
     assert not leaked, f"{method} saved backbone weights: {sorted(leaked)[:5]}"
-    assert any(k.startswith(("soft.", "deep.")) for k in keys), f"{method} saved no prompt: {sorted(keys)}"
+    assert any(any(mark in k for mark in TRAINED_BY_METHOD) for k in keys), f"{method} saved no prompt: {sorted(keys)}"
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["stored_numbers"] == sum(t.numel() for t in load_file(str(tmp_path / "weights.safetensors")).values())
     assert 0 < config["fraction_of_backbone"] < 0.5

@@ -112,6 +112,10 @@ def load_artifact(directory: str | Path, backbone: Backbone | None = None) -> tu
     except SafetensorError as e:
         raise ArtifactError(f"{weights_path} is not a readable safetensors file: {e}") from None
     load_trainable(classifier, weights, source=str(weights_path))
+    if spec.method_options().merge:
+        from .methods.lora import merge_lora
+
+        merge_lora(classifier.model)
     classifier.eval()
     return classifier, config
 

@@ -51,8 +51,9 @@ class PromptConfig:
 
 @dataclass
 class MethodConfig(MethodOptions):
-    name: str = "prompt-finetune"
-    """One of the registered methods (`prompttune methods` lists them); the other keys are its options."""
+    name: str | list[str] = "prompt-finetune"
+    """One of the registered methods (`prompttune methods` lists them), or a list of them to combine
+    (e.g. [p-tuning, lora]); the other keys are their options."""
 
     def options(self) -> dict:
         """The options as stored in a task spec (everything but the name)."""
@@ -142,7 +143,8 @@ def _build(cls, raw: dict, where: str):
     return cls(**kwargs)
 
 
-_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list[str]": list}
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list[str]": list,
+          "str | list[str]": (str, list)}
 
 
 def _check_type(key: str, value, annotation: str):
@@ -161,7 +163,7 @@ def _check_type(key: str, value, annotation: str):
         value = [value]
     if expected is not None and (not isinstance(value, expected) or (base in ("int", "float") and isinstance(value, bool))):
         raise ConfigError(f"config key {key!r} expects {base}, got {value!r}")
-    if base == "list[str]":
+    if base == "list[str]" or (base == "str | list[str]" and isinstance(value, list)):
         value = [str(v) for v in value]
     return value
 

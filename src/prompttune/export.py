@@ -64,7 +64,7 @@ ADAPTER_CONFIG, ADAPTER_WEIGHTS, TASK_FILE = "adapter_config.json", "adapter_mod
 SOFT_METHODS = ("prompt-tuning", "p-tuning")
 DEEP_METHODS = ("prefix-tuning", "p-tuning-v2")
 SUPPORTED = (
-    "prompt-tuning and p-tuning whose template puts every soft token first (on a tokenizer that adds no "
+    "lora (template + verbalizer); prompt-tuning and p-tuning whose template puts every soft token first (on a tokenizer that adds no "
     "special token in front, e.g. GPT-2, T5), and prefix-tuning and p-tuning-v2 read through a template + "
     "verbalizer on decoder-only or encoder-only models (e.g. GPT-2, Llama, BERT, RoBERTa)"
 )
@@ -93,12 +93,16 @@ def export_peft(artifact_dir: str | Path, out_dir: str | Path, *, verify: bool =
     _check_method(spec)
     clf, config = load_artifact(artifact_dir)
     kind = config["backbone"]["kind"]
-    if spec.method in SOFT_METHODS:
-        peft_config, prompt, n_virtual = _soft_prompt_export(clf, spec, kind)
+    if spec.method == "lora":
+        peft_config, weights = _lora_export(artifact_dir, clf, spec, kind)
+        n_virtual = 0
     else:
-        peft_config, prompt, n_virtual = _prefix_export(clf, spec, kind)
+        if spec.method in SOFT_METHODS:
+            peft_config, prompt, n_virtual = _soft_prompt_export(clf, spec, kind)
+        else:
+            peft_config, prompt, n_virtual = _prefix_export(clf, spec, kind)
+        weights = {"prompt_embeddings": prompt}
     adapter_config = _plain(peft_config.to_dict())
-    weights = {"prompt_embeddings": prompt}
     max_diff = None
     if verify:
         with tempfile.TemporaryDirectory(prefix="prompttune-peft-") as tmp:
@@ -117,7 +121,7 @@ def export_peft(artifact_dir: str | Path, out_dir: str | Path, *, verify: bool =
         "verbalizer": spec.verbalizer,
         "peft_input": (
             f"the template rendered without its {n_virtual} leading soft tokens: PEFT prepends them as virtual tokens"
-            if spec.method in SOFT_METHODS else "the template rendered as prompttune renders it"
+            if spec.method in SOFT_METHODS else "the template rendered as prompttune renders it (ids, with the task's LM head)"
         ),
         "verified_max_abs_logit_difference": max_diff,
     })
@@ -125,7 +129,10 @@ def export_peft(artifact_dir: str | Path, out_dir: str | Path, *, verify: bool =
 
 
 def _check_method(spec) -> None:
-    if spec.method not in SOFT_METHODS + DEEP_METHODS:
+    if not isinstance(spec.method, str):
+        raise ExportError(f"methods {spec.method} are combined; PEFT loads one kind of adapter at a time, so a combined "
+                          f"task cannot be exported as one; exportable: {SUPPORTED}")
+    if spec.method not in SOFT_METHODS + DEEP_METHODS + ("lora",):
         why = {
             "zero-shot": "it trains nothing: use the base model as it is",
             "finetune": "it trains all of the model's weights: save the whole model instead",
@@ -206,6 +213,28 @@ def _prefix_export(clf, spec, kind: str):
     )
     # (P, layers, 2, heads, head_dim) is PEFT's (P, layers*2, heads, head_dim) layout: flatten each token.
     return peft_config, prefix.reshape(length, layers * 2 * heads * head_dim), 0
+
+
+def _lora_export(artifact_dir: Path, clf, spec, kind: str):
+    """LoRA's A/B matrices under PEFT's names (`base_model.model.<module>.lora_A.weight`)."""
+    from peft import LoraConfig
+    from safetensors.torch import load_file
+    from .artifacts import WEIGHTS
+    from .methods.lora import default_targets, targets_are_conv1d
+
+    options = spec.method_options()
+    saved = load_file(str(artifact_dir / WEIGHTS))  # the unmerged matrices, whatever `merge` says
+    weights = {}
+    for name, tensor in saved.items():
+        if "lora_" not in name:
+            raise ExportError(f"the artifact holds {name!r} besides LoRA's matrices; only pure LoRA tasks export")
+        weights["base_model.model." + name.removeprefix("model.").replace(".default.", ".")] = tensor
+    targets = options.target_modules or default_targets(clf.model)
+    peft_config = LoraConfig(task_type=TASK_TYPES[kind], r=options.lora_rank, lora_alpha=options.lora_alpha,
+                             lora_dropout=options.lora_dropout, target_modules=targets, bias="none",
+                             fan_in_fan_out=targets_are_conv1d(clf.model, targets), base_model_name_or_path=_base_model_name(spec.model),
+                             inference_mode=True)
+    return peft_config, weights
 
 
 def _check_with_peft(clf, spec, kind: str, adapter_dir: Path, n_virtual: int) -> float:

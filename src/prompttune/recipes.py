@@ -69,7 +69,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
         if unknown:
             raise DataError(f"the {name} data has label(s) {unknown} that the task does not know; task labels: {labels}")
     spec = TaskSpec(
-        method=method.name,
+        method=cfg.method.name,
         model=_absolute_if_local(cfg.model),
         text_fields=list(cfg.task.text_fields),
         labels=labels,

@@ -29,7 +29,8 @@ class TaskSpec:
         ...                 verbalizer={"0": ["terrible"], "1": ["great"]}, lm_head="heads/minilm")
     """
 
-    method: str
+    method: str | list[str]
+    """A registered method name, or a list of names attached together (e.g. ["p-tuning", "lora"])."""
     model: str
     text_fields: list[str]
     labels: list[str]

@@ -38,6 +38,19 @@ class MethodOptions:
     """Directory of task artifacts to pick the most similar prompt from."""
     transfer_epochs: int = 1
     """`init_from: most_similar`: epochs of brief training before comparing with the bank."""
+    lora_rank: int = 8
+    """lora: rank r of the update B·A."""
+    lora_alpha: int = 16
+    """lora: the update is scaled by alpha / r."""
+    lora_dropout: float = 0.0
+    target_modules: list[str] | None = None
+    """lora: names of the Linear modules to adapt (default: peft's choice for the model family)."""
+    merge: bool = False
+    """lora: fold B·A into the weights when a saved task is loaded (zero-overhead inference)."""
+    adapter_kind: str = "houlsby"
+    """adapter: houlsby (after attention and feed-forward) or pfeiffer (after feed-forward only)."""
+    reduction_factor: int = 16
+    """adapter: bottleneck width = hidden size / reduction_factor."""
 
 
 @dataclass(frozen=True)
@@ -72,11 +85,34 @@ def register_method(method: Method) -> Method:
     return method
 
 
-def get_method(name: str) -> Method:
+def get_method(name: str | list[str]) -> Method:
+    """The registered method, or for a list of names their composition (see `compose`)."""
+    if isinstance(name, (list, tuple)):
+        return compose([get_method(n) for n in name])
     try:
         return _METHODS[name]
     except KeyError:
         raise ConfigError(f"unknown method.name {name!r}; available: {sorted(_METHODS)}") from None
+
+
+def compose(methods: list[Method]) -> Method:
+    """Several methods on one task, e.g. [p-tuning, lora]: each attaches in turn and everything any of
+    them marks trains (and is saved). They must agree on head vs template + verbalizer."""
+    if not methods:
+        raise ConfigError("method.name is an empty list; name one method or several")
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"method.name {names} lists a method twice")
+    heads = {m.head for m in methods if m.head is not None}
+    if len(heads) > 1:
+        raise ConfigError(f"methods {names} disagree: some read the task through a classification head, others "
+                          "through a template + verbalizer")
+
+    def attach(classifier, options, folded):
+        for m in methods:
+            m.attach(classifier, options, folded)
+
+    return Method("+".join(names), " + ".join(m.summary for m in methods), heads.pop() if heads else None, attach)
 
 
 def method_names() -> list[str]:
@@ -84,7 +120,10 @@ def method_names() -> list[str]:
 
 
 from . import (  # noqa: E402,F401  (register the built-ins)
+    adapter,
+    bitfit,
     finetune,
+    lora,
     p_tuning,
     p_tuning_v2,
     prefix_tuning,
