@@ -85,3 +85,12 @@ def test_bad_method_lists_are_refused(names, message, bert_dir):
 def test_target_modules_that_match_nothing_are_refused(bert_dir, tmp_path):
     with pytest.raises(ConfigError, match="cannot add LoRA layers"):
         lora_task(bert_dir, tmp_path, target_modules=["no_such_module"])
+
+
+def test_lora_keeps_what_an_earlier_method_trains(bert_dir):
+    spec = TaskSpec(method=["bitfit", "lora"], model=str(bert_dir), text_fields=["text"], labels=["0", "1"],
+                    template="{text} it was {mask} .", verbalizer={"0": ["bad"], "1": ["good"]}, options={"lora_rank": 2})
+    clf, _ = build_classifier(spec)
+    trainable = [n for n, p in clf.named_parameters() if p.requires_grad]
+    assert any(n.endswith("bias") for n in trainable), "peft's injection switched BitFit's biases off"
+    assert any("lora_" in n for n in trainable)

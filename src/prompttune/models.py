@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .backbones import Backbone
+from .adapters import clear as clear_adapters
 from .deep_prompts import clear as clear_deep
 from .errors import DataError
 from .scoring import make_scorer
@@ -122,3 +123,8 @@ def bind_prompts(classifier: nn.Module) -> None:
         classifier.deep.bind()
     else:
         clear_deep(classifier.model)
+    adapters = getattr(classifier, "adapters", None)
+    if adapters is not None:
+        adapters.bind()
+    else:
+        clear_adapters(classifier.model)

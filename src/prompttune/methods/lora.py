@@ -54,12 +54,17 @@ def attach_lora(classifier: nn.Module, options, folded: bool) -> None:
     targets = options.target_modules or default_targets(model)
     config = LoraConfig(r=options.lora_rank, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
                         target_modules=targets, bias="none", fan_in_fan_out=targets_are_conv1d(model, targets))
+    # peft freezes everything but LoRA; keep what methods attached before this one train.
+    training = [p for p in classifier.parameters() if p.requires_grad]
     try:
         inject_adapter_in_model(config, model)
     except ValueError as e:  # e.g. target modules that match nothing
         raise ConfigError(f"cannot add LoRA layers: {e}") from None
+    for p in training:
+        p.requires_grad_(True)
     for name, p in model.named_parameters():
-        p.requires_grad_("lora_" in name)
+        if "lora_" in name:
+            p.requires_grad_(True)
     for p in classifier.head_parameters():
         p.requires_grad_(True)
 
