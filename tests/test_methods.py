@@ -35,7 +35,8 @@ from prompttune.evaluation import predict_scores
 
 # A method key is "name" or "name:variant"; PROMPTS gives its template and options.
 METHODS = ["zero-shot", "prompt-finetune", "finetune", "prompt-tuning", "p-tuning", "p-tuning:mlp",
-           "prefix-tuning", "p-tuning-v2", "p-tuning-v2:head", "lora", "lora:head", "p-tuning+lora"]
+           "prefix-tuning", "p-tuning-v2", "p-tuning-v2:head", "lora", "lora:head", "p-tuning+lora", "adapter"]
+# bitfit trains the backbone's own biases, so it is specified in tests/test_weight_methods.py instead.
 MODELS = ["bert_dir", "roberta_dir", "gpt2_dir", "t5_dir"]
 TRAINING = [m for m in METHODS if m != "zero-shot"]
 PROMPT_METHODS = [m for m in METHODS if m not in ("zero-shot", "prompt-finetune", "finetune")]
@@ -50,8 +51,9 @@ PROMPTS = {  # soft tokens in several places: first, between fields and text, wo
     "lora": (TEMPLATE, {"lora_rank": 4}),
     "lora:head": (None, {"lora_rank": 4, "head": True}),
     "p-tuning+lora": ("{soft:2} {text} it was {mask} .", {"encoder": "mlp", "lora_rank": 4}),
+    "adapter": (TEMPLATE, {"reduction_factor": 8}),
 }
-TRAINED_BY_METHOD = ("soft.", "deep.", "lora_")  # what a parameter-efficient method may add and train
+TRAINED_BY_METHOD = ("soft.", "deep.", "lora_", "adapters.")  # what a parameter-efficient method may add and train
 
 EXAMPLES = [
     {"text": "great fun", "label": "1"},
