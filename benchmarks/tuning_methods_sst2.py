@@ -1,15 +1,18 @@
-"""Soft and deep prompts on SST-2 with the embedded all-MiniLM-L6-v2, against full fine-tuning.
+"""Parameter-efficient methods on SST-2 with the embedded all-MiniLM-L6-v2, against full fine-tuning:
+soft and deep prompts (prompt-tuning, p-tuning, prefix-tuning, p-tuning-v2) and weight-side
+methods (lora, adapter, bitfit).
 
 Two regimes, 5 seeds each: LM-BFF's few-shot protocol (16 examples per class to train, another 16
 per class to pick the best epoch) and 1,000 training examples (500 per class, 100 per class dev).
 Accuracy on 1,000 held-out sentences no run trains on. prompt-tuning and p-tuning read the task
 through the template + verbalizer with the fitted MLM head (see lm_head_minilm.py); prefix-tuning
-and p-tuning-v2 use a linear head on [CLS] (`method.head: true`, P-tuning v2's NLU setting).
+and p-tuning-v2 use a linear head on [CLS] (`method.head: true`, P-tuning v2's NLU setting), and so
+do lora, adapter and bitfit (the setting they are compared with full fine-tuning in).
 
-    python benchmarks/soft_prompts_sst2.py [--regimes 16 1000] [--seeds 13 21 42 87 100] [--methods ...]
+    python benchmarks/tuning_methods_sst2.py [--regimes 16 1000] [--seeds 13 21 42 87 100] [--methods ...]
 
 A key `name:variant` is method `name` with other settings (see METHODS). Prints a markdown table (mean ± std, trainable parameters, numbers stored per task) and writes
-benchmarks/results/soft_prompts_sst2.json.
+the JSON named by --out.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ METHODS = {
                     {16: {"epochs": 20, "lr": 1e-2}, 1000: {"epochs": 5, "lr": 1e-2}}),
     # P-tuning v2 trains its prompts for many more epochs than fine-tuning (the paper: up to 100).
     "p-tuning-v2:15-epochs": (None, {"head": True, "prompt_length": 20}, {1000: {"epochs": 15, "lr": 1e-2}}),
+    # Weight-side methods (issue 3), with a linear head like finetune; lrs from the papers' ranges.
+    "lora": (None, {"head": True, "lora_rank": 8, "lora_alpha": 16}, {16: {"epochs": 20, "lr": 1e-3}, 1000: {"epochs": 5, "lr": 5e-4}}),
+    "adapter": (None, {"head": True, "reduction_factor": 16}, {16: {"epochs": 20, "lr": 1e-3}, 1000: {"epochs": 5, "lr": 5e-4}}),
+    "bitfit": (None, {"head": True}, {16: {"epochs": 20, "lr": 1e-3}, 1000: {"epochs": 5, "lr": 1e-3}}),
 }
 
 
@@ -60,9 +67,9 @@ def main() -> None:
     ap.add_argument("--regimes", type=int, nargs="+", default=[16, 1000], help="16 = 16 shots per class; N = N examples")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--test", type=int, default=500, help="held-out examples per class")
-    ap.add_argument("--work", default=str(ROOT / "runs/bench_soft_prompts"))
+    ap.add_argument("--work", default=str(ROOT / "runs/bench_tuning_methods"))
     ap.add_argument("--head", default=str(ROOT / "runs/bench_few_shot/lm_head"), help="fitted MLM head (made if absent)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/soft_prompts_sst2.json"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/tuning_methods_sst2.json"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
