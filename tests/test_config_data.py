@@ -118,6 +118,14 @@ def test_a_prompt_method_without_template_is_refused_and_a_head_method_needs_non
         load_config(raw=config_with(prompt=None, method={"name": "p-tuning-v2"}))
 
 
+def test_a_list_of_methods_is_read_and_each_name_checked():
+    cfg = load_config(raw=config_with(prompt={"template": "{soft:2} {sentence} It was {mask}."},
+                                      method={"name": ["p-tuning", "lora"], "lora_rank": 4}))
+    assert cfg.method.name == ["p-tuning", "lora"] and cfg.method.lora_rank == 4
+    with pytest.raises(ConfigError, match="unknown method.name 'lorra'"):
+        load_config(raw=config_with(method={"name": ["p-tuning", "lorra"]}))
+
+
 @pytest.mark.parametrize(
     ("template", "expected"),
     [

@@ -16,8 +16,9 @@ from .errors import PromptTuneError
 EPILOG_TRAIN = """example:
   prompttune train configs/sst2_prompt_finetune.yaml --out runs/sst2 --set train.lr=2e-5 --set task.shots=16
 config keys: model, model_kind, lm_head, task.{train,dev,eval,text_fields,label_field,shots,seed,labels},
-  prompt.{template,verbalizer}, method.{name,prompt_length,init,encoder,reparameterize,reparam_hidden,head,
-  init_from,prompt_bank,transfer_epochs}, train.{epochs,lr,batch_size,eval_batch_size,max_length,
+  prompt.{template,verbalizer}, method.{name (one or a list),prompt_length,init,encoder,reparameterize,
+  reparam_hidden,head,init_from,prompt_bank,transfer_epochs,lora_rank,lora_alpha,lora_dropout,target_modules,
+  merge,adapter_kind,reduction_factor}, train.{epochs,lr,batch_size,eval_batch_size,max_length,
   weight_decay,warmup_ratio,max_grad_norm,seed,progress,checkpoint}"""
 
 
