@@ -1,0 +1,330 @@
+"""Speed of a LoRA / adapter / BitFit training step, as ratios to full fine-tuning and to plain PEFT LoRA.
+
+    python benchmarks/speed_weight_methods.py [--reps 20] [--warmup 3] [--threads 1] [--device cpu|cuda] [--note TEXT]
+
+(The saved result was made with `python benchmarks/speed_weight_methods.py --reps 10 --threads 1
+--note "..."` on a loaded 2-core machine; see the JSON's `note` and load averages.)
+
+One fixed batch of 16 SST-2 sentences (8 per class, sampled with seed 0, the same batch as
+benchmarks/speed_soft_prompts.py), max length 64, the embedded all-MiniLM-L6-v2 under a linear
+classification head (AutoModelForSequenceClassification, 2 labels). Every variant is a separately
+loaded copy of the model in train mode (dropout on, as in training). After `--warmup` untimed
+rounds, `--reps` rounds are timed; within a round the variants run round-robin, in an order
+rotated each round, so load from other processes hits all of them alike. Reported: the median
+wall time of one step per variant (and its interquartile range), the ratios of medians, and the
+median of the per-round ratios (num and den ran in the same round; this cancels slow load drift).
+
+Threads: torch's default (printed; one per core). On a machine whose cores other processes are
+using, pass `--threads 1` (see speed_soft_prompts.py: two OpenMP threads on two busy cores make
+steps ~10x slower and bimodal).
+
+Training variants; each step = forward + backward of cross-entropy on the logits + AdamW step
+over the variant's trainable parameters:
+
+- finetune: prompttune `method: finetune` (all weights + the new head): the denominator of
+  "each method / full fine-tuning".
+- ours lora: `method: lora, head: true, lora_rank: 8, lora_alpha: 16` (peft's
+  `inject_adapter_in_model` on query/value; LoRA matrices + head train).
+- ours adapter: `method: adapter, head: true, reduction_factor: 16` (hook-based Houlsby
+  bottleneck adapters after attention and feed-forward; adapters + head train).
+- ours bitfit: `method: bitfit, head: true` (every bias + head trains).
+- peft lora: plain PEFT, `get_peft_model(AutoModelForSequenceClassification.from_pretrained(...,
+  num_labels=2), LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query",
+  "value"]))`; its trainable parameters (LoRA + the classifier, which PEFT's SEQ_CLS puts in
+  `modules_to_save`). The input is tokenized exactly as prompttune's HeadClassifier does
+  (`tokenizer(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")`).
+
+Inference variants (`--no-inference` skips them): forward only under `torch.no_grad()`, eval mode,
+same batch. A LoRA task is built, given a non-zero update (a few AdamW steps, so merging has
+something to fold), saved with `save_artifact`, and loaded with `load_artifact` twice: as saved
+(`merge: false`, the LoRA layers stay) and with `merge: true` in its spec (B·A folded into the
+weights, the LoRA layers removed). Compared with the bare model (`load_head_model`, no method).
+
+Targets (from the issue): ours lora / peft lora ≤ 1.0; the ratios to finetune are reported.
+Writes benchmarks/results/speed_weight_methods.json (per-variant medians, all samples, ratios,
+machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed_soft_prompts import Variant, measure, pick_batch, quartiles, to  # noqa: E402 - shared timing helpers
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "all-MiniLM-L6-v2"
+LABELS = ["0", "1"]
+LORA = {"lora_rank": 8, "lora_alpha": 16}
+
+
+def spec(method: str, max_length: int, options: dict | None = None):
+    from prompttune import TaskSpec
+
+    return TaskSpec(method=method, model=MODEL, text_fields=["sentence"], labels=LABELS, max_length=max_length,
+                    options=options or {})
+
+
+def trainable(module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def build_training(args, examples: list[dict], device) -> tuple[list[Variant], dict]:
+    from prompttune import build_classifier
+
+    variants, errors = [], {}
+
+    def ours(name, sp):
+        torch.manual_seed(args.seed)
+        clf, _ = build_classifier(sp)
+        clf.to(device).train()
+        batch = to(clf.collate(examples), device)
+        params = trainable(clf)
+        opt = torch.optim.AdamW(params, lr=1e-4)
+        labels = batch["labels"]
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(clf(batch).float(), labels)
+            loss.backward()
+            opt.step()
+            return loss
+
+        variants.append(Variant(name, "train", step, batch["ids"].shape[1], sum(p.numel() for p in params), "ours"))
+        return clf
+
+    def peft_lora(name):
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        from prompttune.backbones import load_tokenizer, resolve_model_path
+
+        torch.manual_seed(args.seed)
+        try:
+            hf_logging.set_verbosity_error()
+            model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(MODEL), num_labels=2)
+            config = LoraConfig(task_type="SEQ_CLS", r=LORA["lora_rank"], lora_alpha=LORA["lora_alpha"],
+                                target_modules=["query", "value"])
+            pm = get_peft_model(model, config).to(device)
+            pm.train()
+            tok = load_tokenizer(MODEL)
+            enc = tok([e["sentence"] for e in examples], truncation=True, max_length=args.max_length, padding=True,
+                      return_tensors="pt")
+            ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+            labels = torch.tensor([LABELS.index(str(e["label"])) for e in examples], device=device)
+            params = trainable(pm)
+            opt = torch.optim.AdamW(params, lr=1e-4)
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(pm(input_ids=ids, attention_mask=attn).logits.float(), labels)
+                loss.backward()
+                opt.step()
+                return loss
+
+            step()  # fail here, at build time, rather than in the timed loop
+            variants.append(Variant(name, "train", step, ids.shape[1], sum(p.numel() for p in params), "peft"))
+            return pm, ids, attn
+        except Exception as e:  # noqa: BLE001 - a PEFT failure is itself a finding, recorded verbatim
+            errors[name] = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+            return None
+
+    ft = ours("finetune", spec("finetune", args.max_length))
+    ours("ours lora", spec("lora", args.max_length, {"head": True, **LORA}))
+    ours("ours adapter", spec("adapter", args.max_length, {"head": True, "reduction_factor": 16}))
+    ours("ours bitfit", spec("bitfit", args.max_length, {"head": True}))
+    peft = peft_lora("peft lora")
+    if peft is not None:  # same token ids as ours (HeadClassifier.collate), checked
+        ours_batch = ft.collate(examples)
+        if not torch.equal(ours_batch["ids"].to(device), peft[1]) or not torch.equal(ours_batch["attn"].to(device), peft[2]):
+            print("warning: PEFT's batch differs from prompttune's", file=sys.stderr)
+    return variants, errors
+
+
+def build_inference(args, examples: list[dict], device) -> tuple[list[Variant], dict]:
+    from prompttune import build_classifier, load_artifact, save_artifact
+    from prompttune.backbones import load_head_model
+
+    variants = []
+
+    def timed(name, forward, width, n_params):
+        @torch.no_grad()
+        def step():
+            return forward()
+
+        variants.append(Variant(name, "inference", step, width, n_params, "inference"))
+
+    # A LoRA task with a non-zero update, saved once, loaded unmerged and merged.
+    torch.manual_seed(args.seed)
+    sp = spec("lora", args.max_length, {"head": True, **LORA})
+    clf, fp = build_classifier(sp)
+    batch = clf.collate(examples)
+    opt = torch.optim.AdamW(trainable(clf), lr=1e-2)
+    clf.train()
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(clf(batch).float(), batch["labels"]).backward()
+        opt.step()
+    clf.eval()
+    tmp = tempfile.TemporaryDirectory(prefix="speed_weight_methods_")
+    save_artifact(Path(tmp.name) / "lora", sp, clf, fp)
+    merged_spec = spec("lora", args.max_length, {"head": True, **LORA, "merge": True})
+    save_artifact(Path(tmp.name) / "lora_merged", merged_spec, clf, fp)
+    unmerged, _ = load_artifact(Path(tmp.name) / "lora")
+    merged, _ = load_artifact(Path(tmp.name) / "lora_merged")
+    tmp.cleanup()
+    with torch.no_grad():
+        a, b = unmerged(batch), merged(batch)
+    max_diff = (a - b).abs().max().item()
+    n_lora = [sum(1 for n, _ in m.named_modules() if n.endswith("lora_A")) for m in (unmerged.model, merged.model)]
+
+    bare = load_head_model(MODEL, 2).eval()
+    for m in (unmerged, merged, bare):
+        m.to(device)
+    batch = to(batch, device)
+    ids, attn = batch["ids"], batch["attn"]
+    width = ids.shape[1]
+    timed("bare model (inference)", lambda: bare(input_ids=ids, attention_mask=attn).logits, width, 0)
+    timed("ours lora unmerged (inference)", lambda: unmerged(batch), width, 0)
+    timed("ours lora merged (inference)", lambda: merged(batch), width, 0)
+    return variants, {"max_abs_logit_diff_merged_vs_unmerged": max_diff,
+                      "lora_layers_unmerged": n_lora[0], "lora_layers_merged": n_lora[1]}
+
+
+RATIOS = [  # (label, numerator, denominator, target or None)
+    ("ours_lora / finetune", "ours lora", "finetune", None),
+    ("ours_adapter / finetune", "ours adapter", "finetune", None),
+    ("ours_bitfit / finetune", "ours bitfit", "finetune", None),
+    ("peft_lora / finetune", "peft lora", "finetune", None),
+    ("ours_lora / peft_lora", "ours lora", "peft lora", 1.0),
+    ("inference: lora_unmerged / bare", "ours lora unmerged (inference)", "bare model (inference)", None),
+    ("inference: lora_merged / bare", "ours lora merged (inference)", "bare model (inference)", None),
+    ("inference: lora_merged / lora_unmerged", "ours lora merged (inference)", "ours lora unmerged (inference)", None),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/sst2/train.tsv"))
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=20, help="timed rounds (each round runs every variant once)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave torch's default)")
+    ap.add_argument("--no-inference", dest="inference", action="store_false",
+                    help="skip the merged / unmerged / bare inference timings")
+    ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'machine was loaded')")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/speed_weight_methods.json"))
+    args = ap.parse_args()
+
+    import peft
+    import transformers
+
+    from prompttune.backbones import resolve_model_path
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    load_before = os.getloadavg()
+    examples = pick_batch(args.data, args.batch_size)
+    t0 = time.perf_counter()
+    variants, errors = build_training(args, examples, device)
+    infer, merge_check = (build_inference(args, examples, device) if args.inference else ([], {}))
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    # Training and inference are timed in separate round-robins (each against its own kind).
+    measure(variants, args.reps, args.warmup, device)
+    if infer:
+        measure(infer, args.reps, args.warmup, device)
+    measure_s = time.perf_counter() - t0
+    load_after = os.getloadavg()
+
+    rows, medians = {}, {}
+    for v in variants + infer:
+        med = statistics.median(v.times)
+        q1, q3 = quartiles(v.times)
+        medians[v.name] = med
+        rows[v.name] = {"setting": v.setting, "kind": v.kind, "median_ms": round(med * 1e3, 2),
+                        "q1_ms": round(q1 * 1e3, 2), "q3_ms": round(q3 * 1e3, 2), "reps": len(v.times),
+                        "seq_len": v.seq_len, "trainable_parameters": v.trainable,
+                        "times_ms": [round(t * 1e3, 2) for t in v.times]}
+    by = {v.name: v for v in variants + infer}
+    ratios = {}
+    for label, num, den, target in RATIOS:
+        if num in medians and den in medians:
+            r = medians[num] / medians[den]
+            paired = statistics.median(a / b for a, b in zip(by[num].times, by[den].times, strict=True))
+            ratios[label] = {"ratio": round(r, 3), "paired_ratio": round(paired, 3), "target": target,
+                             "meets_target": None if target is None else r <= target}
+        elif num in medians and den in errors:
+            ratios[label] = {"ratio": None, "target": target, "error": f"{den}: {errors[den]}"}
+
+    print(f"\ntorch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
+          f"device {device}, torch threads {torch.get_num_threads()}, {args.reps} reps after {args.warmup} warm-up rounds, "
+          f"batch {args.batch_size}, max length {args.max_length}; load average {load_before[0]:.2f} -> {load_after[0]:.2f}\n")
+    print("| variant | setting | tokens | trainable params | median ms/step | IQR ms | reps |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['setting']} | {r['seq_len']} | {r['trainable_parameters']:,} | {r['median_ms']:.1f} | "
+              f"{r['q1_ms']:.1f}–{r['q3_ms']:.1f} | {r['reps']} |")
+    for name, err in errors.items():
+        print(f"| {name} | – | – | – | error: `{err}` | – | – |")
+    print("\n| ratio | of medians | median per-round ratio | target | meets |")
+    print("|---|---|---|---|---|")
+    for label, r in ratios.items():
+        target = "–" if r["target"] is None else f"≤ {r['target']:.2f}"
+        if r["ratio"] is None:
+            print(f"| {label} | error: `{r['error']}` | – | {target} | |")
+            continue
+        meets = "–" if r["meets_target"] is None else ("yes" if r["meets_target"] else "**no**")
+        print(f"| {label} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} | {target} | {meets} |")
+    if merge_check:
+        print(f"\nmerge check: {merge_check}")
+
+    result = {
+        "command": "python " + shlex.join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:]),
+        "note": args.note,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "device": str(device),
+                    "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+                    "load_average_before": [round(x, 2) for x in load_before],
+                    "load_average_after": [round(x, 2) for x in load_after]},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "peft": peft.__version__},
+        "setup": {"model": MODEL, "model_path": resolve_model_path(MODEL), "batch_size": args.batch_size,
+                  "max_length": args.max_length, "lora": LORA, "adapter": {"kind": "houlsby", "reduction_factor": 16},
+                  "reps": args.reps, "warmup": args.warmup, "seed": args.seed,
+                  "sentences": [e["sentence"] for e in examples]},
+        "variants": rows,
+        "errors": errors,
+        "ratios": ratios,
+        "merge_check": merge_check,
+        "seconds": {"build": round(build_s, 1), "measure": round(measure_s, 1)},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
