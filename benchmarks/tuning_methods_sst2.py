@@ -71,16 +71,19 @@ def main() -> None:
     ap.add_argument("--head", default=str(ROOT / "runs/bench_few_shot/lm_head"), help="fitted MLM head (made if absent)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/tuning_methods_sst2.json"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--text-field", default="sentence",
+                    help="text column, e.g. review for ../shared/data/zh/waimai_10k.csv (label,review)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     work, head = Path(args.work), Path(args.head)
-    examples = load_examples(args.data, ["sentence"], "label")
+    field = args.text_field
+    examples = load_examples(args.data, [field], "label")
     test = sample_per_class(examples, args.test, seed=0)
     rest = without(examples, test)
     if not (head / "head.json").is_file():
-        fit_and_save_lm_head("all-MiniLM-L6-v2", [ex["sentence"] for ex in rest], head, max_texts=8000, held_out=1000)
+        fit_and_save_lm_head("all-MiniLM-L6-v2", [ex[field] for ex in rest], head, max_texts=8000, held_out=1000)
 
     out = Path(args.out)
     results = json.loads(out.read_text())["results"] if out.is_file() else {}
@@ -95,8 +98,9 @@ def main() -> None:
                 cfg = load_config(raw={
                     "model": "all-MiniLM-L6-v2",
                     "lm_head": str(head) if template else None,
-                    "task": {"text_fields": ["sentence"]},
-                    "prompt": {"template": template, "verbalizer": VERBALIZER} if template else {},
+                    "task": {"text_fields": [field]},
+                    "prompt": {"template": template.replace("{sentence}", "{" + field + "}"), "verbalizer": VERBALIZER}
+                    if template else {},
                     "method": {"name": method.split(":")[0], **options},
                     "train": {"batch_size": 8 if regime == 16 else 16, "max_length": 64, "seed": seed,
                               "progress": False, "checkpoint": False, **settings[regime]},
