@@ -75,12 +75,14 @@ def train(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
 ) -> TrainResult:
-    """Train the classifier's trainable parameters with cross-entropy over its class scores.
+    """Train the classifier's trainable parameters with cross-entropy over its class scores (or, for a
+    text generator, its LM loss).
 
-    The best epoch is the one with the highest dev accuracy (lowest dev loss among ties).
+    The best epoch is the one with the highest dev accuracy (lowest dev loss among ties; a
+    generation task has only the loss).
 
     Example:
-        >>> get_method("prompt-finetune").attach(clf)
+        >>> clf, _ = build_classifier(TaskSpec(method="p-tuning-v2", ...))
         >>> result = train(clf, train_examples, dev_examples, TrainConfig(epochs=5, lr=1e-5))
         >>> result.best_dev["accuracy"]
     """
