@@ -335,10 +335,9 @@ def quartiles(xs: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def common_arguments(ap: argparse.ArgumentParser, out_name: str) -> argparse.ArgumentParser:
+    """The options every speed benchmark here takes (batch, repetitions, device, output)."""
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/sst2/train.tsv"))
-    ap.add_argument("--lm-head", default=str(ROOT / "runs/bench_few_shot/lm_head"), help="fitted MLM head directory")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--reps", type=int, default=20, help="timed rounds (each round runs every variant once)")
@@ -346,11 +345,27 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave torch's default)")
+    ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'machine was loaded')")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results" / out_name))
+    return ap
+
+
+def prepare(args) -> tuple[torch.device, tuple[float, float, float], list[dict]]:
+    """Threads and device as asked, the load average before, and the fixed batch."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    return device, os.getloadavg(), pick_batch(args.data, args.batch_size)
+
+
+def main() -> None:
+    ap = common_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "speed_soft_prompts.json")
+    ap.add_argument("--lm-head", default=str(ROOT / "runs/bench_few_shot/lm_head"), help="fitted MLM head directory")
     ap.add_argument("--settings", nargs="+", default=["verbalizer", "head"], choices=["verbalizer", "head"])
     ap.add_argument("--no-peft-mlm", dest="peft_mlm", action="store_false",
                     help="skip PEFT prompt tuning on the whole masked LM (vocabulary logits at every position)")
-    ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'machine was loaded')")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/speed_soft_prompts.json"))
     args = ap.parse_args()
 
     import peft
@@ -358,13 +373,7 @@ def main() -> None:
 
     from prompttune.backbones import resolve_model_path
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device available")
-    load_before = os.getloadavg()
-    examples = pick_batch(args.data, args.batch_size)
+    device, load_before, examples = prepare(args)
     t0 = time.perf_counter()
     variants, errors = build_variants(args, examples, device)
     build_s = time.perf_counter() - t0

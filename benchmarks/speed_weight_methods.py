@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_soft_prompts import Variant, measure, pick_batch, quartiles, to  # noqa: E402 - shared timing helpers
+from speed_soft_prompts import Variant, common_arguments, measure, prepare, quartiles, to  # noqa: E402 - shared helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "all-MiniLM-L6-v2"
@@ -219,19 +219,9 @@ RATIOS = [  # (label, numerator, denominator, target or None)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/sst2/train.tsv"))
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=20, help="timed rounds (each round runs every variant once)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave torch's default)")
+    ap = common_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "speed_weight_methods.json")
     ap.add_argument("--no-inference", dest="inference", action="store_false",
                     help="skip the merged / unmerged / bare inference timings")
-    ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'machine was loaded')")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/speed_weight_methods.json"))
     args = ap.parse_args()
 
     import peft
@@ -239,13 +229,7 @@ def main() -> None:
 
     from prompttune.backbones import resolve_model_path
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device available")
-    load_before = os.getloadavg()
-    examples = pick_batch(args.data, args.batch_size)
+    device, load_before, examples = prepare(args)
     t0 = time.perf_counter()
     variants, errors = build_training(args, examples, device)
     infer, merge_check = (build_inference(args, examples, device) if args.inference else ([], {}))
