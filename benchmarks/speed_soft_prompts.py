@@ -360,6 +360,57 @@ def prepare(args) -> tuple[torch.device, tuple[float, float, float], list[dict]]
     return device, os.getloadavg(), pick_batch(args.data, args.batch_size)
 
 
+def summarize(variants: list, ratio_specs, errors: dict) -> tuple[dict, dict]:
+    """Per-variant medians/IQRs and the (label, num, den, target) ratios; target None = no target."""
+    rows, medians = {}, {}
+    for v in variants:
+        med = statistics.median(v.times)
+        q1, q3 = quartiles(v.times)
+        medians[v.name] = med
+        rows[v.name] = {"setting": v.setting, "kind": v.kind, "median_ms": round(med * 1e3, 2),
+                        "q1_ms": round(q1 * 1e3, 2), "q3_ms": round(q3 * 1e3, 2), "reps": len(v.times),
+                        "seq_len": v.seq_len, "trainable_parameters": v.trainable,
+                        "times_ms": [round(t * 1e3, 2) for t in v.times]}
+    by = {v.name: v for v in variants}
+    ratios = {}
+    for label, num, den, target in ratio_specs:
+        if num in medians and den in medians:
+            r = medians[num] / medians[den]
+            # Both ran in every round, one right after the other: the per-round ratio cancels slow load drift.
+            paired = statistics.median(a / b for a, b in zip(by[num].times, by[den].times, strict=True))
+            ratios[label] = {"ratio": round(r, 3), "paired_ratio": round(paired, 3), "target": target,
+                             "meets_target": None if target is None else r <= target}
+        elif num in medians and den in errors:
+            ratios[label] = {"ratio": None, "target": target, "error": f"{den}: {errors[den]}"}
+    return rows, ratios
+
+
+def print_tables(args, device, load_before, load_after, rows: dict, ratios: dict, errors: dict) -> None:
+    """The run's conditions, the per-variant table and the ratio table, in markdown."""
+    import peft
+    import transformers
+
+    print(f"\ntorch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
+          f"device {device}, torch threads {torch.get_num_threads()}, {args.reps} reps after {args.warmup} warm-up rounds, "
+          f"batch {args.batch_size}, max length {args.max_length}; load average {load_before[0]:.2f} -> {load_after[0]:.2f}\n")
+    print("| variant | setting | tokens | trainable params | median ms/step | IQR ms | reps |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['setting']} | {r['seq_len']} | {r['trainable_parameters']:,} | {r['median_ms']:.1f} | "
+              f"{r['q1_ms']:.1f}–{r['q3_ms']:.1f} | {r['reps']} |")
+    for name, err in errors.items():
+        print(f"| {name} | – | – | – | error: `{err}` | – | – |")
+    print("\n| ratio | of medians | median per-round ratio | target | meets |")
+    print("|---|---|---|---|---|")
+    for label, r in ratios.items():
+        target = "–" if r["target"] is None else f"≤ {r['target']:.2f}"
+        if r["ratio"] is None:
+            print(f"| {label} | error: `{r['error']}` | – | {target} | |")
+            continue
+        meets = "–" if r["meets_target"] is None else ("yes" if r["meets_target"] else "**no**")
+        print(f"| {label} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} | {target} | {meets} |")
+
+
 def main() -> None:
     ap = common_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "speed_soft_prompts.json")
     ap.add_argument("--lm-head", default=str(ROOT / "runs/bench_few_shot/lm_head"), help="fitted MLM head directory")
@@ -382,45 +433,8 @@ def main() -> None:
     measure_s = time.perf_counter() - t0
     load_after = os.getloadavg()
 
-    rows, medians = {}, {}
-    for v in variants:
-        med = statistics.median(v.times)
-        q1, q3 = quartiles(v.times)
-        medians[v.name] = med
-        rows[v.name] = {"setting": v.setting, "kind": v.kind, "median_ms": round(med * 1e3, 2),
-                        "q1_ms": round(q1 * 1e3, 2), "q3_ms": round(q3 * 1e3, 2), "reps": len(v.times),
-                        "seq_len": v.seq_len, "trainable_parameters": v.trainable,
-                        "times_ms": [round(t * 1e3, 2) for t in v.times]}
-    by = {v.name: v for v in variants}
-    ratios = {}
-    for label, num, den, target in RATIOS:
-        if num in medians and den in medians:
-            r = medians[num] / medians[den]
-            # Both ran in every round, one right after the other: the per-round ratio cancels slow load drift.
-            paired = statistics.median(a / b for a, b in zip(by[num].times, by[den].times, strict=True))
-            ratios[label] = {"ratio": round(r, 3), "paired_ratio": round(paired, 3), "target": target,
-                             "meets_target": r <= target}
-        elif num in medians and den in errors:
-            ratios[label] = {"ratio": None, "target": target, "error": f"{den}: {errors[den]}"}
-
-    print(f"\ntorch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
-          f"device {device}, torch threads {torch.get_num_threads()}, {args.reps} reps after {args.warmup} warm-up rounds, "
-          f"batch {args.batch_size}, max length {args.max_length}; load average {load_before[0]:.2f} -> {load_after[0]:.2f}\n")
-    print("| variant | setting | tokens | trainable params | median ms/step | IQR ms | reps |")
-    print("|---|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['setting']} | {r['seq_len']} | {r['trainable_parameters']:,} | {r['median_ms']:.1f} | "
-              f"{r['q1_ms']:.1f}–{r['q3_ms']:.1f} | {r['reps']} |")
-    for name, err in errors.items():
-        print(f"| {name} | – | – | – | error: `{err}` | – | – |")
-    print("\n| ratio | of medians | median per-round ratio | target | meets |")
-    print("|---|---|---|---|---|")
-    for label, r in ratios.items():
-        if r["ratio"] is None:
-            print(f"| {label} | error: `{r['error']}` | – | ≤ {r['target']:.2f} | |")
-            continue
-        meets = "yes" if r["meets_target"] else "**no**"
-        print(f"| {label} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} | ≤ {r['target']:.2f} | {meets} |")
+    rows, ratios = summarize(variants, RATIOS, errors)
+    print_tables(args, device, load_before, load_after, rows, ratios, errors)
 
     result = {
         "command": "python " + " ".join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:]),

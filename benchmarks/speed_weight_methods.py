@@ -52,7 +52,6 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -63,7 +62,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_soft_prompts import Variant, common_arguments, measure, prepare, quartiles, to  # noqa: E402 - shared helpers
+from speed_soft_prompts import Variant, common_arguments, measure, prepare, print_tables, summarize, to  # noqa: E402 - shared helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "all-MiniLM-L6-v2"
@@ -242,45 +241,8 @@ def main() -> None:
     measure_s = time.perf_counter() - t0
     load_after = os.getloadavg()
 
-    rows, medians = {}, {}
-    for v in variants + infer:
-        med = statistics.median(v.times)
-        q1, q3 = quartiles(v.times)
-        medians[v.name] = med
-        rows[v.name] = {"setting": v.setting, "kind": v.kind, "median_ms": round(med * 1e3, 2),
-                        "q1_ms": round(q1 * 1e3, 2), "q3_ms": round(q3 * 1e3, 2), "reps": len(v.times),
-                        "seq_len": v.seq_len, "trainable_parameters": v.trainable,
-                        "times_ms": [round(t * 1e3, 2) for t in v.times]}
-    by = {v.name: v for v in variants + infer}
-    ratios = {}
-    for label, num, den, target in RATIOS:
-        if num in medians and den in medians:
-            r = medians[num] / medians[den]
-            paired = statistics.median(a / b for a, b in zip(by[num].times, by[den].times, strict=True))
-            ratios[label] = {"ratio": round(r, 3), "paired_ratio": round(paired, 3), "target": target,
-                             "meets_target": None if target is None else r <= target}
-        elif num in medians and den in errors:
-            ratios[label] = {"ratio": None, "target": target, "error": f"{den}: {errors[den]}"}
-
-    print(f"\ntorch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
-          f"device {device}, torch threads {torch.get_num_threads()}, {args.reps} reps after {args.warmup} warm-up rounds, "
-          f"batch {args.batch_size}, max length {args.max_length}; load average {load_before[0]:.2f} -> {load_after[0]:.2f}\n")
-    print("| variant | setting | tokens | trainable params | median ms/step | IQR ms | reps |")
-    print("|---|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['setting']} | {r['seq_len']} | {r['trainable_parameters']:,} | {r['median_ms']:.1f} | "
-              f"{r['q1_ms']:.1f}–{r['q3_ms']:.1f} | {r['reps']} |")
-    for name, err in errors.items():
-        print(f"| {name} | – | – | – | error: `{err}` | – | – |")
-    print("\n| ratio | of medians | median per-round ratio | target | meets |")
-    print("|---|---|---|---|---|")
-    for label, r in ratios.items():
-        target = "–" if r["target"] is None else f"≤ {r['target']:.2f}"
-        if r["ratio"] is None:
-            print(f"| {label} | error: `{r['error']}` | – | {target} | |")
-            continue
-        meets = "–" if r["meets_target"] is None else ("yes" if r["meets_target"] else "**no**")
-        print(f"| {label} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} | {target} | {meets} |")
+    rows, ratios = summarize(variants + infer, RATIOS, errors)
+    print_tables(args, device, load_before, load_after, rows, ratios, errors)
     if merge_check:
         print(f"\nmerge check: {merge_check}")
 
