@@ -6,7 +6,8 @@ import pytest
 
 from prompttune.backbones import load_tokenizer
 from prompttune.errors import TemplateError
-from prompttune.templates import Field, Mask, Soft, Text, encode_example, parse_template
+from prompttune.templates import (Field, Mask, Soft, Text, Trigger, encode_example, fill_triggers, parse_template,
+                                  segment_texts, to_source)
 
 LONG_TEXT = "a good movie " * 60  # ~180 tokens in every English tokenizer
 
@@ -56,6 +57,12 @@ def test_soft_forms_give_one_n_or_word_initialised_soft_tokens():
     assert t.n_soft == 5  # word-initialised soft tokens are counted once the words are tokenised
 
 
+def test_trigger_forms_give_one_or_n_trigger_tokens():
+    t = parse_template("{s} {trigger} {mask} {trigger:3}")
+    assert t.segments == (Field("s"), Text(" "), Trigger(1), Text(" "), Mask(), Text(" "), Trigger(3))
+    assert t.n_triggers == 4 and t.n_soft == 0
+
+
 def test_doubled_braces_are_literal_braces():
     t = parse_template("{{x}} {sentence} }}{{ {mask}")
     assert t.segments == (Text("{x} "), Field("sentence"), Text(" }{ "), Mask())
@@ -76,6 +83,9 @@ def test_doubled_braces_are_literal_braces():
         ("{sentence} {soft:0} {mask}", "number of soft tokens must be ≥ 1"),
         ('{sentence} {soft:""} {mask}', "needs words to initialise from"),
         ("{mask} {sentence} {mask}", "more than one {mask}"),
+        ("{sentence} {trigger:0} {mask}", "number of trigger tokens must be ≥ 1"),
+        ("{sentence} {trigger:x} {mask}", "cannot read placeholder {trigger:x}"),
+        ("{soft} {sentence} {trigger} {mask}", "mixes {soft} and {trigger}"),
         ("", "must be non-empty text"),
         ("   ", "must be non-empty text"),
     ],
@@ -87,8 +97,36 @@ def test_a_malformed_template_raises_an_error_naming_the_problem(source, expecte
 
 
 def test_an_unknown_placeholder_error_lists_the_valid_forms():
-    with pytest.raises(TemplateError, match=r"expected \{field_name\}, \{mask\}, \{soft\}"):
+    with pytest.raises(TemplateError, match=r"expected \{field_name\}, \{mask\}, \{soft\}.*\{trigger:N\}"):
         parse_template("{sentence} {mask:2}")
+
+
+# --- writing templates back -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", [
+    "{sentence} It was {mask}.",
+    "{premise} ? {mask} , {hypothesis}",
+    '{soft:4} {sentence} {soft} {soft:"It was"} {mask}',
+    "{{x}} {sentence} }}{{ {mask} {{{{",
+    "  {a}{b}  {mask}  ",
+])
+def test_a_template_written_back_parses_to_the_same_segments(source):
+    t = parse_template(source)
+    assert parse_template("".join(to_source(s) for s in t.segments)).segments == t.segments
+
+
+def test_fill_triggers_writes_one_word_per_trigger_token_in_order():
+    t = parse_template("{s} {trigger:3} {mask} . {trigger}")
+    filled = fill_triggers(t, ["so", "it", "was", "{ok}"])
+    assert filled == "{s} so it was {mask} . {{ok}}"
+    assert parse_template(filled).n_triggers == 0
+    assert parse_template(filled).segments == (Field("s"), Text(" so it was "), Mask(), Text(" . {ok}"))
+
+
+def test_fill_triggers_needs_a_word_for_every_trigger_token():
+    with pytest.raises(TemplateError, match="has 3 trigger tokens, got 2 words"):
+        fill_triggers(parse_template("{s} {trigger:3} {mask}"), ["so", "it"])
 
 
 def test_check_fields_names_the_missing_field_and_the_available_ones():
@@ -151,6 +189,26 @@ def test_word_initialised_soft_tokens_get_one_vector_per_token_of_the_words(bert
 def test_soft_tokens_without_a_soft_prompt_method_are_an_error(bert_tok):
     with pytest.raises(TemplateError, match="has soft tokens, but this method has no soft prompt"):
         encode_example(parse_template("{soft:2} {s} {mask}"), bert_tok, {"s": "fun"}, mask_fill=[bert_tok.mask_token_id])
+
+
+def test_trigger_tokens_are_rendered_and_recorded_like_soft_tokens(bert_tok):
+    tok = bert_tok
+    base = 10_000  # during a trigger search, trigger token k is rendered as base + k, like soft token k
+    enc = encode_example(parse_template("{trigger:2} {s} {trigger} {mask}"), tok, {"s": "fun"},
+                         mask_fill=[tok.mask_token_id], soft_base=base)
+    assert enc.soft_positions == [1, 2, 4]
+    assert [enc.ids[p] for p in enc.soft_positions] == [base, base + 1, base + 2]
+    assert enc.mask_start == 5
+
+
+def test_unfilled_trigger_slots_are_an_error_pointing_to_the_search(bert_tok):
+    with pytest.raises(TemplateError, match="has {trigger} slots, which must be filled first with `prompttune search triggers`"):
+        encode_example(parse_template("{s} {trigger:2} {mask}"), bert_tok, {"s": "fun"}, mask_fill=[bert_tok.mask_token_id])
+
+
+def test_a_trigger_carries_the_space_before_it_like_the_mask():
+    texts = [text for _, text in segment_texts(parse_template("{trigger} {s} {trigger:2}. {mask}"), {"s": "fun"})]
+    assert texts == ["", " fun", " ", ".", " "]
 
 
 def test_an_example_lacking_a_template_field_is_an_error_naming_it(bert_tok):

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate text from a saved task's prompt (causal or seq2seq models)",
                        description="Render each --text with the task's template up to {mask} (the whole input with the "
                                    "mask as a sentinel on T5), bind the task's soft tokens / prefixes, and print what the "
-                                   "model generates. Inputs are batched with padding; the cache is used.")
+                                   "model generates. Inputs are batched with padding; the cache is used. For an "
+                                   "in-context task, print its chain-of-thought reasoning (if any) and its answer.")
     p.add_argument("artifact", help="task artifact directory")
     p.add_argument("--text", action="append", required=True, help="an input (repeatable; JSON object for several fields)")
     p.add_argument("--max-new-tokens", type=int, default=20)
@@ -109,6 +110,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="SST-2 style .tsv (label<TAB>sentence); default: ../shared/data/sst2/train.tsv if present, else a small built-in set")
     p.add_argument("--out", default="runs/demo", help="where the demo writes its head and task artifact")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("search", help="find a template or label words automatically (AutoPrompt, LM-BFF)",
+                       description="Search for a prompt with the frozen model of a run config; write DIR/config.yaml "
+                                   "(the config with the found prompt, ready for `prompttune train`) and DIR/search.json "
+                                   "(every candidate ranked, zero-shot dev accuracy of yours and the found one).")
+    kinds = p.add_subparsers(dest="search", required=True, metavar="WHAT")
+    q = kinds.add_parser("triggers", help="AutoPrompt: fill the template's {trigger:N} slots by gradient-guided search",
+                         description="Fill {trigger} / {trigger:N} slots of prompt.template with tokens chosen by the "
+                                     "first-order gradient of the task loss (AutoPrompt, Shin et al. 2020).")
+    q.add_argument("--steps", type=int, default=50, help="search steps; each updates one trigger token (default 50)")
+    q.add_argument("--candidates", type=int, default=10, help="top-k tokens by gradient re-scored per step (default 10)")
+    q.add_argument("--batch-size", type=int, default=16, help="examples per step (default 16)")
+    q = kinds.add_parser("labels", help="search label words for each class (PETAL / LM-BFF)",
+                         description="Rank words per class by the model's likelihood at {mask} over that class's "
+                                     "training examples; choose the assignment with the best zero-shot dev accuracy. "
+                                     "prompt.verbalizer gives the labels (and is the baseline in the report).")
+    q.add_argument("--per-class", type=int, default=20, help="candidate words kept per class (default 20)")
+    q.add_argument("--assignments", type=int, default=50, help="assignments re-ranked on dev (default 50)")
+    q = kinds.add_parser("templates", help="LM-BFF: generate templates with a T5 model, ranked on dev",
+                         description="A seq2seq LM (T5 family) fills spans around the input and the label word to "
+                                     "propose templates; the best by zero-shot dev accuracy are kept.")
+    q.add_argument("--generator", required=True, help="local path or hub id of the T5 model that writes templates")
+    q.add_argument("--beams", type=int, default=20, help="beam width per example (default 20)")
+    q.add_argument("--keep", type=int, default=5, help="templates kept in the report (default 5)")
+    for q in kinds.choices.values():
+        q.add_argument("config", help="YAML run config (model, task data, prompt)")
+        q.add_argument("--out", required=True, help="directory for config.yaml and search.json")
+        q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (repeatable)")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("methods", help="list the available methods")
     p.set_defaults(func=cmd_methods)
@@ -189,7 +220,15 @@ def cmd_generate(args) -> int:
     from .generation import generate
 
     clf, config = load_artifact(args.artifact)
-    outputs = generate(clf, examples_from_texts(args.text, config["text_fields"]), max_new_tokens=args.max_new_tokens)
+    examples = examples_from_texts(args.text, config["text_fields"])
+    if hasattr(clf, "explain"):  # an in-context task: its reasoning (chain of thought) and answer
+        for text, out in zip(args.text, clf.explain(examples)):
+            if args.json:
+                print(json.dumps({"text": text, **out}, ensure_ascii=False))
+            else:
+                print((f"{out['reasoning']}\n" if out["reasoning"] is not None else "") + f"=> {out['label']}")
+        return 0
+    outputs = generate(clf, examples, max_new_tokens=args.max_new_tokens)
     for text, out in zip(args.text, outputs):
         print(json.dumps({"text": text, "generated": out}, ensure_ascii=False) if args.json else out)
     return 0
@@ -219,6 +258,18 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     run_demo(data=args.data, out=Path(args.out))
+    return 0
+
+
+def cmd_search(args) -> int:
+    from .search.run import run_search
+
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("command", "search", "config", "out", "overrides", "func")}
+    report = run_search(args.search, args.config, args.out, overrides=args.overrides, **settings)
+    print(json.dumps({"out": str(args.out), "found": report["found"], **({"dev_accuracy": report["dev_accuracy"]}
+                                                                          if "dev_accuracy" in report else {})},
+                     ensure_ascii=False))
     return 0
 
 

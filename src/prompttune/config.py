@@ -190,6 +190,18 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"method.init must be one of {list(INITS)}, got {m.init!r}")
     if m.reparam_hidden < 1 or m.transfer_epochs < 1:
         raise ConfigError(f"method.reparam_hidden and method.transfer_epochs must be ≥ 1, got {m.reparam_hidden} and {m.transfer_epochs}")
+    if m.demonstrations < 0 or m.context_examples < 0 or m.max_reasoning_tokens < 1:
+        raise ConfigError("method.demonstrations and method.context_examples must be ≥ 0 and method.max_reasoning_tokens ≥ 1")
+    if m.demo_selection not in ("random", "similar"):
+        raise ConfigError(f"method.demo_selection must be random or similar, got {m.demo_selection!r}")
+    if m.chain_of_thought not in (None, "zero-shot", "few-shot"):
+        raise ConfigError(f"method.chain_of_thought must be zero-shot, few-shot or null, got {m.chain_of_thought!r}")
+    in_context = "in-context" in (m.name if isinstance(m.name, list) else [m.name])
+    if m.chain_of_thought and not in_context:
+        raise ConfigError("method.chain_of_thought is a setting of method in-context (demonstrations in a causal LM's context)")
+    if m.demonstrations and (in_context or method.uses_head(m) or cfg.task.generation):
+        raise ConfigError("method.demonstrations (LM-BFF) appends demonstrations to a template task's inputs; in-context "
+                          "uses method.context_examples, and head or generation tasks have no label words to write them with")
     if cfg.task.generation:
         if method.uses_head(cfg.method):
             raise ConfigError(f"task.generation needs a template method, not {method.name!r} with a classification head")

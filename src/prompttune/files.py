@@ -32,6 +32,14 @@ def write_json(path: str | Path, obj) -> None:
     _atomic_write(Path(path), write)
 
 
+def write_text(path: str | Path, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    _atomic_write(Path(path), write)
+
+
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     # safetensors refuses views that share storage; save contiguous copies.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}

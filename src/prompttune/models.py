@@ -18,6 +18,7 @@ from torch import nn
 from .backbones import Backbone
 from .adapters import clear as clear_adapters
 from .deep_prompts import clear as clear_deep
+from .demonstrations import Demonstrations, separator
 from .errors import DataError
 from .scoring import make_scorer
 from .soft_prompts import clear_soft
@@ -34,7 +35,8 @@ class PromptClassifier(nn.Module):
         >>> clf(clf.collate([{"text": "A joy.", "label": "1"}])).argmax(-1)
     """
 
-    def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int = 256):
+    def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int = 256,
+                 demonstrations: Demonstrations | None = None):
         super().__init__()
         self.model = backbone.model
         self.kind = backbone.kind
@@ -42,11 +44,14 @@ class PromptClassifier(nn.Module):
         self.template = template
         self.labels = verbalizer.labels
         self.verbalizer = verbalizer
-        self.scorer = make_scorer(backbone, template, verbalizer, max_length)
+        # LM-BFF demonstrations extend what is scored: the input's template, then theirs.
+        self.demonstrations = demonstrations
+        scored = demonstrations.template(template, separator(backbone.tokenizer)) if demonstrations else template
+        self.scorer = make_scorer(backbone, scored, verbalizer, max_length)
         self.soft, self.deep = None, None
 
     def collate(self, examples: list[dict]) -> dict:
-        batch = self.scorer.encode(examples)
+        batch = self.scorer.encode(self.demonstrations.fill(examples) if self.demonstrations else examples)
         if all("label" in ex for ex in examples):
             batch["labels"] = torch.tensor([self.label_index(ex["label"]) for ex in examples])
         return batch

@@ -42,8 +42,10 @@ def task_labels(cfg: RunConfig, train_examples: list[dict]) -> list[str]:
 def load_splits(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
     """(train, dev, eval) examples; with task.shots, K per class for train and for dev."""
     t = cfg.task
-    read = lambda path: load_examples(path, t.text_fields, t.label_field) if path else []  # noqa: E731
-    train_all, dev, test = read(t.train), read(t.dev), read(t.eval)
+    read = lambda path, fields=t.text_fields: load_examples(path, fields, t.label_field) if path else []  # noqa: E731
+    # Few-shot chain-of-thought demonstrations carry their reasoning; queries do not.
+    cot = [cfg.method.reasoning_field] if cfg.method.chain_of_thought == "few-shot" else []
+    train_all, dev, test = read(t.train, [*t.text_fields, *cot]), read(t.dev), read(t.eval)
     if t.shots is None:
         return train_all, dev, test
     if dev:
@@ -80,6 +82,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
         max_length=cfg.train.max_length,
         options=cfg.method.options(),
         generation=cfg.task.generation,
+        demonstrations=_demonstrations(cfg, train_ex),
     )
     set_seed(cfg.train.seed)  # a new classification head is initialised here: make it repeatable
     classifier, fp = build_classifier(spec)
@@ -107,6 +110,20 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
         write_json(out_dir / "eval.json", summary["eval"])
         log(f"eval: {json.dumps(summary['eval'])}")
     return summary
+
+
+def _demonstrations(cfg: RunConfig, train_ex: list[dict]) -> list[dict] | None:
+    """What the task keeps of its training data to write into inputs: in-context's K
+    demonstrations (chosen now, in order), or the pool LM-BFF demonstrations are drawn from."""
+    names = cfg.method.name if isinstance(cfg.method.name, list) else [cfg.method.name]
+    keep = [*cfg.task.text_fields, "label", cfg.method.reasoning_field]
+    slim = lambda examples: [{k: ex[k] for k in keep if k in ex} for ex in examples]  # noqa: E731
+    if "in-context" in names:
+        from .in_context import choose_context
+
+        k = cfg.method.context_examples
+        return slim(choose_context(train_ex, k, cfg.train.seed)) if k else []
+    return slim(train_ex) if cfg.method.demonstrations else None
 
 
 def _start_from_most_similar(cfg: RunConfig, spec: TaskSpec, fp: dict, classifier, train_ex: list[dict], log):

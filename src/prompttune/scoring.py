@@ -61,6 +61,17 @@ def vocab_logprobs_at(model: nn.Module, hidden: torch.Tensor, rows: torch.Tensor
     return F.log_softmax(head(hidden[rows, cols]).float(), dim=-1)
 
 
+def logprobs_at(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                **inputs) -> torch.Tensor:
+    """Vocabulary log-probs at positions (rows, cols) of the model's output; `inputs` go to the
+    model as well (e.g. a key/value cache and position ids)."""
+    if lm_head_module(model) is not None:
+        hidden = model.base_model(input_ids=ids, attention_mask=attn, **inputs).last_hidden_state
+        return vocab_logprobs_at(model, hidden, rows, cols)
+    logits = model(input_ids=ids, attention_mask=attn, **inputs).logits
+    return F.log_softmax(logits[rows, cols].float(), dim=-1)
+
+
 class _Scorer:
     def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int):
         template.require_mask()
@@ -106,13 +117,17 @@ class MaskedLMScorer(_Scorer):
                     scores[w] = logp[:, torch.arange(k, device=logp.device), tok].sum(-1)  # (B,)
         return torch.stack(scores, dim=1)
 
-    @staticmethod
-    def _logprobs(model, ids, attn, rows, cols):
-        if lm_head_module(model) is not None:
-            hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
-            return vocab_logprobs_at(model, hidden, rows, cols)
-        logits = model(input_ids=ids, attention_mask=attn).logits
-        return F.log_softmax(logits[rows, cols].float(), dim=-1)
+    _logprobs = staticmethod(logprobs_at)
+
+    def vocab_logprobs(self, model: nn.Module, examples: list[dict]) -> torch.Tensor:
+        """(B, V) log-probs of every token at one mask token: column w is exactly the score of the
+        single-token word w (the label-word search reads all candidates off one pass)."""
+        device = next(model.parameters()).device
+        encs = [self._encode(ex, [self.tokenizer.mask_token_id]) for ex in examples]
+        ids, attn = pad([e.ids for e in encs], self.tokenizer.pad_token_id)
+        pos = torch.tensor([[e.mask_start] for e in encs], device=device)  # (B, 1): the shapes `__call__` uses
+        rows = torch.arange(len(encs), device=device)[:, None]
+        return self._logprobs(model, ids.to(device), attn.to(device), rows, pos)[:, 0]
 
 
 class CausalLMScorer(_Scorer):
@@ -166,7 +181,19 @@ class CausalLMScorer(_Scorer):
         token_logp = logp.gather(-1, tok[..., None]).squeeze(-1) * valid
         return token_logp.sum(-1).view(-1, len(self.word_ids))
 
-    _logprobs = staticmethod(MaskedLMScorer._logprobs)
+    _logprobs = staticmethod(logprobs_at)
+
+    def vocab_logprobs(self, model: nn.Module, examples: list[dict]) -> torch.Tensor:
+        """(B, V) log-probs of the next token after the text before the mask. Column w is the score
+        of the single-token word w when nothing follows the mask; otherwise that score also counts
+        the template text after the word."""
+        device = next(model.parameters()).device
+        encs = [self._encode(ex, []) for ex in examples]
+        self._check_prefix(encs)
+        ids, attn = pad([e.ids[: e.mask_start] for e in encs], self.tokenizer.pad_token_id)
+        rows = torch.arange(len(encs), device=device)
+        last = torch.tensor([e.mask_start - 1 for e in encs], device=device)
+        return self._logprobs(model, ids.to(device), attn.to(device), rows, last)
 
 
 class Seq2SeqLMScorer(_Scorer):
@@ -216,6 +243,17 @@ class Seq2SeqLMScorer(_Scorer):
         tok, valid = batch["tok"].repeat(n_b, 1), batch["valid"].repeat(n_b, 1)
         token_logp = logp[:, : tok.shape[1]].gather(-1, tok[..., None]).squeeze(-1) * valid
         return token_logp.sum(-1).view(n_b, n_w)
+
+    def vocab_logprobs(self, model: nn.Module, examples: list[dict]) -> torch.Tensor:
+        """(B, V) log-probs of the first decoder token after `<extra_id_0>`: column w is exactly the
+        score of the single-token word w."""
+        device = next(model.parameters()).device
+        ids, attn = pad([self._encode(ex, [self.slot]).ids for ex in examples], self.tokenizer.pad_token_id)
+        ids, attn = ids.to(device), attn.to(device)
+        enc = model.get_encoder()(input_ids=ids, attention_mask=attn)
+        dec = torch.tensor([self.lead], device=device).expand(ids.shape[0], -1)
+        logits = model(encoder_outputs=enc, attention_mask=attn, decoder_input_ids=dec).logits[:, -1]
+        return F.log_softmax(logits.float(), dim=-1)
 
 
 SCORERS = {"masked": MaskedLMScorer, "causal": CausalLMScorer, "seq2seq": Seq2SeqLMScorer}

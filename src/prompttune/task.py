@@ -43,6 +43,9 @@ class TaskSpec:
     """The method's options (`MethodOptions` fields), e.g. {"prompt_length": 20}."""
     generation: bool = False
     """A text task: the model writes the target text at `{mask}` (no labels, no verbalizer)."""
+    demonstrations: list[dict] | None = None
+    """Labelled examples written into the input: the pool LM-BFF demonstrations are drawn from
+    (`options.demonstrations`), or the in-context method's K demonstrations, in order."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +55,41 @@ class TaskSpec:
             return MethodOptions(**self.options)
         except TypeError as e:
             raise ConfigError(f"bad method options {self.options}: {e}") from None
+
+
+def require_lm_head(backbone: Backbone) -> None:
+    """Refuse to read label words through an LM head the checkpoint did not have (random weights)."""
+    if backbone.missing_head:
+        raise ModelError(
+            f"model {backbone.name!r} ships without a masked-LM head, so its label-word scores would be random; "
+            f"fit one first (prompttune fit-lm-head --model {backbone.name} --data FILE --text-field FIELD --out HEAD_DIR) "
+            "and set lm_head: HEAD_DIR"
+        )
+
+
+def _prompt_classifier(spec: TaskSpec, backbone: Backbone, template, options: MethodOptions) -> PromptClassifier:
+    verbalizer = parse_verbalizer(spec.verbalizer)
+    names = spec.method if isinstance(spec.method, list) else [spec.method]
+    if "in-context" in names:
+        from .in_context import InContextClassifier
+
+        if len(names) > 1:
+            raise ConfigError(f"method in-context trains nothing and cannot be combined with {[n for n in names if n != 'in-context']}")
+        return InContextClassifier(
+            backbone, template, verbalizer, spec.max_length, spec.demonstrations or [], instruction=options.instruction,
+            chain_of_thought=options.chain_of_thought, reasoning_field=options.reasoning_field,
+            cot_trigger=options.cot_trigger, answer_trigger=options.answer_trigger,
+            max_reasoning_tokens=options.max_reasoning_tokens)
+    demos = None
+    if options.demonstrations:
+        from .demonstrations import Demonstrations
+
+        if not spec.demonstrations:
+            raise ConfigError("method.demonstrations asks for demonstrations, but the task has no labelled examples to draw "
+                              "them from (task.train)")
+        demos = Demonstrations(spec.demonstrations, verbalizer, spec.text_fields, per_class=options.demonstrations,
+                               selection=options.demo_selection, encoder=options.demo_encoder)
+    return PromptClassifier(backbone, template, verbalizer, spec.max_length, demonstrations=demos)
 
 
 def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded: bool = False) -> tuple[nn.Module, dict]:
@@ -75,21 +113,19 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
             raise ConfigError(f"method {spec.method!r} needs prompt.template and prompt.verbalizer")
         template = parse_template(spec.template)
         template.check_fields(spec.text_fields)
+        if getattr(template, "n_triggers", 0):
+            raise TemplateError(f"template {spec.template!r} has {{trigger}} slots: fill them first with "
+                                "`prompttune search triggers CONFIG --out DIR`, then train with the config it writes")
         if backbone is None:
             backbone = load_backbone(spec.model, kind=spec.model_kind, lm_head=spec.lm_head)
-        if backbone.missing_head:
-            raise ModelError(
-                f"model {spec.model!r} ships without a masked-LM head, so its label-word scores would be random; "
-                f"fit one first (prompttune fit-lm-head --model {spec.model} --data FILE --text-field FIELD --out HEAD_DIR) "
-                "and set lm_head: HEAD_DIR"
-            )
+        require_lm_head(backbone)
         fp = backbone.fingerprint()
         if spec.generation:
             from .generation import TextGenerator
 
             clf = TextGenerator(backbone, template, spec.max_length)
         else:
-            clf = PromptClassifier(backbone, template, parse_verbalizer(spec.verbalizer), spec.max_length)
+            clf = _prompt_classifier(spec, backbone, template, options)
     freeze(clf)  # methods switch on what they train
     method.attach(clf, options, folded)
     if not method.uses_head(options) and template.n_soft_segments and clf.soft is None:

@@ -6,7 +6,10 @@ A template is plain text with placeholders in braces:
     {premise} ? {mask} , {hypothesis}    # two fields around the mask
     {soft:4} {sentence} {soft} {mask}    # 4 soft tokens, then 1 (filled by soft-prompt methods)
     {soft:"It was"} {mask}               # soft tokens initialised from the words' embeddings
+    {sentence} {trigger:3} {mask}        # 3 trigger tokens (found by `prompttune search triggers`)
     {{literal braces}}                   # doubled braces are literal
+
+`fill_triggers` writes the found words in place of the trigger slots, giving an ordinary template.
 
 A template is user input: it is parsed, never evaluated. `parse_template` runs once;
 `encode_example` turns one example into token ids, truncating only the text fields
@@ -22,6 +25,7 @@ from .errors import TemplateError
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SOFT = re.compile(r'soft(?::(?:(\d+)|"([^"]*)"))?\Z')
+_TRIGGER = re.compile(r"trigger(?::(\d+))?\Z")
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,18 @@ class Soft:
     init: str | None = None
 
 
-Segment = Text | Field | Mask | Soft
+@dataclass(frozen=True)
+class Trigger:
+    """`n` trigger tokens to be found by `prompttune search triggers` (AutoPrompt, Shin et al. 2020).
+
+    While the search runs they are rendered like soft tokens, holding the embeddings of the
+    vocabulary tokens being tried; `fill_triggers` then writes the found words in their place.
+    """
+
+    n: int
+
+
+Segment = Text | Field | Mask | Soft | Trigger
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,11 @@ class Template:
     def n_soft(self) -> int:
         """Total number of soft-token vectors the template asks for."""
         return sum(s.n for s in self.segments if isinstance(s, Soft))
+
+    @property
+    def n_triggers(self) -> int:
+        """Total number of trigger tokens (`{trigger:N}` counts N)."""
+        return sum(s.n for s in self.segments if isinstance(s, Trigger))
 
     def check_fields(self, available: list[str] | tuple[str, ...]) -> None:
         """Raise `TemplateError` if the template names a field the data lacks."""
@@ -142,6 +162,12 @@ def parse_template(source: str) -> Template:
         segments.append(Text("".join(literal)))
     if sum(isinstance(s, Mask) for s in segments) > 1:
         raise TemplateError(f"template {source!r} has more than one {{mask}}; use one (multi-token label words get several mask tokens automatically)")
+    if any(isinstance(s, Soft) for s in segments) and any(isinstance(s, Trigger) for s in segments):
+        # Both are rendered as ids past the vocabulary, from one table: a template is searched or trained, not both.
+        raise TemplateError(
+            f"template {source!r} mixes {{soft}} and {{trigger}} slots; fill the triggers first "
+            "(prompttune search triggers), then add soft tokens to the template it writes"
+        )
     return Template(source, tuple(segments))
 
 
@@ -159,12 +185,57 @@ def _placeholder(body: str, source: str) -> Segment:
         if n < 1:
             raise TemplateError(f"{{soft:{n}}} in template {source!r}: the number of soft tokens must be ≥ 1")
         return Soft(n=n)
+    trigger = _TRIGGER.match(body)
+    if trigger:
+        n = 1 if trigger.group(1) is None else int(trigger.group(1))
+        if n < 1:
+            raise TemplateError(f"{{trigger:{n}}} in template {source!r}: the number of trigger tokens must be ≥ 1")
+        return Trigger(n)
     if _NAME.match(body):
         return Field(body)
     raise TemplateError(
         f"cannot read placeholder {{{body}}} in template {source!r}: expected {{field_name}}, {{mask}}, "
-        '{soft}, {soft:N} or {soft:"words"}'
+        '{soft}, {soft:N}, {soft:"words"}, {trigger} or {trigger:N}'
     )
+
+
+def to_source(segment: Segment) -> str:
+    """A segment written back in the template language (`parse_template` reads it back as it was).
+
+    Example:
+        >>> "".join(to_source(s) for s in parse_template("{{x}} {s} {soft:2} {mask}").segments)
+        '{{x}} {s} {soft:2} {mask}'
+    """
+    if isinstance(segment, Text):
+        return segment.text.replace("{", "{{").replace("}", "}}")
+    if isinstance(segment, Field):
+        return f"{{{segment.name}}}"
+    if isinstance(segment, Mask):
+        return "{mask}"
+    if isinstance(segment, Soft):
+        return f'{{soft:"{segment.init}"}}' if segment.init is not None else f"{{soft:{segment.n}}}"
+    return f"{{trigger:{segment.n}}}"
+
+
+def fill_triggers(template: Template, words: list[str]) -> str:
+    """The template's text with each trigger token replaced by its word, in order: an ordinary template.
+
+    Example:
+        >>> fill_triggers(parse_template("{s} {trigger:2} {mask}."), ["so", "it"])
+        '{s} so it {mask}.'
+    """
+    if len(words) != template.n_triggers:
+        raise TemplateError(
+            f"template {template.source!r} has {template.n_triggers} trigger tokens, got {len(words)} words"
+        )
+    out, k = [], 0
+    for seg in template.segments:
+        if isinstance(seg, Trigger):
+            out.append(to_source(Text(" ".join(words[k : k + seg.n]))))
+            k += seg.n
+        else:
+            out.append(to_source(seg))
+    return "".join(out)
 
 
 # --- encoding ---------------------------------------------------------------------------
@@ -241,7 +312,7 @@ def segment_texts(template: Template, example: dict) -> list[tuple[Segment, str]
                     raise TemplateError(f"example has no field {seg.name!r} required by template {template.source!r}")
                 text = carry[:1] + str(value).strip() if carry else str(value).strip()
             else:
-                text = carry[:1]  # the space a mask or soft token carries
+                text = carry[:1]  # the space a mask, soft or trigger token carries
             out.append((seg, text))
             carry = ""
     if carry.strip():
@@ -264,8 +335,9 @@ def encode_example(
     `mask_fill` is the token ids put at `{mask}` (e.g. k mask tokens for a k-token label word on a
     masked LM, or the label word itself for a causal LM); nothing is put there if it is None.
     The k-th soft token (counting across all `{soft...}` segments) gets the id `soft_base + k`
-    (see `prompttune.soft_prompts`). Fields are truncated, longest first, until the sequence fits
-    `max_length`.
+    (see `prompttune.soft_prompts`); trigger tokens are rendered the same way, so that a trigger
+    search tries tokens by binding their embeddings as the soft table. Fields are truncated,
+    longest first, until the sequence fits `max_length`.
 
     Example:
         >>> enc = encode_example(parse_template("{s} It was {mask}."), tok, {"s": "Fun."},
@@ -288,6 +360,14 @@ def encode_example(
             n = seg.n or len(soft_init_ids(tokenizer, text + seg.init))
             ids = list(range(soft_base + n_soft, soft_base + n_soft + n))
             n_soft += n
+        elif isinstance(seg, Trigger):
+            if soft_base is None:
+                raise TemplateError(
+                    f"template {template.source!r} has {{trigger}} slots, which must be filled first with "
+                    "`prompttune search triggers` (it writes the template with the found words in place)"
+                )
+            ids = list(range(soft_base + n_soft, soft_base + n_soft + seg.n))
+            n_soft += seg.n
         else:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
             if pieces and not text[:1].isspace():
@@ -303,7 +383,7 @@ def encode_example(
     for seg, piece in pieces:
         if isinstance(seg, Mask):
             enc.mask_start, enc.mask_len = len(ids), len(piece)
-        elif isinstance(seg, Soft):
+        elif isinstance(seg, (Soft, Trigger)):
             enc.soft_positions.extend(range(len(ids), len(ids) + len(piece)))
         ids.extend(piece)
     ids.extend(specials.suffix)

@@ -51,6 +51,24 @@ class MethodOptions:
     """adapter: houlsby (after attention and feed-forward) or pfeiffer (after feed-forward only)."""
     reduction_factor: int = 16
     """adapter: bottleneck width = hidden size / reduction_factor."""
+    demonstrations: int = 0
+    """Template methods: demonstrations of each class appended to every input (LM-BFF); 0 = none."""
+    demo_selection: str = "random"
+    """Which demonstrations: random, or similar (sampled among the top half by sentence-encoder cosine)."""
+    demo_encoder: str | None = None
+    """Sentence encoder for demo_selection: similar (default: the embedded all-MiniLM-L6-v2)."""
+    context_examples: int = 16
+    """in-context: demonstrations written before the query (K), drawn class by class from task.train."""
+    instruction: str | None = None
+    """in-context: a line of instruction before the demonstrations."""
+    chain_of_thought: str | None = None
+    """in-context: zero-shot or few-shot chain-of-thought reasoning before the answer (null = off)."""
+    reasoning_field: str = "reasoning"
+    """in-context, few-shot chain-of-thought: the training data's column with each example's reasoning."""
+    cot_trigger: str = "Let's think step by step."
+    answer_trigger: str = "Therefore, the answer is"
+    max_reasoning_tokens: int = 64
+    """Chain-of-thought: at most this many generated tokens of reasoning."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,7 @@ from . import (  # noqa: E402,F401  (register the built-ins)
     adapter,
     bitfit,
     finetune,
+    in_context,
     lora,
     p_tuning,
     p_tuning_v2,

@@ -1,0 +1,180 @@
+"""In-context learning (Brown et al. 2020) on causal LMs: an instruction and K demonstrations,
+then the query, scored through the verbalizer. Nothing is trained.
+
+    Classify the sentiment of each review.          ← method.instruction
+                                                      
+    Review: A gripping film.                          ← K demonstrations, written with the task's
+    Sentiment: positive                                 template, label word at the mask
+    ...
+    Review: <query>                                  ← the query, scored at {mask}
+    Sentiment: {mask}
+
+The instruction and demonstrations are the same for every query, so they are encoded once: their
+per-layer keys/values are kept (`PrefixCache`) and every batch of queries attends to them through
+a `DynamicCache` (real tokens numbered on from the prefix), instead of re-encoding hundreds of
+prefix tokens per query. Scores equal those of the re-encoded text to float tolerance
+(tests/test_in_context.py); `benchmarks/in_context_speed.py` measures the gain.
+
+`max_length` bounds the query (template + text, text truncated first); the prefix comes on top.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from .backbones import Backbone
+from .data import by_label
+from .chain_of_thought import ANSWER_TRIGGER, COT_TRIGGER, MODES, answer_template, generate_reasoning, reasoning_template
+from .demonstrations import demonstration_text
+from .errors import ConfigError, ModelError
+from .models import PromptClassifier
+from .scoring import CausalLMScorer, logprobs_at
+from .templates import SpecialTokens, Template, encode_example
+from .verbalizers import Verbalizer
+
+
+def choose_context(examples: list[dict], k: int, seed: int) -> list[dict]:
+    """K demonstrations drawn class by class in turn (balanced as far as the data allows), in a
+    seeded random order — the order matters to in-context learning, so it is fixed and saved."""
+    rng = random.Random(seed)
+    groups = [rng.sample(g, len(g)) for g in by_label(examples).values()]
+    chosen: list[dict] = []
+    while len(chosen) < k and any(groups):
+        for g in groups:
+            if g and len(chosen) < k:
+                chosen.append(g.pop())
+    if len(chosen) < k:
+        raise ConfigError(f"method.context_examples is {k} but the training data has only {len(chosen)} examples")
+    rng.shuffle(chosen)
+    return chosen
+
+
+class PrefixCache:
+    """The keys/values of a fixed token prefix, computed once and handed to each forward pass as a
+    fresh cache (the model appends the query's keys/values to the cache it is given, so the kept
+    tensors are never extended in place)."""
+
+    def __init__(self, model: nn.Module, ids: list[int]):
+        self.model, self.ids = model, ids
+        self._layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @torch.no_grad()
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        device = self.model.device
+        if self._layers is None or self._layers[0][0].device != device:
+            cache = DynamicCache(config=self.model.config)
+            self.model(input_ids=torch.tensor([self.ids], device=device), past_key_values=cache, use_cache=True)
+            self._layers = [(layer.keys, layer.values) for layer in cache.layers]
+        return self._layers
+
+    def expanded(self, batch: int) -> DynamicCache:
+        cache = DynamicCache(config=self.model.config)
+        for i, (k, v) in enumerate(self.layers()):
+            cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), i)
+        return cache
+
+
+class InContextScorer(CausalLMScorer):
+    """The causal label-word scorer with a shared prefix before every query.
+
+    `use_cache=False` re-encodes the prefix with every query (the reference the cache is checked
+    against, and the baseline of the speed benchmark)."""
+
+    def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int,
+                 prefix_ids: list[int], *, use_cache: bool = True):
+        super().__init__(backbone, template, verbalizer, max_length)
+        self.prefix = PrefixCache(backbone.model, prefix_ids)
+        self.use_cache = use_cache
+        # The tokenizer's start token (Llama's <s>) opens the prefix, not each query.
+        self.query_specials = SpecialTokens((), self.specials.suffix, self.specials.word_start) if prefix_ids else self.specials
+
+    def _encode(self, example: dict, fill: list[int]):
+        return encode_example(self.template, self.tokenizer, example, mask_fill=fill, max_length=self.max_length,
+                              specials=self.query_specials, soft_base=self.soft_base)
+
+    def _check_prefix(self, encs):
+        if not len(self.prefix):
+            super()._check_prefix(encs)
+
+    def _logprobs(self, model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
+        n_prefix, batch = len(self.prefix), ids.shape[0]
+        if not n_prefix:
+            return logprobs_at(model, ids, attn, rows, cols)
+        attn = torch.cat([attn.new_ones(batch, n_prefix), attn], dim=1)
+        if not self.use_cache:
+            prefix = torch.tensor(self.prefix.ids, device=ids.device).expand(batch, -1)
+            return logprobs_at(model, torch.cat([prefix, ids], dim=1), attn, rows, cols + n_prefix)
+        positions = torch.arange(n_prefix, n_prefix + ids.shape[1], device=ids.device).expand(batch, -1)
+        return logprobs_at(model, ids, attn, rows, cols, position_ids=positions,
+                           past_key_values=self.prefix.expanded(batch), use_cache=True)
+
+
+class InContextClassifier(PromptClassifier):
+    """A causal LM classifying by label words after an instruction and K demonstrations.
+
+    Example:
+        >>> clf = InContextClassifier(load_backbone("runs/smollm2"), parse_template("Review: {sentence}\\nSentiment: {mask}"),
+        ...                           parse_verbalizer({0: "negative", 1: "positive"}), 64, context=train[:16],
+        ...                           instruction="Classify the sentiment of each review.")
+        >>> clf(clf.collate([{"sentence": "A joy."}])).argmax(-1)
+    """
+
+    def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int,
+                 context: list[dict], *, instruction: str | None = None, chain_of_thought: str | None = None,
+                 reasoning_field: str = "reasoning", cot_trigger: str = COT_TRIGGER, answer_trigger: str = ANSWER_TRIGGER,
+                 max_reasoning_tokens: int = 64, use_cache: bool = True):
+        if backbone.kind != "causal":
+            raise ModelError(f"in-context learning reads demonstrations as a text to continue: {backbone.name!r} is a "
+                             f"{backbone.kind} LM; use a causal LM (GPT-2, Llama, SmolLM2...)")
+        if chain_of_thought not in (None, *MODES):
+            raise ConfigError(f"method.chain_of_thought must be one of {list(MODES)} or null, got {chain_of_thought!r}")
+        if chain_of_thought == "zero-shot" and context:
+            raise ConfigError("zero-shot chain-of-thought has no demonstrations: set method.context_examples: 0, or use "
+                              "chain_of_thought: few-shot with demonstrations that carry their reasoning")
+        if chain_of_thought == "few-shot":
+            lacking = [i for i, ex in enumerate(context) if not str(ex.get(reasoning_field) or "").strip()]
+            if lacking or not context:
+                raise ConfigError(f"few-shot chain-of-thought needs demonstrations with their reasoning in a "
+                                  f"{reasoning_field!r} column (method.reasoning_field); {len(lacking)} of {len(context)} lack it")
+        super().__init__(backbone, template, verbalizer, max_length)
+        self.chain_of_thought, self.answer_trigger, self.max_reasoning_tokens = chain_of_thought, answer_trigger, max_reasoning_tokens
+        self.reasoning_field = reasoning_field
+        scored = template
+        if chain_of_thought:
+            scored = answer_template(template, chain_of_thought, reasoning_field, cot_trigger, answer_trigger)
+            self.reasoning_template = reasoning_template(template, chain_of_thought, cot_trigger)
+        parts = [instruction.strip()] if instruction and instruction.strip() else []
+        for ex in context:
+            word = verbalizer.words[verbalizer.class_index(ex["label"])][0]
+            parts.append(demonstration_text(scored, ex, word))
+        tok = backbone.tokenizer
+        specials = SpecialTokens.of(tok)
+        prefix = list(specials.prefix) + tok("\n\n".join(parts) + "\n\n", add_special_tokens=False)["input_ids"] if parts else []
+        limit = getattr(backbone.model.config, "max_position_embeddings", None)
+        if limit and len(prefix) + max_length > limit:
+            raise ConfigError(f"the instruction and {len(context)} demonstration(s) take {len(prefix)} tokens; with queries of up "
+                              f"to {max_length} (train.max_length) that exceeds the model's {limit} positions: use fewer "
+                              "demonstrations (method.context_examples) or a smaller max_length")
+        self.scorer = InContextScorer(backbone, scored, verbalizer, max_length, prefix, use_cache=use_cache)
+
+    def collate(self, examples: list[dict]) -> dict:
+        if self.chain_of_thought:
+            reasoning = generate_reasoning(self, examples)
+            examples = [{**ex, self.reasoning_field: r} for ex, r in zip(examples, reasoning)]
+        return super().collate(examples)
+
+    @torch.no_grad()
+    def explain(self, examples: list[dict]) -> list[dict]:
+        """Reasoning (chain of thought only), label and class probabilities for each example."""
+        reasoning = generate_reasoning(self, examples) if self.chain_of_thought else [None] * len(examples)
+        filled = [{**ex, self.reasoning_field: r} for ex, r in zip(examples, reasoning)] if self.chain_of_thought else examples
+        probs = PromptClassifier.forward(self, PromptClassifier.collate(self, filled)).softmax(-1)
+        return [{"reasoning": r, "label": self.labels[int(p.argmax())], "probabilities": dict(zip(self.labels, p.tolist()))}
+                for r, p in zip(reasoning, probs)]

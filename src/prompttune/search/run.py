@@ -1,0 +1,95 @@
+"""`prompttune search triggers|labels|templates`: a run config in, the same config with the found
+prompt out (`DIR/config.yaml`, ready for `prompttune train`), plus `DIR/search.json` — the
+settings, every ranked candidate, and zero-shot dev accuracy of the config's own prompt beside
+the found one.
+
+Data follow the run config: `task.shots` draws K per class for train and K for dev (LM-BFF's
+protocol), else `task.train` / `task.dev`. The searches read train; choices are made on dev.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..backbones import load_backbone
+from ..config import RunConfig, apply_overrides, load_config
+from ..errors import ConfigError
+from ..files import write_json, write_text
+from ..recipes import load_splits, task_labels
+from ..task import require_lm_head
+from ..templates import parse_template
+from ..verbalizers import parse_verbalizer
+from .common import zero_shot_accuracy
+
+KINDS = ("triggers", "labels", "templates")
+
+
+def read_raw(path: str | Path, overrides: list[str]) -> dict:
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return apply_overrides(raw, list(overrides))
+
+
+def run_search(kind: str, config_path: str | Path, out: str | Path, *, overrides: list[str] = (), log=None,
+               **settings) -> dict:
+    """Run one search; write `out/config.yaml` and `out/search.json`; return the report.
+
+    Example:
+        >>> run_search("labels", "configs/sst2_zero_shot.yaml", "runs/labels", per_class=20)["found"]
+        {'verbalizer': {'0': ['awful'], '1': ['wonderful']}}
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if kind not in KINDS:
+        raise ConfigError(f"unknown search {kind!r}; one of {list(KINDS)}")
+    cfg: RunConfig = load_config(config_path, overrides)
+    raw = read_raw(config_path, overrides)
+    train, dev, _ = load_splits(cfg)
+    if not train:
+        raise ConfigError("a search reads training examples: set task.train")
+    if kind != "triggers" and not dev:
+        raise ConfigError(f"search {kind} chooses on development data: set task.dev, or task.shots to draw K per class "
+                          "for dev from task.train")
+    backbone = load_backbone(cfg.model, kind=cfg.model_kind, lm_head=cfg.lm_head)
+    require_lm_head(backbone)
+    template, verbalizer = parse_template(cfg.prompt.template), parse_verbalizer(cfg.prompt.verbalizer)
+    n = cfg.train.max_length
+    log(f"search {kind}: {len(train)} train / {len(dev)} dev examples on {cfg.model}")
+
+    if kind == "triggers":
+        from .triggers import search_triggers
+
+        result = search_triggers(backbone, template, verbalizer, train, max_length=n, seed=cfg.train.seed,
+                                 progress=cfg.train.progress, **settings)
+        found = {"template": result.template}
+    elif kind == "labels":
+        from .label_words import search_label_words
+
+        result = search_label_words(backbone, template, task_labels(cfg, train), train, dev, max_length=n,
+                                    progress=cfg.train.progress, **settings)
+        found = {"verbalizer": result.verbalizer}
+    else:
+        from .template_generation import generate_templates
+
+        result = generate_templates(settings.pop("generator"), backbone, verbalizer, list(cfg.task.text_fields), train,
+                                    dev, max_length=n, progress=cfg.train.progress, **settings)
+        found = {"template": result.template}
+
+    new = copy.deepcopy(raw)
+    new.setdefault("prompt", {}).update(found)
+    load_config(raw=copy.deepcopy(new))  # the written config must be one `prompttune train` accepts
+    report = {"search": kind, "settings": settings, "found": found, "result": dataclasses.asdict(result)}
+    if dev:
+        found_template = parse_template(new["prompt"]["template"])
+        found_verbalizer = parse_verbalizer(new["prompt"]["verbalizer"])
+        report["dev_accuracy"] = {"found": zero_shot_accuracy(backbone, found_template, found_verbalizer, dev, max_length=n)}
+        if not template.n_triggers:
+            report["dev_accuracy"]["config"] = zero_shot_accuracy(backbone, template, verbalizer, dev, max_length=n)
+    out = Path(out)
+    write_text(out / "config.yaml", yaml.safe_dump(new, sort_keys=False, allow_unicode=True))
+    write_json(out / "search.json", report)
+    log(f"found {found}; wrote {out / 'config.yaml'} and {out / 'search.json'}")
+    return report
