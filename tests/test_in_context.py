@@ -126,6 +126,7 @@ def test_the_two_stage_templates_render_as_kojima_et_al():
 def test_cut_reasoning_stops_at_the_answer_or_a_blank_line():
     assert cut_reasoning(" It is fun.\nSo good. Therefore, the answer is yes.") == "It is fun. So good."
     assert cut_reasoning(" good film\n\nreview : next one") == "good film"
+    assert cut_reasoning("\n\nThe movie was good.\n\nThe movie") == "The movie was good.", "a leading blank line is not the end"
 
 
 @pytest.mark.parametrize("mode", ["zero-shot", "few-shot"])

@@ -59,6 +59,7 @@ def answer_template(template: Template, mode: str, reasoning_field: str, cot_tri
 def cut_reasoning(text: str, answer_trigger: str = ANSWER_TRIGGER) -> str:
     """The reasoning part of what the model wrote: up to the answer trigger or a blank line
     (where a few-shot model starts the next demonstration)."""
+    text = text.lstrip()  # a model may open with a blank line before it starts reasoning
     for stop in (answer_trigger, "\n\n"):
         text = text.split(stop, 1)[0]
     return " ".join(text.split())
