@@ -18,7 +18,8 @@ EPILOG_TRAIN = """example:
 config keys: model, model_kind, lm_head, task.{train,dev,eval,text_fields,label_field,shots,seed,labels},
   prompt.{template,verbalizer}, method.{name (one or a list),prompt_length,init,encoder,reparameterize,
   reparam_hidden,head,init_from,prompt_bank,transfer_epochs,lora_rank,lora_alpha,lora_dropout,target_modules,
-  merge,adapter_kind,reduction_factor}, train.{epochs,lr,batch_size,eval_batch_size,max_length,
+  merge,adapter_kind,reduction_factor,demonstrations,demo_selection,demo_encoder,context_examples,instruction,
+  chain_of_thought,reasoning_field,cot_trigger,answer_trigger,max_reasoning_tokens}, train.{epochs,lr,batch_size,eval_batch_size,max_length,
   weight_decay,warmup_ratio,max_grad_norm,seed,progress,checkpoint}"""
 
 
