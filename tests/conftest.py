@@ -13,34 +13,33 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
-@pytest.fixture(scope="session")
-def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """Directory of a tiny BertForMaskedLM with an English WordPiece tokenizer."""
-    return tiny_models.make_bert(tmp_path_factory.mktemp("bert"))
+TINY_MODELS = {
+    "bert": (tiny_models.make_bert, "a tiny BertForMaskedLM with an English WordPiece tokenizer"),
+    "roberta": (tiny_models.make_roberta, "a tiny RobertaForMaskedLM with a byte-level BPE tokenizer"),
+    "gpt2": (tiny_models.make_gpt2, "a tiny GPT2LMHeadModel (no pad token, like real GPT-2)"),
+    "t5": (tiny_models.make_t5, "a tiny T5ForConditionalGeneration with sentinel tokens"),
+    "bert_zh": (tiny_models.make_bert_zh, "a tiny BertForMaskedLM with a Chinese character vocabulary"),
+}
 
 
-@pytest.fixture(scope="session")
-def roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """Directory of a tiny RobertaForMaskedLM with a byte-level BPE tokenizer."""
-    return tiny_models.make_roberta(tmp_path_factory.mktemp("roberta"))
+def _tiny_model_fixtures(name: str, make, what: str) -> None:
+    """`NAME_dir` (session): the model's directory; `NAME` (per test module): it loaded as a Backbone."""
+
+    def directory(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+        return make(tmp_path_factory.mktemp(name))
+
+    def backbone(request):
+        from prompttune.backbones import load_backbone
+
+        return load_backbone(str(request.getfixturevalue(f"{name}_dir")))
+
+    directory.__doc__, backbone.__doc__ = f"Directory of {what}.", f"{what[0].upper()}{what[1:]}, loaded."
+    globals()[f"{name}_dir"] = pytest.fixture(scope="session", name=f"{name}_dir")(directory)
+    globals()[name] = pytest.fixture(scope="module", name=name)(backbone)
 
 
-@pytest.fixture(scope="session")
-def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """Directory of a tiny GPT2LMHeadModel (no pad token, like real GPT-2)."""
-    return tiny_models.make_gpt2(tmp_path_factory.mktemp("gpt2"))
-
-
-@pytest.fixture(scope="session")
-def t5_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """Directory of a tiny T5ForConditionalGeneration with sentinel tokens."""
-    return tiny_models.make_t5(tmp_path_factory.mktemp("t5"))
-
-
-@pytest.fixture(scope="session")
-def bert_zh_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """Directory of a tiny BertForMaskedLM with a Chinese character vocabulary."""
-    return tiny_models.make_bert_zh(tmp_path_factory.mktemp("bert_zh"))
+for _name, (_make, _what) in TINY_MODELS.items():
+    _tiny_model_fixtures(_name, _make, _what)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import json
 import pytest
 
 from prompttune import load_artifact
-from prompttune.backbones import load_backbone
 from prompttune.config import load_config
 from prompttune.demonstrations import Demonstrations
 from prompttune.errors import ConfigError, DataError
@@ -22,11 +21,6 @@ POOL = [{"sentence": s, "label": "1"} for s in ("a good film", "great fun", "it 
        [{"sentence": s, "label": "0"} for s in ("a bad film", "so boring", "it was terrible", "awful movie")]
 VERBALIZER = parse_verbalizer({0: "bad", 1: "good"})
 TEMPLATE = parse_template("{sentence} it was {mask} .")
-
-
-@pytest.fixture(scope="module")
-def bert(bert_dir):
-    return load_backbone(str(bert_dir))
 
 
 def decoded(clf, batch, row=0) -> list[str]:

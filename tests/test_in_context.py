@@ -28,11 +28,6 @@ CONTEXT = [{"sentence": "it was great", "label": "1"}, {"sentence": "a bad film"
 QUERIES = [{"sentence": "a good film"}, {"sentence": "it was a bad and boring movie , very long"}, {"sentence": "fun"}]
 
 
-@pytest.fixture(scope="module")
-def gpt2(gpt2_dir):
-    return load_backbone(str(gpt2_dir))
-
-
 def scores(clf, queries, *, cache: bool) -> torch.Tensor:
     clf.scorer.use_cache = cache
     with torch.no_grad():

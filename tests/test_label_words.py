@@ -14,7 +14,7 @@ import random
 import pytest
 import torch
 
-from prompttune import load_backbone, parse_template, parse_verbalizer
+from prompttune import parse_template, parse_verbalizer
 from prompttune.errors import ConfigError, DataError, TemplateError
 from prompttune.evaluation import evaluate
 from prompttune.models import PromptClassifier
@@ -34,26 +34,6 @@ def make_examples(n: int, seed: int) -> list[dict]:
 
 
 TRAIN, DEV = make_examples(18, 0), make_examples(12, 1)
-
-
-@pytest.fixture(scope="module")
-def bert(bert_dir):
-    return load_backbone(str(bert_dir))
-
-
-@pytest.fixture(scope="module")
-def gpt2(gpt2_dir):
-    return load_backbone(str(gpt2_dir))
-
-
-@pytest.fixture(scope="module")
-def t5(t5_dir):
-    return load_backbone(str(t5_dir))
-
-
-@pytest.fixture(scope="module")
-def roberta(roberta_dir):
-    return load_backbone(str(roberta_dir))
 
 
 def search(backbone, template=TEMPLATE, **kwargs):

@@ -21,31 +21,6 @@ SINGLE_TOKEN_VERBALIZER = {"0": ["bad"], "1": ["good"]}
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def bert(bert_dir):
-    return load_backbone(str(bert_dir))
-
-
-@pytest.fixture(scope="module")
-def roberta(roberta_dir):
-    return load_backbone(str(roberta_dir))
-
-
-@pytest.fixture(scope="module")
-def gpt2(gpt2_dir):
-    return load_backbone(str(gpt2_dir))
-
-
-@pytest.fixture(scope="module")
-def t5(t5_dir):
-    return load_backbone(str(t5_dir))
-
-
-@pytest.fixture(scope="module")
-def bert_zh(bert_zh_dir):
-    return load_backbone(str(bert_zh_dir))
-
-
 def word_ids(tok, word: str, space: bool = True) -> list[int]:
     return tok((" " if space else "") + word, add_special_tokens=False)["input_ids"]
 

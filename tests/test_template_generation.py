@@ -33,16 +33,6 @@ TRAIN, DEV = make_examples(6, 0), make_examples(8, 1)
 
 
 @pytest.fixture(scope="module")
-def bert(bert_dir):
-    return load_backbone(str(bert_dir))
-
-
-@pytest.fixture(scope="module")
-def t5(t5_dir):
-    return load_backbone(str(t5_dir))
-
-
-@pytest.fixture(scope="module")
 def generated(t5_dir, bert):
     return generate_templates(str(t5_dir), bert, VERBALIZER, ["text"], TRAIN, DEV, beams=4, keep=3, max_new_tokens=6,
                               progress=False)
