@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 import tiny_models
+from contract import EXAMPLES, scores, snapshot, trained_fixture
 from prompttune import (
     TaskSpec,
     TrainConfig,
@@ -31,7 +32,6 @@ from prompttune import (
     train,
 )
 from prompttune.errors import ArtifactError, ModelError
-from prompttune.evaluation import predict_scores
 
 # A method key is "name" or "name:variant"; PROMPTS gives its template and options.
 METHODS = ["zero-shot", "prompt-finetune", "finetune", "prompt-tuning", "p-tuning", "p-tuning:mlp",
@@ -55,16 +55,6 @@ PROMPTS = {  # soft tokens in several places: first, between fields and text, wo
 }
 TRAINED_BY_METHOD = ("soft.", "deep.", "lora_", "adapters.")  # what a parameter-efficient method may add and train
 
-EXAMPLES = [
-    {"text": "great fun", "label": "1"},
-    {"text": "a terrible , boring movie .", "label": "0"},
-    {"text": "very good", "label": "1"},
-    {"text": "bad and awful film", "label": "0"},
-    {"text": "it was great", "label": "1"},
-    {"text": "boring , boring , boring", "label": "0"},
-    {"text": "good fun film", "label": "1"},
-    {"text": "the worst movie", "label": "0"},
-]
 # High lr, few steps: enough for tiny random models to start memorising 8 examples.
 FAST_TRAIN = TrainConfig(epochs=6, lr=1e-2, batch_size=4, progress=False)
 PROMPT_TRAIN = TrainConfig(epochs=6, lr=1e-1, batch_size=4, progress=False)  # a few vectors need bigger steps
@@ -85,60 +75,7 @@ def task_spec(method: str, model_dir) -> TaskSpec:
                     options=dict(options))
 
 
-def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in module.named_parameters()}
-
-
-@dataclasses.dataclass
-class Trained:
-    spec: TaskSpec
-    classifier: torch.nn.Module
-    fingerprint: dict
-    before: dict[str, torch.Tensor]
-    trainable: set[str]
-    history: list[dict]
-    loss_before: float
-    loss_after: float
-
-
-def eval_loss(clf) -> float:
-    """Cross-entropy on all training examples, dropout off: a deterministic measure of fit."""
-    was_training = clf.training
-    clf.eval()
-    with torch.no_grad():
-        batch = clf.collate(EXAMPLES)
-        loss = torch.nn.functional.cross_entropy(clf(batch).float(), batch["labels"]).item()
-    clf.train(was_training)
-    return loss
-
-
-@pytest.fixture(scope="module")
-def trained_tasks() -> dict:
-    return {}
-
-
-@pytest.fixture
-def trained(request, trained_tasks):
-    """Build and train (method, model) once per module; tests only read the result."""
-
-    def get(method: str, model_fixture: str) -> Trained:
-        key = (method, model_fixture)
-        if key not in trained_tasks:
-            spec = task_spec(method, request.getfixturevalue(model_fixture))
-            torch.manual_seed(0)  # a new classification head is initialised at build time
-            clf, fp = build_classifier(spec)
-            before = snapshot(clf)
-            trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
-            loss_before = eval_loss(clf)
-            result = train(clf, EXAMPLES, None, train_config(method))
-            trained_tasks[key] = Trained(spec, clf, fp, before, trainable, result.history, loss_before, eval_loss(clf))
-        return trained_tasks[key]
-
-    return get
-
-
-def scores(clf) -> torch.Tensor:
-    return predict_scores(clf, EXAMPLES, batch_size=8)
+trained = trained_fixture(task_spec, train_config)
 
 
 # --- what trains --------------------------------------------------------------------------

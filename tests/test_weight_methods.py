@@ -9,30 +9,19 @@ and BitFit refuses a model without biases (T5).
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from prompttune import TaskSpec, TrainConfig, build_classifier, load_artifact, load_backbone, save_artifact, train
+from contract import EXAMPLES, scores, trained_fixture
+from prompttune import TaskSpec, TrainConfig, build_classifier, load_artifact, load_backbone, save_artifact
 from prompttune import models as prompttune_models
 from prompttune.adapters import Adapter, AdapterSet, clear
 from prompttune.errors import ConfigError, ModelError
-from prompttune.evaluation import predict_scores
 
 TEMPLATE = "{text} it was {mask} ."
-EXAMPLES = [
-    {"text": "great fun", "label": "1"},
-    {"text": "a terrible , boring movie .", "label": "0"},
-    {"text": "very good", "label": "1"},
-    {"text": "bad and awful film", "label": "0"},
-    {"text": "it was great", "label": "1"},
-    {"text": "boring , boring , boring", "label": "0"},
-    {"text": "good fun film", "label": "1"},
-    {"text": "the worst movie", "label": "0"},
-]
 # A variant key is "method" or "method:variant"; VARIANTS gives its options.
 VARIANTS = {
     "adapter": {},
@@ -57,55 +46,11 @@ def task_spec(variant: str, model_dir, **options) -> TaskSpec:
                     verbalizer=None if head else {"0": ["bad", "wonderful"], "1": ["good"]}, options=options)
 
 
-def scores(clf) -> torch.Tensor:
-    return predict_scores(clf, EXAMPLES, batch_size=8)
-
-
-def eval_loss(clf) -> float:
-    clf.eval()
-    with torch.no_grad():
-        batch = clf.collate(EXAMPLES)
-        return torch.nn.functional.cross_entropy(clf(batch).float(), batch["labels"]).item()
-
-
 def is_bias(name: str) -> bool:
     return name.rsplit(".", 1)[-1] == "bias"
 
 
-@dataclasses.dataclass
-class Trained:
-    spec: TaskSpec
-    classifier: torch.nn.Module
-    fingerprint: dict
-    before: dict[str, torch.Tensor]
-    trainable: set[str]
-    loss_before: float
-    loss_after: float
-
-
-@pytest.fixture(scope="module")
-def trained_tasks() -> dict:
-    return {}
-
-
-@pytest.fixture
-def trained(request, trained_tasks):
-    """Build and train (variant, model) once per module; tests only read the result."""
-
-    def get(variant: str, model_fixture: str) -> Trained:
-        key = (variant, model_fixture)
-        if key not in trained_tasks:
-            spec = task_spec(variant, request.getfixturevalue(model_fixture))
-            torch.manual_seed(0)
-            clf, fp = build_classifier(spec)
-            before = {n: p.detach().clone() for n, p in clf.named_parameters()}
-            trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
-            loss_before = eval_loss(clf)
-            train(clf, EXAMPLES, None, TRAIN)
-            trained_tasks[key] = Trained(spec, clf, fp, before, trainable, loss_before, eval_loss(clf))
-        return trained_tasks[key]
-
-    return get
+trained = trained_fixture(task_spec, lambda variant: TRAIN)
 
 
 def head_names(clf) -> set[str]:
