@@ -63,6 +63,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -419,9 +420,6 @@ def main() -> None:
                     help="skip PEFT prompt tuning on the whole masked LM (vocabulary logits at every position)")
     args = ap.parse_args()
 
-    import peft
-    import transformers
-
     from prompttune.backbones import resolve_model_path
 
     device, load_before, examples = prepare(args)
@@ -436,8 +434,23 @@ def main() -> None:
     rows, ratios = summarize(variants, RATIOS, errors)
     print_tables(args, device, load_before, load_after, rows, ratios, errors)
 
+    write_record(args, device, load_before, load_after, setup={
+        "model": MODEL, "model_path": resolve_model_path(MODEL), "lm_head": args.lm_head,
+        "batch_size": args.batch_size, "max_length": args.max_length, "template": TEMPLATE,
+        "verbalizer": VERBALIZER, "soft_tokens": N_SOFT, "filler_for_bare_plus_20": FILLER,
+        "reps": args.reps, "warmup": args.warmup, "seed": args.seed, "sentences": [e["sentence"] for e in examples]},
+        variants=rows, errors=errors, ratios=ratios,
+        seconds={"build": round(build_s, 1), "measure": round(measure_s, 1)})
+
+
+def write_record(args, device, load_before, load_after, *, setup: dict, **results) -> None:
+    """Write a speed run's JSON record to args.out: the command, the machine and its load, library
+    versions, the set-up, then the results."""
+    import peft
+    import transformers
+
     result = {
-        "command": "python " + " ".join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:]),
+        "command": "python " + shlex.join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:]),
         "note": args.note,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "device": str(device),
@@ -446,15 +459,8 @@ def main() -> None:
                     "load_average_after": [round(x, 2) for x in load_after]},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "peft": peft.__version__},
-        "setup": {"model": MODEL, "model_path": resolve_model_path(MODEL), "lm_head": args.lm_head,
-                  "batch_size": args.batch_size, "max_length": args.max_length, "template": TEMPLATE,
-                  "verbalizer": VERBALIZER, "soft_tokens": N_SOFT, "filler_for_bare_plus_20": FILLER,
-                  "reps": args.reps, "warmup": args.warmup, "seed": args.seed,
-                  "sentences": [e["sentence"] for e in examples]},
-        "variants": rows,
-        "errors": errors,
-        "ratios": ratios,
-        "seconds": {"build": round(build_s, 1), "measure": round(measure_s, 1)},
+        "setup": setup,
+        **results,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

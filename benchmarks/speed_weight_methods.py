@@ -48,10 +48,7 @@ machine).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -62,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_soft_prompts import Variant, common_arguments, measure, prepare, print_tables, summarize, to  # noqa: E402 - shared helpers
+from speed_soft_prompts import Variant, common_arguments, measure, prepare, print_tables, summarize, to, write_record  # noqa: E402 - shared helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "all-MiniLM-L6-v2"
@@ -223,9 +220,6 @@ def main() -> None:
                     help="skip the merged / unmerged / bare inference timings")
     args = ap.parse_args()
 
-    import peft
-    import transformers
-
     from prompttune.backbones import resolve_model_path
 
     device, load_before, examples = prepare(args)
@@ -246,30 +240,12 @@ def main() -> None:
     if merge_check:
         print(f"\nmerge check: {merge_check}")
 
-    result = {
-        "command": "python " + shlex.join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:]),
-        "note": args.note,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "device": str(device),
-                    "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in load_after]},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "peft": peft.__version__},
-        "setup": {"model": MODEL, "model_path": resolve_model_path(MODEL), "batch_size": args.batch_size,
-                  "max_length": args.max_length, "lora": LORA, "adapter": {"kind": "houlsby", "reduction_factor": 16},
-                  "reps": args.reps, "warmup": args.warmup, "seed": args.seed,
-                  "sentences": [e["sentence"] for e in examples]},
-        "variants": rows,
-        "errors": errors,
-        "ratios": ratios,
-        "merge_check": merge_check,
-        "seconds": {"build": round(build_s, 1), "measure": round(measure_s, 1)},
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_record(args, device, load_before, load_after, setup={
+        "model": MODEL, "model_path": resolve_model_path(MODEL), "batch_size": args.batch_size,
+        "max_length": args.max_length, "lora": LORA, "adapter": {"kind": "houlsby", "reduction_factor": 16},
+        "reps": args.reps, "warmup": args.warmup, "seed": args.seed, "sentences": [e["sentence"] for e in examples]},
+        variants=rows, errors=errors, ratios=ratios, merge_check=merge_check,
+        seconds={"build": round(build_s, 1), "measure": round(measure_s, 1)})
 
 
 if __name__ == "__main__":
