@@ -202,3 +202,16 @@ def test_chain_of_thought_belongs_to_in_context(tmp_path, gpt2_dir, override, me
         message = "setting of method in-context"
     with pytest.raises(ConfigError, match=message):
         load_config(cfg, [override])
+
+
+def test_contextual_calibration_divides_out_the_content_free_prior(gpt2):
+    template, verbalizer = parse_template("review : {sentence} sentiment : {mask}"), parse_verbalizer({0: "bad", 1: "good"})
+    raw = InContextClassifier(gpt2, template, verbalizer, 24, CONTEXT)
+    cal = InContextClassifier(gpt2, template, verbalizer, 24, CONTEXT, calibrate=True)
+    with torch.no_grad():
+        free = raw(raw.collate([{"sentence": t} for t in ("N/A", "", "[MASK]")])).softmax(-1).mean(0)
+        expected = raw(raw.collate(QUERIES)).log_softmax(-1) - free.log()
+        got = cal(cal.collate(QUERIES))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6,
+                               msg=lambda m: f"calibrated scores are not log p(class) - log p_cf(class) (Zhao et al. 2021): {m}")
+    assert not torch.allclose(got.softmax(-1), raw(raw.collate(QUERIES)).softmax(-1)), "calibration changed nothing"

@@ -19,8 +19,9 @@ config keys: model, model_kind, lm_head, task.{train,dev,eval,text_fields,label_
   prompt.{template,verbalizer}, method.{name (one or a list),prompt_length,init,encoder,reparameterize,
   reparam_hidden,head,init_from,prompt_bank,transfer_epochs,lora_rank,lora_alpha,lora_dropout,target_modules,
   merge,adapter_kind,reduction_factor,demonstrations,demo_selection,demo_encoder,context_examples,instruction,
-  chain_of_thought,reasoning_field,cot_trigger,answer_trigger,max_reasoning_tokens}, train.{epochs,lr,batch_size,eval_batch_size,max_length,
-  weight_decay,warmup_ratio,max_grad_norm,seed,progress,checkpoint}"""
+  calibrate,chain_of_thought,reasoning_field,cot_trigger,answer_trigger,max_reasoning_tokens},
+  train.{epochs,lr,batch_size,eval_batch_size,max_length,weight_decay,warmup_ratio,max_grad_norm,seed,progress,
+  checkpoint}"""
 
 
 def main(argv: list[str] | None = None) -> int:

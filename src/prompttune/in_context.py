@@ -129,7 +129,7 @@ class InContextClassifier(PromptClassifier):
     def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int,
                  context: list[dict], *, instruction: str | None = None, chain_of_thought: str | None = None,
                  reasoning_field: str = "reasoning", cot_trigger: str = COT_TRIGGER, answer_trigger: str = ANSWER_TRIGGER,
-                 max_reasoning_tokens: int = 64, use_cache: bool = True):
+                 max_reasoning_tokens: int = 64, calibrate: bool = False, use_cache: bool = True):
         if backbone.kind != "causal":
             raise ModelError(f"in-context learning reads demonstrations as a text to continue: {backbone.name!r} is a "
                              f"{backbone.kind} LM; use a causal LM (GPT-2, Llama, SmolLM2...)")
@@ -163,6 +163,28 @@ class InContextClassifier(PromptClassifier):
                               f"to {max_length} (train.max_length) that exceeds the model's {limit} positions: use fewer "
                               "demonstrations (method.context_examples) or a smaller max_length")
         self.scorer = InContextScorer(backbone, scored, verbalizer, max_length, prefix, use_cache=use_cache)
+        self.calibrate, self._content_free = calibrate, None
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        scores = super().forward(batch)
+        if not self.calibrate:
+            return scores
+        # Contextual calibration (Zhao et al. 2021, "Calibrate Before Use"): demonstrations shift the
+        # label prior (majority and recency biases); dividing the class probabilities by those the
+        # same context gives a content-free input removes that shift.
+        if self._content_free is None:
+            self._content_free = self._content_free_logprobs()
+        return scores.log_softmax(-1) - self._content_free.to(scores.device)
+
+    @torch.no_grad()
+    def _content_free_logprobs(self) -> torch.Tensor:
+        """Log of the class probabilities for content-free inputs, averaged over "N/A", "" and the mask
+        token (Zhao et al.'s three), every text field filled with them."""
+        fields = [f for f in self.template.fields if f != self.reasoning_field]
+        fillers = ["N/A", "", self.tokenizer.mask_token or "[MASK]"]
+        examples = [{**{f: text for f in fields}, self.reasoning_field: text} for text in fillers]
+        probs = PromptClassifier.forward(self, PromptClassifier.collate(self, examples)).softmax(-1).mean(0)
+        return probs.log()
 
     def collate(self, examples: list[dict]) -> dict:
         if self.chain_of_thought:
@@ -175,6 +197,6 @@ class InContextClassifier(PromptClassifier):
         """Reasoning (chain of thought only), label and class probabilities for each example."""
         reasoning = generate_reasoning(self, examples) if self.chain_of_thought else [None] * len(examples)
         filled = [{**ex, self.reasoning_field: r} for ex, r in zip(examples, reasoning)] if self.chain_of_thought else examples
-        probs = PromptClassifier.forward(self, PromptClassifier.collate(self, filled)).softmax(-1)
+        probs = self(PromptClassifier.collate(self, filled)).softmax(-1)
         return [{"reasoning": r, "label": self.labels[int(p.argmax())], "probabilities": dict(zip(self.labels, p.tolist()))}
                 for r, p in zip(reasoning, probs)]

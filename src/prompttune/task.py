@@ -79,7 +79,7 @@ def _prompt_classifier(spec: TaskSpec, backbone: Backbone, template, options: Me
             backbone, template, verbalizer, spec.max_length, spec.demonstrations or [], instruction=options.instruction,
             chain_of_thought=options.chain_of_thought, reasoning_field=options.reasoning_field,
             cot_trigger=options.cot_trigger, answer_trigger=options.answer_trigger,
-            max_reasoning_tokens=options.max_reasoning_tokens)
+            max_reasoning_tokens=options.max_reasoning_tokens, calibrate=options.calibrate)
     demos = None
     if options.demonstrations:
         from .demonstrations import Demonstrations

@@ -61,6 +61,8 @@ class MethodOptions:
     """in-context: demonstrations written before the query (K), drawn class by class from task.train."""
     instruction: str | None = None
     """in-context: a line of instruction before the demonstrations."""
+    calibrate: bool = False
+    """in-context: contextual calibration (Zhao et al. 2021) — remove the label prior the context gives a content-free input."""
     chain_of_thought: str | None = None
     """in-context: zero-shot or few-shot chain-of-thought reasoning before the answer (null = off)."""
     reasoning_field: str = "reasoning"
