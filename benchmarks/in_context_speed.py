@@ -51,6 +51,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--min-words", type=int, default=10,
+                    help="also score with demonstrations drawn from sentences of at least this many words "
+                         "(SST-2's training set is mostly phrases)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/in_context_speed.json"))
     args = ap.parse_args()
@@ -86,6 +89,12 @@ def main() -> None:
         f"in-context, {args.demos} demonstrations, calibrated": InContextClassifier(
             backbone, template, verbalizer, args.max_length, context, instruction=INSTRUCTION, calibrate=True),
     }
+    sentences = [ex for ex in without(examples, test) if len(ex["sentence"].split()) >= args.min_words]
+    long_context = choose_context(sentences, args.demos, args.seed)
+    for calibrate in (False, True):
+        name = f"in-context, {args.demos} demonstrations of ≥ {args.min_words} words" + (", calibrated" if calibrate else "")
+        variants[name] = InContextClassifier(backbone, template, verbalizer, args.max_length, long_context,
+                                             instruction=INSTRUCTION, calibrate=calibrate)
     accuracy = {}
     for name, model in variants.items():
         scores = predict_scores(model, test, batch_size=args.batch_size)
