@@ -15,7 +15,7 @@ import yaml
 
 from .backbones import DEFAULT_MODEL, KINDS
 from .errors import ConfigError
-from .methods import MethodOptions, get_method
+from .methods import MethodOptions, get_method, method_list
 from .training import TrainConfig
 
 
@@ -104,6 +104,16 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def read_raw(path: str | Path) -> dict:
+    """The YAML file as a plain dict, before any checking; errors name the file."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (), raw: dict | None = None) -> RunConfig:
     """Read a YAML run config (or a raw dict), apply overrides and validate.
 
@@ -113,12 +123,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), raw: 
         2e-05
     """
     if raw is None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} does not exist") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+        raw = read_raw(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"a config is a mapping of keys to values, got {type(raw).__name__}")
     cfg = _build(RunConfig, apply_overrides(raw, list(overrides)), "")
@@ -192,11 +197,14 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"method.reparam_hidden and method.transfer_epochs must be ≥ 1, got {m.reparam_hidden} and {m.transfer_epochs}")
     if m.demonstrations < 0 or m.context_examples < 0 or m.max_reasoning_tokens < 1:
         raise ConfigError("method.demonstrations and method.context_examples must be ≥ 0 and method.max_reasoning_tokens ≥ 1")
-    if m.demo_selection not in ("random", "similar"):
+    from .chain_of_thought import MODES
+    from .demonstrations import SELECTIONS
+
+    if m.demo_selection not in SELECTIONS:
         raise ConfigError(f"method.demo_selection must be random or similar, got {m.demo_selection!r}")
-    if m.chain_of_thought not in (None, "zero-shot", "few-shot"):
+    if m.chain_of_thought not in (None, *MODES):
         raise ConfigError(f"method.chain_of_thought must be zero-shot, few-shot or null, got {m.chain_of_thought!r}")
-    in_context = "in-context" in (m.name if isinstance(m.name, list) else [m.name])
+    in_context = "in-context" in method_list(m.name)
     if m.chain_of_thought and not in_context:
         raise ConfigError("method.chain_of_thought is a setting of method in-context (demonstrations in a causal LM's context)")
     if m.demonstrations and (in_context or method.uses_head(m) or cfg.task.generation):

@@ -82,6 +82,7 @@ class Demonstrations:
                 raise DataError(f"demonstrations need {per_class} example(s) of label {label!r} in the training data; "
                                 f"it has {len(group)}")
             self.groups.append(group)
+        self.keys = [[text_key(d, self.fields) for d in group] for group in self.groups]
         self.encoder = None
         if selection == "similar":
             from .sentence_encoder import sentence_encoder
@@ -113,7 +114,7 @@ class Demonstrations:
             rng = random.Random(zlib.crc32("\x1f".join(key).encode("utf-8")))
             extra, j = {}, 0
             for c, group in enumerate(self.groups):
-                allowed = [k for k, d in enumerate(group) if text_key(d, self.fields) != key]
+                allowed = [k for k, other in enumerate(self.keys[c]) if other != key]
                 if len(allowed) < self.per_class:
                     raise DataError(f"label {self.verbalizer.labels[c]!r} has no demonstration other than the input itself")
                 if queries is not None:

@@ -21,7 +21,7 @@ from .data import few_shot_split, load_examples, sample_per_class
 from .errors import ConfigError, DataError
 from .evaluation import evaluate
 from .files import write_json
-from .methods import get_method
+from .methods import get_method, method_list
 from .parameters import count_parameters
 from .task import TaskSpec, build_classifier
 from .training import train
@@ -115,7 +115,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
 def _demonstrations(cfg: RunConfig, train_ex: list[dict]) -> list[dict] | None:
     """What the task keeps of its training data to write into inputs: in-context's K
     demonstrations (chosen now, in order), or the pool LM-BFF demonstrations are drawn from."""
-    names = cfg.method.name if isinstance(cfg.method.name, list) else [cfg.method.name]
+    names = method_list(cfg.method.name)
     keep = [*cfg.task.text_fields, "label", cfg.method.reasoning_field]
     slim = lambda examples: [{k: ex[k] for k in keep if k in ex} for ex in examples]  # noqa: E731
     if "in-context" in names:

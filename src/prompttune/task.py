@@ -12,7 +12,7 @@ from torch import nn
 
 from .backbones import Backbone, Kind, fingerprint, load_backbone, load_head_model, load_tokenizer
 from .errors import ConfigError, ModelError, TemplateError
-from .methods import MethodOptions, get_method
+from .methods import MethodOptions, get_method, method_list
 from .models import HeadClassifier, PromptClassifier
 from .parameters import freeze
 from .templates import parse_template
@@ -69,7 +69,7 @@ def require_lm_head(backbone: Backbone) -> None:
 
 def _prompt_classifier(spec: TaskSpec, backbone: Backbone, template, options: MethodOptions) -> PromptClassifier:
     verbalizer = parse_verbalizer(spec.verbalizer)
-    names = spec.method if isinstance(spec.method, list) else [spec.method]
+    names = method_list(spec.method)
     if "in-context" in names:
         from .in_context import InContextClassifier
 
@@ -113,7 +113,7 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
             raise ConfigError(f"method {spec.method!r} needs prompt.template and prompt.verbalizer")
         template = parse_template(spec.template)
         template.check_fields(spec.text_fields)
-        if getattr(template, "n_triggers", 0):
+        if template.n_triggers:
             raise TemplateError(f"template {spec.template!r} has {{trigger}} slots: fill them first with "
                                 "`prompttune search triggers CONFIG --out DIR`, then train with the config it writes")
         if backbone is None:

@@ -105,6 +105,11 @@ def register_method(method: Method) -> Method:
     return method
 
 
+def method_list(name: str | list[str]) -> list[str]:
+    """`method.name` as a list of names (a single name, or the list of combined methods)."""
+    return list(name) if isinstance(name, (list, tuple)) else [name]
+
+
 def get_method(name: str | list[str]) -> Method:
     """The registered method, or for a list of names their composition (see `compose`)."""
     if isinstance(name, (list, tuple)):

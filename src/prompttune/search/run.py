@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..backbones import load_backbone
-from ..config import RunConfig, apply_overrides, load_config
+from ..config import RunConfig, apply_overrides, load_config, read_raw
 from ..errors import ConfigError, TemplateError
 from ..files import write_json, write_text
 from ..recipes import load_splits, task_labels
@@ -27,11 +27,6 @@ from ..verbalizers import parse_verbalizer
 from .common import zero_shot_accuracy
 
 KINDS = ("triggers", "labels", "templates")
-
-
-def read_raw(path: str | Path, overrides: list[str]) -> dict:
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return apply_overrides(raw, list(overrides))
 
 
 def run_search(kind: str, config_path: str | Path, out: str | Path, *, overrides: list[str] = (), log=None,
@@ -45,8 +40,8 @@ def run_search(kind: str, config_path: str | Path, out: str | Path, *, overrides
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if kind not in KINDS:
         raise ConfigError(f"unknown search {kind!r}; one of {list(KINDS)}")
-    cfg: RunConfig = load_config(config_path, overrides)
-    raw = read_raw(config_path, overrides)
+    raw = apply_overrides(read_raw(config_path), list(overrides))
+    cfg: RunConfig = load_config(raw=copy.deepcopy(raw))
     train, dev, _ = load_splits(cfg)
     if not train:
         raise ConfigError("a search reads training examples: set task.train")
