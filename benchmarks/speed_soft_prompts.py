@@ -126,6 +126,27 @@ class Variant:
     times: list[float] = field(default_factory=list)
 
 
+def training_step(sp, examples: list[dict], device, *, seed: int, lr: float):
+    """Our task built from spec `sp` in train mode and one AdamW step on `examples` as one batch:
+    (classifier, step, batch). The step is what every "ours" variant times."""
+    from prompttune import build_classifier
+
+    torch.manual_seed(seed)
+    clf, _ = build_classifier(sp)
+    clf.to(device).train()
+    batch = to(clf.collate(examples), device)
+    opt = torch.optim.AdamW([p for p in clf.parameters() if p.requires_grad], lr=lr)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(clf(batch).float(), batch["labels"])
+        loss.backward()
+        opt.step()
+        return loss
+
+    return clf, step, batch
+
+
 def word_loss(verbalizer, logp: torch.Tensor, word_ids: list[list[int]], labels: torch.Tensor) -> torch.Tensor:
     first = torch.tensor([w[0] for w in word_ids], device=logp.device)  # single-token words (checked)
     return F.cross_entropy(verbalizer.class_scores(logp[:, first]), labels)
@@ -140,21 +161,7 @@ def build_variants(args, examples: list[dict], device) -> tuple[list[Variant], d
     head_dir = args.lm_head
 
     def ours(name, setting, sp):
-        torch.manual_seed(args.seed)
-        clf, _ = build_classifier(sp)
-        clf.to(device).train()
-        batch = to(clf.collate(examples), device)
-        params = [p for p in clf.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-3)
-        labels = batch["labels"]
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(clf(batch).float(), labels)
-            loss.backward()
-            opt.step()
-            return loss
-
+        clf, step, batch = training_step(sp, examples, device, seed=args.seed, lr=1e-3)
         width = batch["ids1" if "ids1" in batch else "ids"].shape[1]
         variants.append(Variant(name, setting, step, width, count_parameters(clf)[0], "ours"))
         return clf

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_soft_prompts import Variant, common_arguments, measure, prepare, print_tables, summarize, to, write_record  # noqa: E402 - shared helpers
+from speed_soft_prompts import Variant, common_arguments, measure, prepare, print_tables, summarize, to, training_step, write_record  # noqa: E402 - shared helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "all-MiniLM-L6-v2"
@@ -79,27 +79,12 @@ def trainable(module) -> list[torch.nn.Parameter]:
 
 
 def build_training(args, examples: list[dict], device) -> tuple[list[Variant], dict]:
-    from prompttune import build_classifier
-
     variants, errors = [], {}
 
     def ours(name, sp):
-        torch.manual_seed(args.seed)
-        clf, _ = build_classifier(sp)
-        clf.to(device).train()
-        batch = to(clf.collate(examples), device)
-        params = trainable(clf)
-        opt = torch.optim.AdamW(params, lr=1e-4)
-        labels = batch["labels"]
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(clf(batch).float(), labels)
-            loss.backward()
-            opt.step()
-            return loss
-
-        variants.append(Variant(name, "train", step, batch["ids"].shape[1], sum(p.numel() for p in params), "ours"))
+        clf, step, batch = training_step(sp, examples, device, seed=args.seed, lr=1e-4)
+        n_trainable = sum(p.numel() for p in trainable(clf))
+        variants.append(Variant(name, "train", step, batch["ids"].shape[1], n_trainable, "ours"))
         return clf
 
     def peft_lora(name):
