@@ -118,7 +118,7 @@ def generate(classifier: PromptClassifier | TextGenerator, examples: list[dict],
     try:
         for i in range(0, len(examples), batch_size):
             seqs = [prompt_ids(classifier, ex) for ex in examples[i : i + batch_size]]
-            ids, attn = _pad(seqs, pad_id, left=left)
+            ids, attn = pad(seqs, pad_id, left=left)
             ids, attn = ids.to(model.device), attn.to(model.device)
             with torch.no_grad():
                 bind_prompts(classifier)
@@ -129,14 +129,3 @@ def generate(classifier: PromptClassifier | TextGenerator, examples: list[dict],
     finally:
         classifier.train(was_training)
     return out
-
-
-def _pad(seqs: list[list[int]], value: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), value, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        span = slice(width - len(s), width) if left else slice(0, len(s))
-        ids[row, span] = torch.tensor(s, dtype=torch.long)
-        attn[row, span] = 1
-    return ids, attn

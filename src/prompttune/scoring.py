@@ -32,14 +32,16 @@ from .templates import Mask, SpecialTokens, Template, encode_example, segment_te
 from .verbalizers import Verbalizer, tokenize_words
 
 
-def pad(seqs: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad id lists to a (N, T) tensor and its attention mask."""
+def pad(seqs: list[list[int]], value: int, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad id lists to a (N, T) tensor and its attention mask: on the right, or on the left (for
+    generation with a decoder-only model, so every row's continuation starts right after its text)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), value, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        attn[i, : len(s)] = 1
+        span = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, span] = torch.tensor(s, dtype=torch.long)
+        attn[i, span] = 1
     return ids, attn
 
 
