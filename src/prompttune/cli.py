@@ -37,6 +37,28 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def whole_number(minimum: int, maximum: int | None = None):
+    """An argparse `type`: the flag's value as an int in [minimum, maximum], else argparse's one-line error.
+
+    Example:
+        >>> p = argparse.ArgumentParser(prog="prompttune eval")
+        >>> p.add_argument("--batch-size", type=whole_number(1)); p.parse_args(["--batch-size", "0"])
+        prompttune eval: error: argument --batch-size: expected a whole number ≥ 1, got '0'
+    """
+    expected = f"a whole number from {minimum} to {maximum}" if maximum is not None else f"a whole number ≥ {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prompttune",
@@ -57,15 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a saved task on a labelled data file",
                        description="Evaluate a task artifact: accuracy, macro-F1 and the number of examples.")
     p.add_argument("artifact", help="task artifact directory")
-    p.add_argument("--data", required=True, help="labelled .tsv/.csv/.jsonl file or saved dataset directory")
+    p.add_argument("--data", required=True, help="labelled .tsv/.csv/.json/.jsonl file or saved dataset directory")
     p.add_argument("--label-field", default=None, help="label column (default: the one used in training, else 'label')")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=whole_number(1), default=32, help="examples per forward pass (default 32)")
     p.add_argument("--json", action="store_true", help='print {"accuracy": ..., "macro_f1": ..., "n": ...}')
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="predict labels for texts with a saved task",
                        description="Predict the label of each --text. For a task with several text fields, "
-                                   'give each --text as a JSON object, e.g. \'{"premise": "...", "hypothesis": "..."}\'.')
+                                   'give each --text as a JSON object, e.g. \'{"premise": "...", "hypothesis": "..."}\'; '
+                                   "on a one-field task a --text is the text itself, or a JSON object with that field.")
     p.add_argument("artifact", help="task artifact directory")
     p.add_argument("--text", action="append", required=True, help="an input (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object per input with label and probabilities")
@@ -78,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in-context task, print its chain-of-thought reasoning (if any) and its answer.")
     p.add_argument("artifact", help="task artifact directory")
     p.add_argument("--text", action="append", required=True, help="an input (repeatable; JSON object for several fields)")
-    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--max-new-tokens", type=whole_number(1), default=20, help="tokens to generate at most (default 20)")
     p.add_argument("--json", action="store_true", help="print one JSON object per input")
     p.set_defaults(func=cmd_generate)
 
@@ -100,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="hub id or local path of the encoder (default: embedded MiniLM)")
     p.add_argument("--data", required=True, help="data file with a text column")
     p.add_argument("--text-field", default="sentence", help="text column (default: sentence)")
-    p.add_argument("--max-texts", type=int, default=20000, help="texts to fit on (default: 20000)")
-    p.add_argument("--held-out", type=int, default=1000, help="texts kept aside to measure accuracy (default: 1000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-texts", type=whole_number(1), default=20000, help="texts to fit on (default: 20000)")
+    p.add_argument("--held-out", type=whole_number(1), default=1000, help="texts kept aside to measure accuracy (default: 1000)")
+    p.add_argument("--seed", type=whole_number(0, 2**32 - 1), default=0, help="seed of the shuffle and the masks (default 0)")
     p.add_argument("--out", required=True, help="directory for head.safetensors + head.json")
     p.set_defaults(func=cmd_fit_lm_head)
 
@@ -121,21 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     q = kinds.add_parser("triggers", help="AutoPrompt: fill the template's {trigger:N} slots by gradient-guided search",
                          description="Fill {trigger} / {trigger:N} slots of prompt.template with tokens chosen by the "
                                      "first-order gradient of the task loss (AutoPrompt, Shin et al. 2020).")
-    q.add_argument("--steps", type=int, default=50, help="search steps; each updates one trigger token (default 50)")
-    q.add_argument("--candidates", type=int, default=10, help="top-k tokens by gradient re-scored per step (default 10)")
-    q.add_argument("--batch-size", type=int, default=16, help="examples per step (default 16)")
+    q.add_argument("--steps", type=whole_number(1), default=50, help="search steps; each updates one trigger token (default 50)")
+    q.add_argument("--candidates", type=whole_number(1), default=10, help="top-k tokens by gradient re-scored per step (default 10)")
+    q.add_argument("--batch-size", type=whole_number(1), default=16, help="examples per step (default 16)")
     q = kinds.add_parser("labels", help="search label words for each class (PETAL / LM-BFF)",
                          description="Rank words per class by the model's likelihood at {mask} over that class's "
                                      "training examples; choose the assignment with the best zero-shot dev accuracy. "
                                      "prompt.verbalizer gives the labels (and is the baseline in the report).")
-    q.add_argument("--per-class", type=int, default=20, help="candidate words kept per class (default 20)")
-    q.add_argument("--assignments", type=int, default=50, help="assignments re-ranked on dev (default 50)")
+    q.add_argument("--per-class", type=whole_number(1), default=20, help="candidate words kept per class (default 20)")
+    q.add_argument("--assignments", type=whole_number(1), default=50, help="assignments re-ranked on dev (default 50)")
     q = kinds.add_parser("templates", help="LM-BFF: generate templates with a T5 model, ranked on dev",
                          description="A seq2seq LM (T5 family) fills spans around the input and the label word to "
                                      "propose templates; the best by zero-shot dev accuracy are kept.")
     q.add_argument("--generator", required=True, help="local path or hub id of the T5 model that writes templates")
-    q.add_argument("--beams", type=int, default=20, help="beam width per example (default 20)")
-    q.add_argument("--keep", type=int, default=5, help="templates kept in the report (default 5)")
+    q.add_argument("--beams", type=whole_number(1), default=20, help="beam width per example (default 20)")
+    q.add_argument("--keep", type=whole_number(1), default=5, help="templates kept in the report (default 5)")
     for q in kinds.choices.values():
         q.add_argument("config", help="YAML run config (model, task data, prompt)")
         q.add_argument("--out", required=True, help="directory for config.yaml and search.json")
@@ -166,7 +189,8 @@ def cmd_eval(args) -> int:
 
     clf, config = load_artifact(args.artifact)
     label_field = args.label_field or config.get("label_field", "label")
-    examples = load_examples(args.data, config["text_fields"], label_field)
+    labels = None if config.get("generation") else config["labels"]
+    examples = load_examples(args.data, config["text_fields"], label_field, labels=labels)
     result = evaluate(clf, examples, batch_size=args.batch_size, progress=not args.json)
     if args.json:
         print(json.dumps(result))
@@ -179,6 +203,7 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from .artifacts import load_artifact
+    from .data import examples_from_texts
     from .evaluation import predict_scores
 
     clf, config = load_artifact(args.artifact)
@@ -186,7 +211,7 @@ def cmd_predict(args) -> int:
         from .errors import ConfigError
 
         raise ConfigError("this is a generation task: use `prompttune generate` to see its output text")
-    probs = predict_scores(clf, examples_from_texts(args.text, config["text_fields"])).softmax(-1)
+    probs = predict_scores(clf, examples_from_texts(args.text, config["text_fields"], name="--text")).softmax(-1)
     for text, p in zip(args.text, probs):
         label = config["labels"][int(p.argmax())]
         if args.json:
@@ -197,32 +222,13 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def examples_from_texts(texts: list[str], fields: list[str]) -> list[dict]:
-    """--text values as examples: plain text for a one-field task, else JSON objects with the fields."""
-    from .errors import DataError
-
-    examples = []
-    for text in texts:
-        if len(fields) == 1 and not text.lstrip().startswith("{"):
-            examples.append({fields[0]: text})
-            continue
-        try:
-            ex = json.loads(text)
-        except json.JSONDecodeError:
-            raise DataError(f"this task reads fields {fields}: give --text as a JSON object with those keys") from None
-        missing = [f for f in fields if f not in ex] if isinstance(ex, dict) else fields
-        if missing:
-            raise DataError(f"--text {text!r} lacks field(s) {missing}; the task reads {fields}")
-        examples.append(ex)
-    return examples
-
-
 def cmd_generate(args) -> int:
     from .artifacts import load_artifact
+    from .data import examples_from_texts
     from .generation import generate
 
     clf, config = load_artifact(args.artifact)
-    examples = examples_from_texts(args.text, config["text_fields"])
+    examples = examples_from_texts(args.text, config["text_fields"], name="--text")
     if hasattr(clf, "explain"):  # an in-context task: its reasoning (chain of thought) and answer
         for text, out in zip(args.text, clf.explain(examples)):
             if args.json:
@@ -236,20 +242,29 @@ def cmd_generate(args) -> int:
     return 0
 
 
+ADAPTER_SUMMARY = ("peft_type", "task_type", "num_virtual_tokens", "r", "lora_alpha", "target_modules")
+"""What `export` prints of the adapter's config: the keys among these its PEFT type has (a prompt's
+virtual tokens; LoRA's rank, alpha and target modules)."""
+
+
 def cmd_export(args) -> int:
     from .export import ADAPTER_CONFIG, export_peft
 
     out = export_peft(args.artifact, args.out)
     adapter = json.loads((out / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    print(json.dumps({"adapter": str(out), **{k: adapter[k] for k in ("peft_type", "task_type", "num_virtual_tokens")}}))
+    print(json.dumps({"adapter": str(out), **{k: adapter[k] for k in ADAPTER_SUMMARY if k in adapter}}))
     return 0
 
 
 def cmd_fit_lm_head(args) -> int:
     from .data import load_examples
+    from .errors import DataError
     from .lm_head import fit_and_save_lm_head
 
     texts = [ex[args.text_field] for ex in load_examples(args.data, [args.text_field], label_field=None)]
+    if len(texts) <= args.held_out:
+        raise DataError(f"{args.data} has {len(texts)} text(s) and --held-out {args.held_out} keeps them all aside, "
+                        "leaving none to fit the head on; lower --held-out or give more text")
     report = fit_and_save_lm_head(args.model, texts, args.out, max_texts=args.max_texts, held_out=args.held_out,
                                   seed=args.seed)
     print(json.dumps(report))

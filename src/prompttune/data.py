@@ -1,29 +1,73 @@
-"""Task data: reading `.tsv`, `.csv`, `.jsonl` files and saved Hugging Face datasets, and
-few-shot sampling.
+"""Task data: reading `.tsv`, `.csv`, `.json`, `.jsonl` files and saved Hugging Face datasets,
+inputs given as strings (`--text`), and few-shot sampling.
 
 An example is a plain dict of column → value; the label sits under "label" (renamed from the
 configured label column), text fields keep their names.
+
+Every error about a row says where the row is. In a text file that is `FILE:LINE`, the physical
+line where the row starts, counted from 1 (a TSV/CSV header is line 1; blank lines count), so an
+editor jumps to it. Where there are no lines to count, rows are counted from 1: `FILE, item N` for
+the N-th object of a JSON array, `DIR, row N` for a saved dataset.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import random
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
-from .errors import DataError
+from .errors import DataError, PromptTuneError
 from .verbalizers import label_key
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """All rows of a data file (or saved `datasets` directory) as dicts.
+class Row(NamedTuple):
+    """One row of a data file and where it is, for error messages."""
+
+    values: dict
+    where: str
+    """E.g. 'data/train.tsv:8' (the row's first line), 'data/train.json, item 3', 'data/hf, row 3'."""
+
+
+def read_utf8(path: str | Path, error: type[PromptTuneError] = DataError) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark is dropped).
+
+    Raises `error` naming the file, and for bytes that are not UTF-8 the line they are on.
+
+    Example:
+        >>> read_utf8("latin1.tsv")
+        DataError: latin1.tsv:3: not UTF-8 text (byte 0xe9); re-encode the file as UTF-8, e.g. from Latin-1: ...
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    except OSError as e:
+        raise error(f"cannot read {str(path)!r}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        fixed = path.with_suffix(".utf8" + path.suffix)
+        raise error(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); re-encode the file as UTF-8, "
+                    f"e.g. from Latin-1: iconv -f latin1 -t utf-8 {path} > {fixed}") from None
+
+
+def read_rows(path: str | Path) -> list[Row]:
+    """All rows of a data file (or saved `datasets` directory), each with where it is.
+
+    A `.json` file is a JSON array of objects or JSON lines (one object per line), told apart by its
+    first character; a `.jsonl` file is JSON lines. Raises `DataError` for a file that does not exist,
+    is not UTF-8, or is malformed (a TSV/CSV row whose cells do not match the header, a line that
+    is not a JSON object), naming the file and the line.
 
     Example:
         >>> rows = read_rows("../shared/data/sst2/train.tsv")
-        >>> sorted(rows[0])
-        ['label', 'sentence']
+        >>> sorted(rows[0].values), rows[0].where
+        (['label', 'sentence'], '../shared/data/sst2/train.tsv:2')
     """
     path = Path(path)
     if not path.exists():
@@ -32,26 +76,123 @@ def read_rows(path: str | Path) -> list[dict]:
         return _read_hf_dataset(path)
     suffix = path.suffix.lower()
     if suffix in (".tsv", ".csv"):
-        csv.field_size_limit(1 << 24)
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            # TSV (GLUE style) has no quoting: a sentence may start with a quote character.
-            tsv = suffix == ".tsv"
-            reader = csv.DictReader(f, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
-            return [dict(r) for r in reader]
-    if suffix in (".jsonl", ".json"):
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        return rows
-    raise DataError(f"cannot read {str(path)!r}: expected a .tsv, .csv or .jsonl file or a saved Hugging Face dataset directory")
+        return _read_delimited(path, read_utf8(path), tsv=suffix == ".tsv")
+    if suffix == ".jsonl":
+        return _read_json_lines(path, read_utf8(path))
+    if suffix == ".json":
+        return _read_json(path, read_utf8(path))
+    raise DataError(f"cannot read {str(path)!r}: expected a .tsv, .csv, .json or .jsonl file or a saved Hugging Face "
+                    "dataset directory")
 
 
-def _read_hf_dataset(path: Path) -> list[dict]:
+def _read_delimited(path: Path, text: str, *, tsv: bool) -> list[Row]:
+    """Rows of a TSV (GLUE style: no quoting, a sentence may start with a quote character) or CSV
+    (quoted cells) file; every row must have one cell per header column, and a CSV quote must close."""
+    csv.field_size_limit(1 << 24)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",",
+                        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+    name, header, rows, line, start = str(path), None, [], 1, 1
+    try:
+        for cells in reader:
+            start, line = line, reader.line_num + 1  # the row's first line, the next row's
+            where = f"{name}:{start}"
+            if not cells:  # a blank line
+                continue
+            if header is None:
+                header = _header(cells, where)
+            elif len(cells) != len(header):
+                raise DataError(f"{where}: the row has {len(cells)} cell(s), the header has {len(header)} – "
+                                + _cell_count_hint(len(cells) < len(header), tsv))
+            else:
+                rows.append(Row(dict(zip(header, cells)), where))
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: not valid {'TSV' if tsv else 'CSV'} ({e})") from None
+    if not tsv and reader.line_num > start and _quote_left_open(text, start):
+        raise DataError(f"{path}:{start}: a double quote opened in this row is never closed, so the rest of the file "
+                        'became one cell; close it, or write a quote inside a quoted cell as ""')
+    return rows
+
+
+def _quote_left_open(text: str, line: int) -> bool:
+    """Whether the CSV row starting at `line` runs to the end of `text` inside a double quote (the
+    csv module, not strict, reads all of it into one cell)."""
+    rest = "".join(list(io.StringIO(text, newline=""))[line - 1:])
+    try:
+        list(csv.reader(io.StringIO(rest, newline=""), strict=True))
+    except csv.Error as e:
+        return "unexpected end of data" in str(e)
+    return False
+
+
+def _header(cells: list[str], where: str) -> list[str]:
+    """The column names of a TSV/CSV header line; a name given twice is an error."""
+    twice = sorted({c for c in cells if cells.count(c) > 1})
+    if twice:
+        raise DataError(f"{where}: the header names column(s) {twice} more than once")
+    return cells
+
+
+def _cell_count_hint(fewer: bool, tsv: bool) -> str:
+    """The likely cause of a row with too few or too many cells."""
+    if tsv:
+        return "a missing tab?" if fewer else "a tab inside a text?"
+    return "a missing comma?" if fewer else "a comma inside a text that is not in double quotes?"
+
+
+def _read_json(path: Path, text: str) -> list[Row]:
+    """A `.json` file: a JSON array of objects (it starts with '['), else JSON lines."""
+    if text.lstrip().startswith("["):
+        return _read_json_array(path, text)
+    if text.strip().count("\n") and _is_one_json_object(text):
+        raise DataError(f"{path}: the file is one JSON object; expected a JSON array of objects ([{{...}}, {{...}}]) "
+                        "or one object per line (JSON lines)")
+    return _read_json_lines(path, text)
+
+
+def _is_one_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _read_json_array(path: Path, text: str) -> list[Row]:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    return [Row(_json_object(item, f"{path}, item {n}"), f"{path}, item {n}") for n, item in enumerate(items, 1)]
+
+
+def _read_json_lines(path: Path, text: str) -> list[Row]:
+    rows = []
+    for n, line in enumerate(io.StringIO(text, newline=None), 1):
+        if line.strip():
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            rows.append(Row(_json_object(value, f"{path}:{n}"), f"{path}:{n}"))
+    return rows
+
+
+_JSON_KINDS = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def _json_kind(value) -> str:
+    """What a JSON value is, in words: 'a list', 'a string', ..."""
+    return _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def _json_object(value, where: str) -> dict:
+    """`value` if it is a JSON object (a row), else a `DataError` naming what it is."""
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: expected a JSON object, got {_json_kind(value)}")
+    return value
+
+
+def _read_hf_dataset(path: Path) -> list[Row]:
     try:
         from datasets import DatasetDict, load_from_disk
     except ImportError:
@@ -59,33 +200,118 @@ def _read_hf_dataset(path: Path) -> list[dict]:
     try:
         ds = load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as e:
-        raise DataError(f"{str(path)!r} is not a saved Hugging Face dataset: {e}") from None
+        raise DataError(f"{str(path)!r} is not a saved Hugging Face dataset ({' '.join(str(e).split())}); a data path "
+                        "is a .tsv, .csv, .json or .jsonl file or a directory written by Dataset.save_to_disk") from None
     if isinstance(ds, DatasetDict):
         if "train" not in ds:
             raise DataError(f"{str(path)!r} holds splits {list(ds)}; point at one split's directory")
         ds = ds["train"]
-    return ds.to_list()
+    return [Row(values, f"{path}, row {n}") for n, values in enumerate(ds.to_list(), 1)]
 
 
-def load_examples(path: str | Path, text_fields: list[str], label_field: str | None = "label") -> list[dict]:
-    """Examples with the text fields and (if `label_field`) a "label", checked for missing columns."""
+def load_examples(path: str | Path, text_fields: list[str], label_field: str | None = "label", *,
+                  labels: list[str] | None = None) -> list[dict]:
+    """Examples with the text fields and (if `label_field`) a "label", every row checked.
+
+    Raises `DataError` naming the file and the row's line for a missing column, a row whose text
+    fields are all empty, an empty label, and (when `labels` is given) a label not among `labels`.
+
+    Example:
+        >>> load_examples("train.tsv", ["sentence"], "label", labels=["0", "1"])[0]
+        {'sentence': 'a gripping film', 'label': '1'}
+        >>> load_examples("bad.tsv", ["sentence"], "label", labels=["0", "1"])
+        DataError: bad.tsv:7: label '2' is not one of the task's labels ['0', '1']
+    """
     rows = read_rows(path)
     if not rows:
         raise DataError(f"data file {str(path)!r} has no rows")
     wanted = list(text_fields) + ([label_field] if label_field else [])
-    missing = [c for c in wanted if c not in rows[0]]
+    missing = [c for c in wanted if c not in rows[0].values]
     if missing:
-        raise DataError(f"data file {str(path)!r} has no column(s) {missing}; its columns are {list(rows[0])}")
-    out = []
-    for n, row in enumerate(rows, 1):
-        lacking = [c for c in wanted if c not in row]  # JSONL rows need not share the first row's keys
-        if lacking:
-            raise DataError(f"data file {str(path)!r}: row {n} has no column(s) {lacking}")
-        ex = {f: "" if row[f] is None else str(row[f]) for f in text_fields}
-        if label_field:
-            ex["label"] = label_key(row[label_field])
-        out.append(ex)
-    return out
+        raise DataError(f"data file {str(path)!r} has no column(s) {missing}; its columns are {list(rows[0].values)}")
+    return [_example(row, text_fields, label_field, labels, wanted) for row in rows]
+
+
+def _example(row: Row, text_fields: list[str], label_field: str | None, labels: list[str] | None,
+             wanted: list[str]) -> dict:
+    """One row as an example (see `load_examples`); `wanted` = the text fields and the label field."""
+    lacking = [c for c in wanted if c not in row.values]
+    if lacking:  # JSON rows need not share the first row's keys
+        raise DataError(f"{row.where}: the row has no column(s) {lacking}")
+    example = {f: _text(row.values[f], f"{row.where}: column {f!r}") for f in text_fields}
+    if not any(example[f].strip() for f in text_fields):
+        raise DataError(f"{row.where}: the text column(s) {list(text_fields)} are empty; fill in the row or remove it")
+    if label_field:
+        example["label"] = _label(row.values[label_field], row.where, label_field, labels)
+    return example
+
+
+def _text(value, what: str) -> str:
+    """A text cell as a string: null is empty, a number becomes its digits, a list or object is an error."""
+    if isinstance(value, (list, dict)):
+        raise DataError(f"{what} holds {_json_kind(value)}, expected text")
+    return "" if value is None else str(value)
+
+
+def _label(value, where: str, field: str, labels: list[str] | None) -> str:
+    """A label cell as its key (`verbalizers.label_key`); empty, or not among `labels`, is an error."""
+    if isinstance(value, (list, dict)):
+        raise DataError(f"{where}: label column {field!r} holds {_json_kind(value)}, expected a label")
+    key = "" if value is None else label_key(value)
+    if not key:
+        raise DataError(f"{where}: label column {field!r} is empty")
+    if labels is not None and key not in labels:
+        raise DataError(f"{where}: label {key!r} is not one of the task's labels {list(labels)}")
+    return key
+
+
+def examples_from_texts(texts: list[str], fields: list[str], *, name: str = "input") -> list[dict]:
+    """Inputs given as strings (a command line's `--text`, a request's texts) as examples of a task that
+    reads `fields`.
+
+    On a task with one field, an input is its literal text, unless it is a JSON object that has
+    that field. On several fields, an input is a JSON object with those fields (other keys are
+    ignored). Raises `DataError` naming the input (as `name` and its value) when it is empty or only
+    whitespace (on several fields: all of them), or not such a JSON object.
+
+    Example:
+        >>> examples_from_texts(["a gripping film", '{"sentence": "{braces} too"}'], ["sentence"])
+        [{'sentence': 'a gripping film'}, {'sentence': '{braces} too'}]
+        >>> examples_from_texts([""], ["sentence"], name="--text")
+        DataError: --text '' has no text (empty or only whitespace)
+    """
+    return [_example_from_text(text, fields, name) for text in texts]
+
+
+def _example_from_text(text: str, fields: list[str], name: str) -> dict:
+    what = f"{name} {text!r}"
+    obj = _json_object_in(text)
+    literal = len(fields) == 1 and (obj is None or fields[0] not in obj)
+    if literal:
+        example = {fields[0]: text}
+    elif obj is None:
+        shape = json.dumps({f: "..." for f in fields})
+        raise DataError(f"{what} is not a JSON object; this task reads fields {fields}: give each input as '{shape}'")
+    else:
+        missing = [f for f in fields if f not in obj]
+        if missing:
+            raise DataError(f"{what} lacks field(s) {missing}; the task reads {fields}")
+        example = {f: _text(obj[f], f"{what}: field {f!r}") for f in fields}
+    if not any(value.strip() for value in example.values()):
+        raise DataError(f"{what} has no text (empty or only whitespace)" if literal else
+                        f"{what}: the field(s) {fields} are all empty or only whitespace; give text in at least one")
+    return example
+
+
+def _json_object_in(text: str) -> dict | None:
+    """The JSON object `text` holds, or None when it holds none (plain text, other JSON)."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def by_label(examples: list[dict]) -> dict[str, list[dict]]:

@@ -40,12 +40,22 @@ def task_labels(cfg: RunConfig, train_examples: list[dict]) -> list[str]:
 
 
 def load_splits(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
-    """(train, dev, eval) examples; with task.shots, K per class for train and for dev."""
+    """(train, dev, eval) examples; with task.shots, K per class for train and for dev.
+
+    Every row's label is checked as it is read, so an unknown one is named with its file and line
+    before anything is sampled or trained: against the verbalizer's or task.labels' labels, else
+    (a head method) dev's and eval's against those train has.
+    """
     t = cfg.task
-    read = lambda path, fields=t.text_fields: load_examples(path, fields, t.label_field) if path else []  # noqa: E731
+    configured = not t.generation and (cfg.prompt.verbalizer is not None or bool(t.labels))
+    labels = task_labels(cfg, []) if configured else None
+    read = lambda path, fields, labels: load_examples(path, fields, t.label_field, labels=labels) if path else []  # noqa: E731
     # Few-shot chain-of-thought demonstrations carry their reasoning; queries do not.
     cot = [cfg.method.reasoning_field] if cfg.method.chain_of_thought == "few-shot" else []
-    train_all, dev, test = read(t.train, [*t.text_fields, *cot]), read(t.dev), read(t.eval)
+    train_all = read(t.train, [*t.text_fields, *cot], labels)
+    if labels is None and train_all and not t.generation:
+        labels = task_labels(cfg, train_all)
+    dev, test = read(t.dev, t.text_fields, labels), read(t.eval, t.text_fields, labels)
     if t.shots is None:
         return train_all, dev, test
     if dev:

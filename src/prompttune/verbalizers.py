@@ -60,7 +60,15 @@ class Verbalizer:
 
 
 def label_key(label) -> str:
-    """Labels are compared as text, so YAML's `0:` and a TSV's "0" are the same label."""
+    """Labels are compared as text, so YAML's `0:` and a TSV's "0" are the same label, and a JSON
+    `true` is the label 'true' (JSON's spelling), as a verbalizer's quoted 'true' key.
+
+    Example:
+        >>> label_key(0), label_key(1.0), label_key(" pos "), label_key(True)
+        ('0', '1', 'pos', 'true')
+    """
+    if isinstance(label, bool):
+        return "true" if label else "false"
     if isinstance(label, float) and label.is_integer():
         label = int(label)
     return str(label).strip()
