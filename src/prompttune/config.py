@@ -8,12 +8,14 @@ the value and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from .backbones import DEFAULT_MODEL, KINDS
+from .data import read_utf8
 from .errors import ConfigError
 from .methods import MethodOptions, get_method, method_list
 from .training import TrainConfig
@@ -24,7 +26,7 @@ class TaskConfig:
     """Where the data is and how to read it."""
 
     train: str | None = None
-    """Training data file (.tsv/.csv/.jsonl or a saved Hugging Face dataset)."""
+    """Training data file (.tsv/.csv/.json/.jsonl or a saved Hugging Face dataset)."""
     eval: str | None = None
     """Held-out data to report accuracy on after training."""
     dev: str | None = None
@@ -84,7 +86,15 @@ class RunConfig:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `key.sub=value` strings (values read as YAML) to a raw config dict."""
+    """Apply `key.sub=value` strings (values read as YAML) to a raw config dict.
+
+    Raises `ConfigError` for an item without '=', a key that passes through a value that is not a
+    section, and a value YAML reads as a boolean where the key expects text (see `read_raw`).
+
+    Example:
+        >>> apply_overrides({"train": {"lr": 1e-5}}, ["train.lr=2e-5", "task.labels=['yes', 'no']"])
+        {'train': {'lr': '2e-5'}, 'task': {'labels': ['yes', 'no']}}
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
@@ -101,17 +111,122 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node[parts[-1]] = yaml.safe_load(value)
         except yaml.YAMLError:  # not YAML (e.g. a template "{sentence} It was {mask}."): plain text
             node[parts[-1]] = value
+        else:
+            _refuse_yaml_booleans(yaml.compose(value, Loader=yaml.SafeLoader), _kind_at(parts), key.strip(),
+                                  f"--set {item}", in_file=False)
     return raw
 
 
 def read_raw(path: str | Path) -> dict:
-    """The YAML file as a plain dict, before any checking; errors name the file."""
+    """The YAML file as a plain dict, before the dataclasses check keys, types and values.
+
+    Raises `ConfigError` naming the file (and the line, where there is one) for a file that does
+    not exist, is not UTF-8, is not valid YAML or is not a mapping, and for an unquoted yes / no /
+    on / off / true / false that YAML reads as a boolean where a key expects text (a verbalizer's
+    labels and words, task.labels, a template...).
+
+    Example:
+        >>> read_raw("configs/sst2_zero_shot.yaml")["method"]
+        {'name': 'zero-shot'}
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} " + ("is a directory" if path.is_dir() else "does not exist"))
+    text = read_utf8(path, ConfigError)
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        raw = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+        raise ConfigError(_yaml_error(path, e)) from None
+    if raw is None:  # an empty file
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} holds {type(raw).__name__} {raw!r:.40}; a config is a mapping of "
+                          "keys to values (model: ..., task: {...}, prompt: {...}, method: {...}, train: {...})")
+    _refuse_yaml_booleans(node, RunConfig, "", str(path), in_file=True)
+    return raw
+
+
+def _yaml_error(path: Path, e: yaml.YAMLError) -> str:
+    """A YAML syntax error in one line: the file, the line and the problem."""
+    problem, context = getattr(e, "problem", None), getattr(e, "context", None)
+    mark, context_mark = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    if mark is None or problem is None:
+        return f"config file {str(path)!r} is not valid YAML: {' '.join(str(e).split())}"
+    started = f" ({context} that starts on line {context_mark.line + 1})" if context and context_mark else ""
+    return f"{path}:{mark.line + 1}: not valid YAML: {problem}{started}"
+
+
+_TEXT_TYPES = ("str", "list[str]", "str | list[str]", "dict")
+"""Annotations of config keys whose values are text (a verbalizer is a dict of labels to words)."""
+
+
+def _kind_at(parts: list[str]):
+    """What the config key `parts` (e.g. ['prompt', 'verbalizer']) holds: a section's dataclass, a
+    value's type annotation, or None for a key the config does not have."""
+    kind = RunConfig
+    for p in parts:
+        fields = {f.name: f for f in dataclasses.fields(kind)} if dataclasses.is_dataclass(kind) else {}
+        if p not in fields:
+            return None
+        kind = _section(fields[p]) or fields[p].type
+    return kind
+
+
+def _section(f: dataclasses.Field):
+    """The dataclass of a config section field (task, prompt, method, train), else None."""
+    sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+    return sub if sub is not None and dataclasses.is_dataclass(sub) else None
+
+
+def _refuse_yaml_booleans(node: yaml.Node | None, kind, key: str, source: str, *, in_file: bool) -> None:
+    """Raise `ConfigError` if YAML read an unquoted yes/no/on/off/true/false as a boolean where `kind`
+    (a section's dataclass or a key's type annotation, see `_kind_at`) expects text.
+
+    The error names `source` (with the word's line when `in_file`; else e.g. the --set item), the key,
+    the word as written and how to quote it.
+
+    Example:
+        >>> _refuse_yaml_booleans(yaml.compose("{yes: good, no: bad}"), "dict | None", "prompt.verbalizer", "run.yaml",
+        ...                       in_file=True)
+        ConfigError: run.yaml:1: config key prompt.verbalizer: label yes was read by YAML as the boolean True; quote it: 'yes'
+    """
+    if node is None or kind is None:
+        return
+    if dataclasses.is_dataclass(kind):
+        if isinstance(node, yaml.MappingNode):
+            fields = {f.name: f for f in dataclasses.fields(kind)}
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value in fields:
+                    f = fields[k.value]
+                    _refuse_yaml_booleans(v, _section(f) or f.type, f"{key}.{k.value}" if key else k.value, source,
+                                          in_file=in_file)
+        return
+    if str(kind).replace(" | None", "") not in _TEXT_TYPES:
+        return
+    found = _yaml_boolean(node)
+    if found is not None:
+        word, role = found
+        where = f"{source}:{word.start_mark.line + 1}" if in_file else source
+        raise ConfigError(f"{where}: config key {key}: {role} {word.value} was read by YAML as the boolean "
+                          f"{yaml.safe_load(word.value)}; quote it: '{word.value}'")
+
+
+def _yaml_boolean(node: yaml.Node, role: str = "value") -> tuple[yaml.ScalarNode, str] | None:
+    """The first scalar under `node` that YAML resolved to a boolean, and what it is there: a
+    'label' or 'label word' (a mapping's key or value: the verbalizer), an 'item' of a list, or
+    the 'value' itself."""
+    if isinstance(node, yaml.ScalarNode):
+        return (node, role) if node.tag == "tag:yaml.org,2002:bool" else None
+    if isinstance(node, yaml.SequenceNode):
+        children = [(item, "item" if role == "value" else role) for item in node.value]
+    else:
+        children = [(n, r) for k, v in node.value for n, r in ((k, "label"), (v, "label word"))]
+    for child, child_role in children:
+        found = _yaml_boolean(child, child_role)
+        if found is not None:
+            return found
+    return None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), raw: dict | None = None) -> RunConfig:
@@ -140,8 +255,8 @@ def _build(cls, raw: dict, where: str):
         raise ConfigError(f"unknown config key(s) {[where + k for k in unknown]}; valid keys here: {sorted(fields)}")
     kwargs = {}
     for name, value in raw.items():
-        sub = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
-        if sub is not None and dataclasses.is_dataclass(sub):
+        sub = _section(fields[name])
+        if sub is not None:
             kwargs[name] = _build(sub, value or {}, f"{where}{name}.")
         else:
             kwargs[name] = _check_type(f"{where}{name}", value, fields[name].type)
@@ -173,6 +288,20 @@ def _check_type(key: str, value, annotation: str):
     return value
 
 
+_METHOD_RANGES = {  # numeric method keys: (what the value must be, the test); their types are checked in _build
+    "prompt_length": ("≥ 0", lambda v: v >= 0),
+    "reparam_hidden": ("≥ 1", lambda v: v >= 1),
+    "transfer_epochs": ("≥ 1", lambda v: v >= 1),
+    "lora_rank": ("≥ 1", lambda v: v >= 1),
+    "lora_alpha": ("> 0", lambda v: v > 0),
+    "lora_dropout": ("a probability in [0, 1)", lambda v: 0 <= v < 1),
+    "reduction_factor": ("≥ 1", lambda v: v >= 1),
+    "demonstrations": ("≥ 0", lambda v: v >= 0),
+    "context_examples": ("≥ 0", lambda v: v >= 0),
+    "max_reasoning_tokens": ("≥ 1", lambda v: v >= 1),
+}
+
+
 def _validate(cfg: RunConfig) -> None:
     method = get_method(cfg.method.name)
     if cfg.model_kind is not None and cfg.model_kind not in KINDS:
@@ -187,16 +316,18 @@ def _validate(cfg: RunConfig) -> None:
     from .soft_prompts import INITS
 
     m = cfg.method
-    if m.prompt_length < 0:
-        raise ConfigError(f"method.prompt_length must be ≥ 0, got {m.prompt_length}")
+    for name, (expected, within) in _METHOD_RANGES.items():
+        value = getattr(m, name)
+        if not (math.isfinite(value) and within(value)):
+            raise ConfigError(f"method.{name} must be {expected}, got {value!r}")
     if m.encoder not in ENCODERS:
         raise ConfigError(f"method.encoder must be one of {list(ENCODERS)}, got {m.encoder!r}")
     if m.init not in INITS:
         raise ConfigError(f"method.init must be one of {list(INITS)}, got {m.init!r}")
-    if m.reparam_hidden < 1 or m.transfer_epochs < 1:
-        raise ConfigError(f"method.reparam_hidden and method.transfer_epochs must be ≥ 1, got {m.reparam_hidden} and {m.transfer_epochs}")
-    if m.demonstrations < 0 or m.context_examples < 0 or m.max_reasoning_tokens < 1:
-        raise ConfigError("method.demonstrations and method.context_examples must be ≥ 0 and method.max_reasoning_tokens ≥ 1")
+    from .adapters import KINDS as ADAPTER_KINDS
+
+    if m.adapter_kind not in ADAPTER_KINDS:
+        raise ConfigError(f"method.adapter_kind must be one of {list(ADAPTER_KINDS)}, got {m.adapter_kind!r}")
     from .chain_of_thought import MODES
     from .demonstrations import SELECTIONS
 

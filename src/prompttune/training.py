@@ -51,11 +51,28 @@ class TrainConfig:
     for large models in runs that will not be resumed."""
 
     def __post_init__(self):
+        """Refuse values the loop cannot train with, naming the key: whole numbers < 1, a learning rate
+        ≤ 0, NaN or ±inf anywhere, a warm-up fraction outside [0, 1], a seed NumPy cannot take."""
+        import math
+
         for name in ("epochs", "batch_size", "eval_batch_size", "max_length"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be a positive whole number, got {getattr(self, name)!r}")
-        if not isinstance(self.lr, (int, float)) or self.lr <= 0:
-            raise ConfigError(f"train.lr must be a positive number, got {self.lr!r}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"train.{name} must be a positive whole number, got {value!r}")
+        for name, expected, within in (
+            ("lr", "a finite number > 0", lambda v: v > 0),
+            ("weight_decay", "a finite number ≥ 0", lambda v: v >= 0),
+            ("warmup_ratio", "a fraction of the steps in [0, 1]", lambda v: 0 <= v <= 1),
+            ("max_grad_norm", "a finite number ≥ 0 (0 = no clipping)", lambda v: v >= 0),
+        ):
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and within(value)):
+                raise ConfigError(f"train.{name} must be {expected}, got {value!r}")
+        # Epoch e is seeded with seed * 1000 + e, and NumPy takes seeds up to 2**32 - 1.
+        largest_seed = (2**32 - self.epochs) // 1000
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= largest_seed:
+            raise ConfigError(f"train.seed must be a whole number from 0 to {largest_seed}, got {self.seed!r}")
 
 
 @dataclass
