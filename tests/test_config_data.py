@@ -82,7 +82,7 @@ def test_an_unknown_nested_key_is_named_with_its_section_path():
         ({"model": None}, "config key 'model' cannot be null"),
         ({"task": "train.tsv"}, "task must be a mapping"),
         ({"train": {"epochs": 0}}, "train.epochs must be a positive whole number, got 0"),
-        ({"train": {"lr": -1.0}}, "train.lr must be a positive number"),
+        ({"train": {"lr": -1.0}}, "train.lr must be a finite number > 0, got -1.0"),
         ({"task": {"shots": 0}}, "task.shots must be ≥ 1 or null"),
         ({"model_kind": "diffusion"}, "model_kind must be one of"),
         ({"method": {"name": "p-tuning", "encoder": "gru"}}, "method.encoder must be one of ['lstm', 'mlp', 'none'], got 'gru'"),
@@ -193,7 +193,7 @@ def test_a_missing_or_invalid_config_file_is_named(tmp_path):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
-    with pytest.raises(ConfigError, match="is not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2: not valid YAML: expected ',' or '\]'"):
         load_config(bad)
 
 
@@ -262,7 +262,7 @@ def test_a_missing_column_error_names_it_and_the_columns_there_are(tmp_path):
     ("name", "content", "expected"),
     [
         ("missing.tsv", None, "does not exist"),
-        ("d.txt", "label sentence\n", "expected a .tsv, .csv or .jsonl file"),
+        ("d.txt", "label sentence\n", "expected a .tsv, .csv, .json or .jsonl file"),
         ("d.jsonl", '{"sentence": "ok", "label": 1}\n{broken\n', "d.jsonl:2: not valid JSON"),
         ("empty.tsv", "label\tsentence\n", "has no rows"),
     ],
@@ -278,7 +278,7 @@ def test_an_unreadable_data_file_is_an_error_naming_the_problem(tmp_path, name, 
 def test_a_jsonl_row_lacking_a_column_is_an_error_naming_the_row(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"sentence": "ok", "label": 1}\n{"sentence": "no label"}\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"row 2 has no column\(s\) \['label'\]"):
+    with pytest.raises(DataError, match=r"d\.jsonl:2: the row has no column\(s\) \['label'\]"):
         load_examples(path, ["sentence"])
 
 
