@@ -77,7 +77,7 @@ def main() -> None:
                 "train": {"batch_size": 8, "max_length": 64, "seed": seed, "progress": False, "checkpoint": False, **METHODS[method]},
             })
             start = time.perf_counter()
-            summary = run_training(cfg, work / f"{method}-{seed}", splits=(train, dev, test), log=lambda _: None)
+            summary = run_training(cfg, work / f"{method}-{seed}", overwrite=True, splits=(train, dev, test), log=lambda _: None)
             row = {"seed": seed, **summary["eval"], "seconds": round(time.perf_counter() - start, 1),
                    "trainable_parameters": summary["trainable_parameters"], "best_epoch": summary["best_epoch"]}
             results[method].append(row)

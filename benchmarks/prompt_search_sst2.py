@@ -128,8 +128,8 @@ def main() -> None:
                           "progress": False, "checkpoint": False},
             })
             start = time.perf_counter()
-            summary = run_training(cfg, Path(args.work) / f"{condition.replace(' ', '_')}-{seed}", splits=(train, dev, test),
-                                   log=lambda _: None)
+            summary = run_training(cfg, Path(args.work) / f"{condition.replace(' ', '_')}-{seed}", overwrite=True,
+                                   splits=(train, dev, test), log=lambda _: None)
             row["few_shot"] = summary["eval"]["accuracy"]
             row["finetune_seconds"] = round(time.perf_counter() - start, 1)
             # Training runs use the backbone copy inside run_training; ours stays frozen for the searches.

@@ -106,7 +106,8 @@ def main() -> None:
                               "progress": False, "checkpoint": False, **settings[regime]},
                 })
                 start = time.perf_counter()
-                summary = run_training(cfg, work / f"{method}-{regime}-{seed}", splits=(train, dev, test), log=lambda _: None)
+                summary = run_training(cfg, work / f"{method}-{regime}-{seed}", overwrite=True, splits=(train, dev, test),
+                                       log=lambda _: None)
                 saved = json.loads((work / f"{method}-{regime}-{seed}/config.json").read_text())
                 row = {"seed": seed, **summary["eval"], "seconds": round(time.perf_counter() - start, 1),
                        "trainable_parameters": summary["trainable_parameters"], "stored_numbers": saved["stored_numbers"],

@@ -19,6 +19,7 @@ from .errors import (  # noqa: E402
     DataError,
     ExportError,
     ModelError,
+    OutputError,
     PromptTuneError,
     TemplateError,
     VerbalizerError,
@@ -38,7 +39,7 @@ from .verbalizers import Verbalizer, parse_verbalizer  # noqa: E402
 
 __all__ = [
     "ArtifactError", "Backbone", "ConfigError", "DEFAULT_MODEL", "DataError", "DeepPrompt", "ExportError",
-    "HeadClassifier", "Method", "MethodOptions", "ModelError", "PromptClassifier", "PromptTuneError", "SoftPrompt",
+    "HeadClassifier", "Method", "MethodOptions", "ModelError", "OutputError", "PromptClassifier", "PromptTuneError", "SoftPrompt",
     "TaskSpec", "Template", "TemplateError", "TrainConfig", "Verbalizer", "VerbalizerError", "build_classifier",
     "evaluate", "export_peft", "generate", "get_method", "load_artifact", "load_backbone", "make_scorer",
     "parse_template", "parse_verbalizer", "register_method", "save_artifact", "train",

@@ -2,25 +2,31 @@
 
 `config.json` holds the task spec (method, template, verbalizer, labels...), the base
 backbone's fingerprint, the parameter counts and the weights' checksum; `weights.safetensors`
-holds only what the method trained (nothing for zero-shot). Both files are written atomically;
-loading is strict (every saved key and shape must match what the method trains) and refuses a
-backbone other than the one the task was made for.
+holds only what the method trained (nothing for zero-shot). The two files are replaced together
+(`files.write_together`: weights, then the config that names their checksum), and reading them
+gives a consistent pair or an error. Saving is a read of the classifier: P-tuning's encoder and
+prefix-tuning's MLP are evaluated into the vectors they compute, and training can go on
+unchanged. Loading is strict (every saved key and shape must match what the method trains) and
+refuses a backbone other than the one the task was made for.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from . import __version__
 from .backbones import Backbone, compare_fingerprints
 from .deep_prompts import DeepPrompt
 from .errors import ArtifactError, PromptTuneError
-from .files import file_sha256, write_json, write_safetensors
+from .files import file_sha256, json_writer, safetensors_writer, write_together
 from .parameters import count_parameters, trainable_state_dict
 from .soft_prompts import SoftPrompt
 from .task import TaskSpec, build_classifier
@@ -29,40 +35,57 @@ CONFIG, WEIGHTS = "config.json", "weights.safetensors"
 
 
 def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, base_fingerprint: dict, extra: dict | None = None) -> Path:
-    """Write the task to `directory` (created if needed); return the directory.
+    """Write the task to `directory` (created if needed), replacing a task saved there; return the
+    directory. The classifier is only read: it trains on unchanged after a save.
+
+    Raises `OutputError` if the files cannot be written (the previous ones then stay as they were).
 
     Example:
         >>> clf, fp = build_classifier(spec)
         >>> save_artifact("runs/sst2", spec, clf, fp)
     """
     directory = Path(directory)
-    fold_prompts(classifier)
-    weights = trainable_state_dict(classifier)
+    weights = stored_state_dict(classifier)
     trainable, total = count_parameters(classifier)
     stored = sum(t.numel() for t in weights.values())
-    write_safetensors(directory / WEIGHTS, weights, metadata={"format": "pt", "prompttune": __version__})
     config = {
         "prompttune_version": __version__,
         **spec.to_dict(),
         "backbone": base_fingerprint,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
+        # Counted as a reload has them: the stored (folded) form, not P-tuning's encoder.
+        "trainable_parameters": stored,
+        "total_parameters": total - trainable + stored,
         # What this task costs beside the shared model: the numbers it stores, and their share.
         "stored_numbers": stored,
         "fraction_of_backbone": stored / count_parameters(classifier.model)[1],
-        "weights": {"file": WEIGHTS, "sha256": file_sha256(directory / WEIGHTS), "tensors": len(weights)},
         **(extra or {}),
     }
-    write_json(directory / CONFIG, config)
+
+    def write_config(path: Path) -> None:  # the checksum of the weights just staged beside it
+        json_writer({**config, "weights": {"file": WEIGHTS, "sha256": file_sha256(path.with_name(WEIGHTS)),
+                                           "tensors": len(weights)}})(path)
+
+    write_together(directory, {WEIGHTS: safetensors_writer(weights, {"format": "pt", "prompttune": __version__}),
+                               CONFIG: write_config})
     return directory
 
 
-def fold_prompts(classifier: nn.Module) -> None:
-    """Fold training-only reparameterizations (P-tuning's encoder, prefix-tuning's MLP) into the
-    vectors they compute; the classifier's outputs do not change."""
-    for module in list(classifier.modules()):
+def stored_state_dict(classifier: nn.Module) -> dict[str, torch.Tensor]:
+    """What an artifact stores: the trainable parameters by name, with each soft or deep prompt in its
+    stored form (P-tuning's encoder and prefix-tuning's MLP replaced by the vectors they compute,
+    under the names `build_classifier(spec, folded=True)` gives them). A read: the classifier, its
+    parameters and their flags are unchanged.
+
+    Example:
+        >>> sorted(stored_state_dict(p_tuning_clf))     # trains soft.encoder.*; stores:
+        ['soft.vectors']
+    """
+    state = trainable_state_dict(classifier)
+    for name, module in classifier.named_modules():
         if isinstance(module, (SoftPrompt, DeepPrompt)):
-            module.fold()
+            state = {k: v for k, v in state.items() if not k.startswith(f"{name}.")}
+            state.update({f"{name}.{k}": v for k, v in module.stored_state().items()})
+    return state
 
 
 def read_config(directory: str | Path) -> dict:
@@ -92,32 +115,53 @@ def load_artifact(directory: str | Path, backbone: Backbone | None = None) -> tu
         >>> evaluate(clf, examples)["accuracy"]
     """
     directory = Path(directory)
-    config = read_config(directory)
-    weights_path = directory / WEIGHTS
-    if not weights_path.is_file():
-        raise ArtifactError(f"{str(directory)!r} has {CONFIG} but no {WEIGHTS}")
-    if file_sha256(weights_path) != config.get("weights", {}).get("sha256"):
-        raise ArtifactError(
-            f"{weights_path} does not match the checksum in {CONFIG}: the files come from different saves "
-            "(an interrupted save, or a file copied in by hand)"
-        )
+    config, weights = read_saved(directory)
     spec = spec_from_config(config)
     try:
         classifier, fp = build_classifier(spec, backbone, folded=True)
     except PromptTuneError as e:
         raise ArtifactError(f"cannot rebuild the task saved in {str(directory)!r}: {e}") from e
     compare_fingerprints(config["backbone"], fp)
-    try:
-        weights = load_file(str(weights_path))
-    except SafetensorError as e:
-        raise ArtifactError(f"{weights_path} is not a readable safetensors file: {e}") from None
-    load_trainable(classifier, weights, source=str(weights_path))
+    load_trainable(classifier, weights, source=str(directory / WEIGHTS))
     if spec.method_options().merge:
         from .methods.lora import merge_lora
 
         merge_lora(classifier.model)
     classifier.eval()
     return classifier, config
+
+
+def read_saved(directory: str | Path, *, attempts: int = 5, wait_s: float = 0.02) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, weights) of a saved task, as one consistent pair: the weights are read once, and
+    their bytes must have the checksum the config names.
+
+    A save replaces the weights first and the config right after, so a reader between the two sees
+    the new weights with the old config; it reads the config again (`attempts` times, `wait_s`
+    apart) before concluding that the files come from different saves.
+
+    Raises `ArtifactError` for a missing or unreadable file, or a pair that does not match.
+
+    Example:
+        >>> config, weights = read_saved("runs/sst2")
+    """
+    directory = Path(directory)
+    weights_path = directory / WEIGHTS
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(wait_s)
+        config = read_config(directory)
+        if not weights_path.is_file():
+            raise ArtifactError(f"{str(directory)!r} has {CONFIG} but no {WEIGHTS}")
+        data = weights_path.read_bytes()
+        if hashlib.sha256(data).hexdigest() == config.get("weights", {}).get("sha256"):
+            try:
+                return config, load_safetensors(data)
+            except SafetensorError as e:
+                raise ArtifactError(f"{weights_path} is not a readable safetensors file: {e}") from None
+    raise ArtifactError(
+        f"{weights_path} does not match the checksum in {CONFIG}: the files come from different saves "
+        "(an interrupted save, or a file copied in by hand)"
+    )
 
 
 def load_trainable(classifier: nn.Module, weights: dict, *, source: str) -> None:

@@ -73,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for the task artifact")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=1e-5 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint an interrupted run left in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint an interrupted run left in --out "
+                   "(the same run: a changed setting is refused)")
+    p.add_argument("--overwrite", action="store_true", help="replace a task artifact in --out, or start over instead of "
+                   "resuming an interrupted run's checkpoint there")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a saved task on a labelled data file",
@@ -115,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="task artifact directory")
     p.add_argument("--format", required=True, choices=["peft"], help="target format (peft)")
     p.add_argument("--out", required=True, help="directory for the adapter")
+    p.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("fit-lm-head", help="fit a masked-LM head on a frozen encoder that ships without one",
@@ -127,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", type=whole_number(1), default=1000, help="texts kept aside to measure accuracy (default: 1000)")
     p.add_argument("--seed", type=whole_number(0, 2**32 - 1), default=0, help="seed of the shuffle and the masks (default 0)")
     p.add_argument("--out", required=True, help="directory for head.safetensors + head.json")
+    p.add_argument("--overwrite", action="store_true", help="replace a head already in --out")
     p.set_defaults(func=cmd_fit_lm_head)
 
     p = sub.add_parser("demo", help="few-shot sentiment on the embedded default model, end to end (< 3 minutes)",
@@ -134,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prompt-based fine-tuning on SST-2 sentences; print accuracy.")
     p.add_argument("--data", default=None, help="SST-2 style .tsv (label<TAB>sentence); default: ../shared/data/sst2/train.tsv if present, else a small built-in set")
     p.add_argument("--out", default="runs/demo", help="where the demo writes its head and task artifact")
+    p.add_argument("--overwrite", action="store_true", help="replace the task artifacts of an earlier demo already in --out")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("search", help="find a template or label words automatically (AutoPrompt, LM-BFF)",
@@ -162,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     for q in kinds.choices.values():
         q.add_argument("config", help="YAML run config (model, task data, prompt)")
         q.add_argument("--out", required=True, help="directory for config.yaml and search.json")
+        q.add_argument("--overwrite", action="store_true", help="replace config.yaml and search.json already in --out")
         q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key (repeatable)")
     p.set_defaults(func=cmd_search)
@@ -176,7 +183,7 @@ def cmd_train(args) -> int:
     from .recipes import run_training
 
     cfg = load_config(args.config, args.overrides)
-    summary = run_training(cfg, args.out, resume=args.resume)
+    summary = run_training(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({"artifact": str(args.out), **{k: summary[k] for k in ("method", "trainable_parameters", "best_dev")},
                       **({"eval": summary["eval"]} if "eval" in summary else {})}))
     return 0
@@ -250,7 +257,7 @@ virtual tokens; LoRA's rank, alpha and target modules)."""
 def cmd_export(args) -> int:
     from .export import ADAPTER_CONFIG, export_peft
 
-    out = export_peft(args.artifact, args.out)
+    out = export_peft(args.artifact, args.out, overwrite=args.overwrite)
     adapter = json.loads((out / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     print(json.dumps({"adapter": str(out), **{k: adapter[k] for k in ADAPTER_SUMMARY if k in adapter}}))
     return 0
@@ -266,7 +273,7 @@ def cmd_fit_lm_head(args) -> int:
         raise DataError(f"{args.data} has {len(texts)} text(s) and --held-out {args.held_out} keeps them all aside, "
                         "leaving none to fit the head on; lower --held-out or give more text")
     report = fit_and_save_lm_head(args.model, texts, args.out, max_texts=args.max_texts, held_out=args.held_out,
-                                  seed=args.seed)
+                                  seed=args.seed, overwrite=args.overwrite)
     print(json.dumps(report))
     return 0
 
@@ -274,7 +281,7 @@ def cmd_fit_lm_head(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(data=args.data, out=Path(args.out))
+    run_demo(data=args.data, out=Path(args.out), overwrite=args.overwrite)
     return 0
 
 
@@ -282,8 +289,8 @@ def cmd_search(args) -> int:
     from .search.run import run_search
 
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("command", "search", "config", "out", "overrides", "func")}
-    report = run_search(args.search, args.config, args.out, overrides=args.overrides, **settings)
+                if k not in ("command", "search", "config", "out", "overrides", "overwrite", "func")}
+    report = run_search(args.search, args.config, args.out, overrides=args.overrides, overwrite=args.overwrite, **settings)
     print(json.dumps({"out": str(args.out), "found": report["found"], **({"dev_accuracy": report["dev_accuracy"]}
                                                                           if "dev_accuracy" in report else {})},
                      ensure_ascii=False))

@@ -236,8 +236,8 @@ class DeepPrompt(nn.Module):
 
     Stored as one (P, sites, 2, heads, head_dim) tensor `prefix`. With `reparameterize`, the
     prefix is instead computed as MLP(E) from a smaller (P, hidden_size) matrix E, which Li & Liang
-    (2021, §4.3) found necessary for stable training; `fold()` evaluates the MLP once and keeps only
-    the resulting `prefix`, so a saved task holds P·sites·2·heads·head_dim numbers either way.
+    (2021, §4.3) found necessary for stable training; a saved task stores the MLP's output
+    (`stored_state`), so it holds P·sites·2·heads·head_dim numbers either way.
 
     Example:
         >>> deep = DeepPrompt(model, length=10)         # prefix-tuning / P-tuning v2 on any HF LM
@@ -273,14 +273,12 @@ class DeepPrompt(nn.Module):
         values = [table[:, s, 1].transpose(0, 1) for s in range(len(self.sites))]
         bind(self._model[0], self.sites, keys, values)
 
-    def fold(self) -> None:
-        """Replace the reparameterization by the prefix it computes (what is saved and served)."""
-        if hasattr(self, "prefix"):
-            return
+    def stored_state(self) -> dict[str, torch.Tensor]:
+        """What a saved task keeps of this prompt: {"prefix": (P, sites, 2, heads, head_dim)}, the
+        MLP's output when reparameterized (what `DeepPrompt(..., folded=True)` holds). A read: the
+        module, and what trains, are unchanged."""
         with torch.no_grad():
-            prefix = self.table().detach().clone()
-        del self.embedding, self.mlp
-        self.prefix = nn.Parameter(prefix)
+            return {"prefix": self.table().detach()}
 
     def _activations_of_sampled_words(self) -> torch.Tensor:
         """The keys/values the frozen model computes for P sampled vocabulary tokens.

@@ -35,3 +35,8 @@ class ModelError(PromptTuneError):
 
 class ExportError(PromptTuneError):
     """A task that cannot be written in another library's format without changing its outputs."""
+
+
+class OutputError(PromptTuneError):
+    """An output directory that cannot be written, is in use, is full, or holds files a command
+    would replace without being asked (`--overwrite`)."""

@@ -55,12 +55,14 @@ from . import __version__
 from .artifacts import load_artifact, read_config, spec_from_config
 from .backbones import DEFAULT_MODEL, load_backbone
 from .errors import ExportError, PromptTuneError
-from .files import write_json, write_safetensors
+from .files import Writer, json_writer, safetensors_writer, write_together
 from .methods import get_method
 from .models import bind_prompts
+from .outputs import claim_output
 from .templates import Soft, SpecialTokens, Text
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS, TASK_FILE = "adapter_config.json", "adapter_model.safetensors", "prompttune_task.json"
+EXPORT_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, TASK_FILE)
 SOFT_METHODS = ("prompt-tuning", "p-tuning")
 DEEP_METHODS = ("prefix-tuning", "p-tuning-v2")
 SUPPORTED = (
@@ -72,13 +74,15 @@ TASK_TYPES = {"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "masked": "FEATU
 PROBES = ("the movie was very good and the acting was fun", "bad film")
 
 
-def export_peft(artifact_dir: str | Path, out_dir: str | Path, *, verify: bool = True) -> Path:
+def export_peft(artifact_dir: str | Path, out_dir: str | Path, *, verify: bool = True, overwrite: bool = False) -> Path:
     """Write the task saved in `artifact_dir` as a PEFT adapter directory `out_dir`; return `out_dir`.
 
     Raises `ExportError` (naming why) for a task PEFT cannot represent with the same outputs, and
     `ArtifactError` for a directory that is not a readable task artifact. With `verify` (the
     default) PEFT loads the adapter and must reproduce prompttune's logits on probe inputs before
-    anything is written; `verify=False` skips that second model load.
+    anything is written; `verify=False` skips that second model load. `out_dir` is held for the
+    export (`outputs.claim_output`); an adapter already there is replaced only with `overwrite`
+    (else `OutputError`). The three files are replaced together.
 
     Example:
         >>> export_peft("runs/gpt2-prompt", "exports/gpt2-prompt")      # doctest: +SKIP
@@ -91,6 +95,13 @@ def export_peft(artifact_dir: str | Path, out_dir: str | Path, *, verify: bool =
     config = read_config(artifact_dir)
     spec = spec_from_config(config)
     _check_method(spec)
+    with claim_output(out_dir, owned=EXPORT_FILES, what="a PEFT adapter", overwrite=overwrite):
+        _export(artifact_dir, out_dir, spec, verify)
+    return out_dir
+
+
+def _export(artifact_dir: Path, out_dir: Path, spec, verify: bool) -> None:
+    """Convert, check with PEFT (in a temporary directory), then write `out_dir`'s files together."""
     clf, config = load_artifact(artifact_dir)
     kind = config["backbone"]["kind"]
     if spec.method == "lora":
@@ -102,14 +113,13 @@ def export_peft(artifact_dir: str | Path, out_dir: str | Path, *, verify: bool =
         else:
             peft_config, prompt, n_virtual = _prefix_export(clf, spec, kind)
         weights = {"prompt_embeddings": prompt}
-    adapter_config = _plain(peft_config.to_dict())
+    adapter = _adapter_files(_plain(peft_config.to_dict()), weights)
     max_diff = None
     if verify:
         with tempfile.TemporaryDirectory(prefix="prompttune-peft-") as tmp:
-            _write_adapter(Path(tmp), adapter_config, weights)
+            write_together(tmp, adapter)
             max_diff = _check_with_peft(clf, spec, kind, Path(tmp), n_virtual)
-    _write_adapter(out_dir, adapter_config, weights)
-    write_json(out_dir / TASK_FILE, {
+    write_together(out_dir, {**adapter, TASK_FILE: json_writer({
         "exported_by": f"prompttune {__version__}",
         "source_artifact": str(artifact_dir),
         "method": spec.method,
@@ -124,8 +134,7 @@ def export_peft(artifact_dir: str | Path, out_dir: str | Path, *, verify: bool =
             if spec.method in SOFT_METHODS else "the template rendered as prompttune renders it (ids, with the task's LM head)"
         ),
         "verified_max_abs_logit_difference": max_diff,
-    })
-    return out_dir
+    })})
 
 
 def _check_method(spec) -> None:
@@ -281,9 +290,9 @@ def _check_with_peft(clf, spec, kind: str, adapter_dir: Path, n_virtual: int) ->
     return diff
 
 
-def _write_adapter(directory: Path, adapter_config: dict, weights: dict[str, torch.Tensor]) -> None:
-    write_safetensors(directory / ADAPTER_WEIGHTS, weights, metadata={"format": "pt"})
-    write_json(directory / ADAPTER_CONFIG, adapter_config)
+def _adapter_files(adapter_config: dict, weights: dict[str, torch.Tensor]) -> dict[str, Writer]:
+    """PEFT's two adapter files, weights first."""
+    return {ADAPTER_WEIGHTS: safetensors_writer(weights, {"format": "pt"}), ADAPTER_CONFIG: json_writer(adapter_config)}
 
 
 def _plain(config: dict) -> dict:

@@ -25,3 +25,8 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
     """(trainable, total) numbers of parameters, tied weights counted once."""
     params = list(module.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def trainable_bytes(module: nn.Module) -> int:
+    """Bytes of the trainable parameters (tied weights once), in their own dtypes."""
+    return sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from .backbones import compare_fingerprints
 from .errors import ArtifactError, ConfigError, ModelError
@@ -35,10 +34,9 @@ def trainable_prompt(classifier) -> tuple[str, torch.nn.Parameter]:
 
 def stored_prompt(directory: str | Path, key: str) -> tuple[torch.Tensor, dict]:
     """The prompt tensor saved in a task artifact under `key`, and the artifact's config."""
-    from .artifacts import WEIGHTS, read_config
+    from .artifacts import read_saved
 
-    config = read_config(directory)
-    weights = load_file(str(Path(directory) / WEIGHTS))
+    config, weights = read_saved(directory)
     if key not in weights:
         raise ArtifactError(f"{str(directory)!r} holds no {key!r} prompt (it is a {config['method']!r} task)")
     return weights[key], config

@@ -9,8 +9,8 @@ generate them instead from a small network over their own input embeddings:
 - `mlp`: the two-layer ReLU MLP alone;
 - `none`: the input embeddings themselves (prompt tuning, trained through the same code path).
 
-Only the encoder's outputs matter at inference, so a saved task stores them (`SoftPrompt.fold`)
-and the encoder is never needed to load or serve it.
+Only the encoder's outputs matter at inference, so a saved task stores them
+(`SoftPrompt.stored_state`) and the encoder is never needed to load or serve it.
 """
 
 from __future__ import annotations

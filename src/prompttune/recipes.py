@@ -3,29 +3,39 @@
 `run_training` is what `prompttune train` does: read data, draw the few-shot sample, build the
 classifier, train, save, evaluate. Benchmarks and the demo call it too, so every number they
 report comes from the same code path users run.
+
+The output directory is held for the whole run (`outputs.claim_output`): locked, checked writable
+before the model loads, and checked for free space before training. A task artifact there is
+replaced only with `overwrite`; a checkpoint of an interrupted run is continued only with
+`resume` (and only by the same run: `training.check_same_run`) or discarded with `overwrite`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from .artifacts import save_artifact
+from .artifacts import CONFIG, WEIGHTS, save_artifact
 from .config import RunConfig
 from .data import few_shot_split, load_examples, sample_per_class
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, OutputError
 from .evaluation import evaluate
-from .files import write_json
+from .files import discard, write_json
 from .methods import get_method, method_list
-from .parameters import count_parameters
+from .outputs import claim_output, require_free_space
+from .parameters import count_parameters, trainable_bytes
 from .task import TaskSpec, build_classifier
-from .training import train
+from .training import (CHECKPOINT_FILES, check_same_run, checkpoint_bytes, epochs_done, read_checkpoint,
+                       resumable_checkpoint, train)
 from .verbalizers import parse_verbalizer
+
+EVAL, CHECKPOINT = "eval.json", "checkpoint"
+TRAIN_FILES = (CONFIG, WEIGHTS, EVAL)
+"""What `train` writes in its output directory, besides its checkpoint folder."""
 
 
 def task_labels(cfg: RunConfig, train_examples: list[dict]) -> list[str]:
@@ -63,17 +73,23 @@ def load_splits(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
     return (*few_shot_split(train_all, t.shots, t.seed), test)
 
 
-def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, splits=None, log=None) -> dict:
+def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False, splits=None,
+                 log=None) -> dict:
     """Train the configured task, save it to `out_dir`, evaluate on task.eval; return a summary.
 
-    `splits` = (train, dev, eval) example lists replaces reading task.train/dev/eval.
+    `splits` = (train, dev, eval) example lists replaces reading task.train/dev/eval. `resume`
+    continues the run whose checkpoint is in `out_dir/checkpoint`; `overwrite` replaces a task
+    artifact in `out_dir` (and discards an interrupted run's checkpoint) instead of refusing.
+
+    Raises `OutputError` (the directory is in use, unwritable, too full, or holds an artifact or a
+    checkpoint that the flags do not allow to replace) and `ConfigError` (nothing to resume, or a
+    checkpoint of another run) before the model loads; `OutputError` if a write fails later.
 
     Example:
         >>> summary = run_training(load_config("configs/demo.yaml"), "runs/demo")
         >>> summary["eval"]["accuracy"]
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    method = get_method(cfg.method.name)
     train_ex, dev_ex, test_ex = splits if splits is not None else load_splits(cfg)
     labels = [] if cfg.task.generation else task_labels(cfg, train_ex)
     for name, examples in (("train", train_ex), ("dev", dev_ex), ("eval", test_ex)) if labels else ():
@@ -94,32 +110,68 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, s
         generation=cfg.task.generation,
         demonstrations=_demonstrations(cfg, train_ex),
     )
+    with claim_output(out_dir, owned=() if resume else TRAIN_FILES, what="a task artifact", overwrite=overwrite) as out:
+        _check_checkpoint(cfg, out / CHECKPOINT, resume=resume, overwrite=overwrite, log=log)
+        return _train_and_save(cfg, spec, out, (train_ex, dev_ex, test_ex), resume=resume, log=log)
+
+
+def _check_checkpoint(cfg: RunConfig, ckpt: Path, *, resume: bool, overwrite: bool, log) -> None:
+    """Before the model loads: `resume` needs a checkpoint of this very run (and says what it resumes);
+    otherwise an interrupted run's checkpoint is refused, or with `overwrite` discarded."""
+    if resume:
+        state = resumable_checkpoint(ckpt)
+        check_same_run(state["run"], _run_config(cfg), ckpt)
+        log(f"resuming {ckpt}: {epochs_done(state)}")
+    elif overwrite:
+        discard(ckpt, CHECKPOINT_FILES)  # the replaced run's
+    elif (state := read_checkpoint(ckpt)) is not None:
+        raise OutputError(f"{ckpt.parent} holds the checkpoint of an interrupted run ({epochs_done(state)}): pass --resume "
+                          "to continue it, or --overwrite to start over")
+
+
+def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *, resume: bool, log) -> dict:
+    """Build, train (checkpointing into out/checkpoint), save the artifact, evaluate; return the summary."""
+    method = get_method(cfg.method.name)
+    train_ex, dev_ex, test_ex = splits
     set_seed(cfg.train.seed)  # a new classification head is initialised here: make it repeatable
     classifier, fp = build_classifier(spec)
     trainable, total = count_parameters(classifier)
     if trainable and not train_ex:
         raise ConfigError(f"method {method.name!r} trains {trainable:,} parameters: set task.train to a data file")
+    # The most the run adds at once: the artifact (at most the trainable parameters) and, while a
+    # checkpoint is replaced, the old and the new one.
+    if cfg.train.checkpoint:
+        require_free_space(out, trainable_bytes(classifier) + 2 * checkpoint_bytes(classifier),
+                           "the task artifact and two checkpoints of weights, Adam moments and the best epoch")
+    else:
+        require_free_space(out, trainable_bytes(classifier), "the task artifact")
     transfer = None
     if cfg.method.init_from == "most_similar":
         classifier, transfer = _start_from_most_similar(cfg, spec, fp, classifier, train_ex, log)
     log(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
         f"{len(train_ex)} train / {len(dev_ex)} dev / {len(test_ex)} eval examples")
-    out_dir = Path(out_dir)
-    ckpt = out_dir / "checkpoint" if cfg.train.checkpoint else None
-    result = train(classifier, train_ex, dev_ex, cfg.train, checkpoint_dir=ckpt, resume=resume)
+    ckpt = out / CHECKPOINT
+    result = train(classifier, train_ex, dev_ex, cfg.train, checkpoint_dir=ckpt, resume=resume,
+                   run={**_run_config(cfg), "backbone": fp})
     summary = {"method": method.name, "trainable_parameters": trainable, "total_parameters": total,
                "best_epoch": result.best_epoch, "best_dev": result.best_dev, "history": result.history}
     if transfer is not None:
         summary["transfer"] = transfer
-    save_artifact(out_dir, spec, classifier, fp, extra={"training": summary, "label_field": cfg.task.label_field})
+    discard(out, [EVAL])  # it describes the artifact this save replaces
+    save_artifact(out, spec, classifier, fp, extra={"training": summary, "label_field": cfg.task.label_field})
     # The run finished and its result is saved: the resume checkpoint (optimizer state, several
-    # times the artifact's size) has no further use.
-    shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
+    # times the artifact's size) has no further use. Files of anyone else in the folder stay.
+    discard(ckpt, CHECKPOINT_FILES)
     if test_ex:
         summary["eval"] = evaluate(classifier, test_ex, batch_size=cfg.train.eval_batch_size, progress=cfg.train.progress)
-        write_json(out_dir / "eval.json", summary["eval"])
+        write_json(out / EVAL, summary["eval"])
         log(f"eval: {json.dumps(summary['eval'])}")
     return summary
+
+
+def _run_config(cfg: RunConfig) -> dict:
+    """The whole resolved run config as JSON values: what a checkpoint records of its run."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
 def _demonstrations(cfg: RunConfig, train_ex: list[dict]) -> list[dict] | None:

@@ -134,11 +134,9 @@ class SoftPrompt(nn.Module):
     def bind(self) -> None:
         self._state["table"] = self.table()
 
-    def fold(self) -> None:
-        """Keep only the encoder's output vectors (what is saved and served)."""
-        if hasattr(self, "vectors"):
-            return
+    def stored_state(self) -> dict[str, torch.Tensor]:
+        """What a saved task keeps of this prompt: {"vectors": (n, dim)}, the encoder's output when
+        there is one (what `SoftPrompt(..., encoder=None)` of a reloaded task holds). A read: the
+        module, and what trains, are unchanged."""
         with torch.no_grad():
-            vectors = self.encoder().detach().clone()
-        del self.encoder
-        self.vectors = nn.Parameter(vectors)
+            return {"vectors": self.table().detach()}

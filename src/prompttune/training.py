@@ -4,10 +4,17 @@ Built on `accelerate`, so the same loop runs on CPU, one GPU or several. Only pa
 method marked trainable are optimised. Each epoch ends with an evaluation on the dev set; the
 best epoch's parameters are kept. A checkpoint (safetensors + JSON, never pickle) after each epoch
 lets a run resume where it stopped, with the same data order.
+
+A checkpoint records what defines its run (`run_record`: the TrainConfig, a digest of the data,
+the trainable parameters' names and shapes, and what the caller adds – `prompttune train` adds
+the rest of the run config and the backbone's fingerprint). Resuming compares that record with
+the run at hand and refuses another run (`check_same_run`): continuing it would silently mix two.
+Only the keys in `RESUME_TOLERATED` may differ, since they cannot change what is trained.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass, field
@@ -20,10 +27,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .errors import ConfigError
+from .errors import ArtifactError, ConfigError
 from .evaluation import evaluate
-from .files import write_json, write_safetensors
-from .parameters import trainable_state_dict
+from .files import file_sha256, json_writer, safetensors_writer, write_together
+from .parameters import trainable_bytes, trainable_state_dict
+
+CHECKPOINT_TENSORS, CHECKPOINT_STATE = "state.safetensors", "state.json"
+CHECKPOINT_FILES = (CHECKPOINT_TENSORS, CHECKPOINT_STATE)
+RESUME_TOLERATED = ("train.progress", "train.eval_batch_size", "train.checkpoint", "task.eval")
+"""Keys of a run's record that may differ when it is resumed: how it is shown, how dev batches are
+sized, whether more checkpoints are written, and the data evaluated after training."""
 
 
 @dataclass
@@ -91,12 +104,18 @@ def train(
     *,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    run: dict | None = None,
 ) -> TrainResult:
     """Train the classifier's trainable parameters with cross-entropy over its class scores (or, for a
     text generator, its LM loss).
 
     The best epoch is the one with the highest dev accuracy (lowest dev loss among ties; a
-    generation task has only the loss).
+    generation task has only the loss). With `checkpoint_dir` and `config.checkpoint`, a checkpoint
+    is written there after each epoch; `resume` continues from the one there. `run` is what else
+    defines the run (JSON values), recorded in the checkpoint with the rest of `run_record`.
+
+    Raises `ConfigError` when `resume` finds no checkpoint or one of another run (naming the keys that
+    differ, old → new); `ArtifactError` for a checkpoint whose two files do not belong together.
 
     Example:
         >>> clf, _ = build_classifier(TaskSpec(method="p-tuning-v2", ...))
@@ -107,6 +126,12 @@ def train(
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    identity = run_record(classifier, train_examples, dev_examples, config, run) if ckpt is not None else None
+    saved = None
+    if resume:
+        saved = resumable_checkpoint(ckpt)
+        check_same_run(saved["run"], identity, ckpt)
     params = [p for p in classifier.parameters() if p.requires_grad]
     result = TrainResult()
     if not params or not train_examples:
@@ -123,9 +148,8 @@ def train(
     model, optimizer = accelerator.prepare(classifier, optimizer)
 
     start_epoch, best_state = 0, None
-    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    if resume and ckpt and (ckpt / "state.json").exists():
-        start_epoch, best_state = _load_checkpoint(ckpt, classifier, optimizer, scheduler, result)
+    if saved is not None:
+        start_epoch, best_state = _load_checkpoint(ckpt, saved, classifier, optimizer, scheduler, result)
 
     for epoch in range(start_epoch, config.epochs):
         # The order and the dropout masks depend on (seed, epoch) only, so a resumed run sees the
@@ -162,15 +186,123 @@ def train(
         result.history.append(record)
         if config.progress and accelerator.is_main_process:
             tqdm.write("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        if ckpt:
-            _save_checkpoint(ckpt, epoch + 1, classifier, optimizer, scheduler, result, best_state)
+        if ckpt is not None and config.checkpoint:
+            _save_checkpoint(ckpt, epoch + 1, classifier, optimizer, scheduler, result, best_state, identity)
 
     if best_state is not None:
         classifier.load_state_dict(best_state, strict=False)
     return result
 
 
-def _save_checkpoint(directory: Path, epoch, classifier, optimizer, scheduler, result, best_state) -> None:
+# --- checkpoints: what a run records, and resuming only the same run --------------------------
+
+
+def run_record(classifier: nn.Module, train_examples: list[dict], dev_examples: list[dict] | None,
+               config: TrainConfig, run: dict | None = None) -> dict:
+    """What defines a training run, as JSON values: `run` (what the caller adds), the TrainConfig
+    under "train", a digest of the train and dev examples under "data", and the trainable
+    parameters' names and shapes under "parameters".
+
+    Example:
+        >>> run_record(clf, train_ex, dev_ex, TrainConfig(lr=1e-3))["train"]["lr"]
+        0.001
+    """
+    record = {
+        **(run or {}),
+        "train": asdict(config),
+        "data": {"train": _digest(train_examples), "dev": _digest(dev_examples or [])},
+        "parameters": {n: list(p.shape) for n, p in classifier.named_parameters() if p.requires_grad},
+    }
+    return json.loads(json.dumps(record, default=str))  # as it reads back from state.json (tuples → lists...)
+
+
+def _digest(examples: list[dict]) -> str:
+    """'8 examples, sha256 1f0c…': equal for equal examples in equal order."""
+    text = json.dumps(examples, sort_keys=True, ensure_ascii=False, default=str)
+    return f"{len(examples)} examples, sha256 {hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def check_same_run(recorded: dict, current: dict, source: Path) -> None:
+    """Refuse to resume the checkpoint in `source` for another run.
+
+    Compares the sections of `current` (a `run_record`, or part of one) with the checkpoint's
+    record, key by dotted key; keys in `RESUME_TOLERATED` may differ.
+
+    Raises `ConfigError`: "cannot resume runs/x/checkpoint: it was written by another run
+    (train.lr: 0.001 → 0.002, task.shots: 16 → 8)".
+    """
+    old, new = _flatten({section: recorded.get(section) for section in current}), _flatten(current)
+    differ = [k for k in {**new, **old} if k not in RESUME_TOLERATED and old.get(k) != new.get(k)]
+    if differ:
+        shown = ", ".join(f"{k}: {_brief(old.get(k))} → {_brief(new.get(k))}" for k in differ[:8])
+        more = f" and {len(differ) - 8} more" if len(differ) > 8 else ""
+        raise ConfigError(f"cannot resume {source}: it was written by another run ({shown}{more}); resume with the "
+                          "settings it was started with, or start over")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _brief(value) -> str:
+    text = "(none)" if value is None else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def read_checkpoint(directory: Path) -> dict | None:
+    """The checkpoint's state (its `state.json`) after checking that `state.safetensors` is the file
+    it was written with; None if `directory` holds no checkpoint.
+
+    Raises `ArtifactError` for an unreadable state or a tensors file from another save.
+    """
+    state_path, tensors_path = directory / CHECKPOINT_STATE, directory / CHECKPOINT_TENSORS
+    if not state_path.is_file():
+        return None
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{state_path} is not valid JSON: {e}") from None
+    if "run" not in state or "tensors_sha256" not in state:
+        raise ArtifactError(f"{state_path} does not record its run and tensors (written by an older prompttune?); "
+                            "it cannot be resumed safely: start over (train --overwrite)")
+    if not tensors_path.is_file() or file_sha256(tensors_path) != state["tensors_sha256"]:
+        raise ArtifactError(f"{tensors_path} does not match the checksum in {CHECKPOINT_STATE}: the files come from "
+                            "different saves (a file copied in by hand?); it cannot be resumed: start over (train --overwrite)")
+    return state
+
+
+def resumable_checkpoint(directory: Path | None) -> dict:
+    """The state of the checkpoint in `directory` that a resumed run continues (see `read_checkpoint`).
+
+    Raises `ConfigError` if there is none: "nothing to resume: runs/x/checkpoint holds no checkpoint".
+    """
+    if directory is None:
+        raise ConfigError("nothing to resume: no checkpoint directory was given")
+    state = read_checkpoint(directory)
+    if state is None:
+        raise ConfigError(f"nothing to resume: {directory} holds no checkpoint (no {CHECKPOINT_STATE})")
+    return state
+
+
+def epochs_done(state: dict) -> str:
+    """'epoch 3 of 5 done' for a checkpoint's state."""
+    return f"epoch {state['epoch']} of {state['run']['train']['epochs']} done"
+
+
+def checkpoint_bytes(classifier: nn.Module) -> int:
+    """About the bytes of one checkpoint: the trainable parameters, Adam's two moments of each, and
+    the best epoch's copy (4 × the trainable parameters' bytes; the JSON beside them is small)."""
+    return 4 * trainable_bytes(classifier)
+
+
+def _save_checkpoint(directory: Path, epoch, classifier, optimizer, scheduler, result, best_state, identity) -> None:
+    """Write state.safetensors and state.json (with the tensors' checksum and the run's record) together."""
     tensors = {f"param.{k}": v for k, v in trainable_state_dict(classifier).items()}
     if best_state is not None:
         tensors.update({f"best.{k}": v for k, v in best_state.items()})
@@ -182,22 +314,23 @@ def _save_checkpoint(directory: Path, epoch, classifier, optimizer, scheduler, r
                 tensors[f"optim.{idx}.{key}"] = value
             else:
                 scalars[f"{idx}.{key}"] = value
-    write_safetensors(directory / "state.safetensors", tensors)
-    write_json(
-        directory / "state.json",
-        {
-            "epoch": epoch,
-            "result": asdict(result),
-            "param_groups": opt["param_groups"],
-            "optimizer_scalars": scalars,
-            "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
-        },
-    )
+    state = {
+        "epoch": epoch,
+        "run": identity,
+        "result": asdict(result),
+        "param_groups": opt["param_groups"],
+        "optimizer_scalars": scalars,
+        "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+    }
+
+    def write_state(path: Path) -> None:  # the checksum of the tensors just staged beside it
+        json_writer({**state, "tensors_sha256": file_sha256(path.with_name(CHECKPOINT_TENSORS))})(path)
+
+    write_together(directory, {CHECKPOINT_TENSORS: safetensors_writer(tensors), CHECKPOINT_STATE: write_state})
 
 
-def _load_checkpoint(directory: Path, classifier, optimizer, scheduler, result) -> tuple[int, dict | None]:
-    meta = json.loads((directory / "state.json").read_text())
-    tensors = load_file(str(directory / "state.safetensors"))
+def _load_checkpoint(directory: Path, meta: dict, classifier, optimizer, scheduler, result) -> tuple[int, dict | None]:
+    tensors = load_file(str(directory / CHECKPOINT_TENSORS))
     classifier.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")}, strict=False)
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     state: dict[int, dict] = {}

@@ -89,7 +89,7 @@ class Method:
     attach: Callable[[nn.Module, MethodOptions, bool], None]
     """Add the method's modules to the classifier and mark what it trains. The classifier arrives
     frozen, so methods only ever switch training on, and several can be attached in turn.
-    `folded` is True when rebuilding a saved task: build the form that was saved (see `fold`)."""
+    `folded` is True when rebuilding a saved task: build the form that was saved (see `artifacts.stored_state_dict`)."""
 
     def uses_head(self, options: MethodOptions) -> bool:
         return bool(options.head) if self.head is None else self.head

@@ -19,7 +19,8 @@ import yaml
 from ..backbones import load_backbone
 from ..config import RunConfig, apply_overrides, load_config, read_raw
 from ..errors import ConfigError, TemplateError
-from ..files import write_json, write_text
+from ..files import json_writer, text_writer, write_together
+from ..outputs import claim_output
 from ..recipes import load_splits, task_labels
 from ..task import require_lm_head
 from ..templates import parse_template
@@ -27,11 +28,15 @@ from ..verbalizers import parse_verbalizer
 from .common import zero_shot_accuracy
 
 KINDS = ("triggers", "labels", "templates")
+SEARCH_FILES = ("config.yaml", "search.json")
 
 
-def run_search(kind: str, config_path: str | Path, out: str | Path, *, overrides: list[str] = (), log=None,
-               **settings) -> dict:
-    """Run one search; write `out/config.yaml` and `out/search.json`; return the report.
+def run_search(kind: str, config_path: str | Path, out: str | Path, *, overrides: list[str] = (), overwrite: bool = False,
+               log=None, **settings) -> dict:
+    """Run one search; write `out/config.yaml` and `out/search.json` (together); return the report.
+
+    `out` is held for the search (`outputs.claim_output`): files of an earlier search there are
+    replaced only with `overwrite` (else `OutputError`, before the model loads).
 
     Example:
         >>> run_search("labels", "configs/sst2_zero_shot.yaml", "runs/labels", per_class=20)["found"]
@@ -53,42 +58,42 @@ def run_search(kind: str, config_path: str | Path, out: str | Path, *, overrides
         raise TemplateError(f"template {template.source!r} " + (
             "has no {trigger} slot to search; add some, e.g. '{sentence} {trigger:3} {mask}.'" if kind == "triggers" else
             "has {trigger} slots: fill them first with `prompttune search triggers`"))
-    backbone = load_backbone(cfg.model, kind=cfg.model_kind, lm_head=cfg.lm_head)
-    require_lm_head(backbone)
-    n = cfg.train.max_length
-    log(f"search {kind}: {len(train)} train / {len(dev)} dev examples on {cfg.model}")
+    with claim_output(out, owned=SEARCH_FILES, what="a search's config.yaml and search.json", overwrite=overwrite) as out:
+        backbone = load_backbone(cfg.model, kind=cfg.model_kind, lm_head=cfg.lm_head)
+        require_lm_head(backbone)
+        n = cfg.train.max_length
+        log(f"search {kind}: {len(train)} train / {len(dev)} dev examples on {cfg.model}")
 
-    if kind == "triggers":
-        from .triggers import search_triggers
+        if kind == "triggers":
+            from .triggers import search_triggers
 
-        result = search_triggers(backbone, template, verbalizer, train, max_length=n, seed=cfg.train.seed,
-                                 progress=cfg.train.progress, **settings)
-        found = {"template": result.template}
-    elif kind == "labels":
-        from .label_words import search_label_words
+            result = search_triggers(backbone, template, verbalizer, train, max_length=n, seed=cfg.train.seed,
+                                     progress=cfg.train.progress, **settings)
+            found = {"template": result.template}
+        elif kind == "labels":
+            from .label_words import search_label_words
 
-        result = search_label_words(backbone, template, task_labels(cfg, train), train, dev, max_length=n,
-                                    progress=cfg.train.progress, **settings)
-        found = {"verbalizer": result.verbalizer}
-    else:
-        from .template_generation import generate_templates
+            result = search_label_words(backbone, template, task_labels(cfg, train), train, dev, max_length=n,
+                                        progress=cfg.train.progress, **settings)
+            found = {"verbalizer": result.verbalizer}
+        else:
+            from .template_generation import generate_templates
 
-        result = generate_templates(settings.pop("generator"), backbone, verbalizer, list(cfg.task.text_fields), train,
-                                    dev, max_length=n, progress=cfg.train.progress, **settings)
-        found = {"template": result.template}
+            result = generate_templates(settings.pop("generator"), backbone, verbalizer, list(cfg.task.text_fields), train,
+                                        dev, max_length=n, progress=cfg.train.progress, **settings)
+            found = {"template": result.template}
 
-    new = copy.deepcopy(raw)
-    new.setdefault("prompt", {}).update(found)
-    load_config(raw=copy.deepcopy(new))  # the written config must be one `prompttune train` accepts
-    report = {"search": kind, "settings": settings, "found": found, "result": dataclasses.asdict(result)}
-    if dev:
-        found_template = parse_template(new["prompt"]["template"])
-        found_verbalizer = parse_verbalizer(new["prompt"]["verbalizer"])
-        report["dev_accuracy"] = {"found": zero_shot_accuracy(backbone, found_template, found_verbalizer, dev, max_length=n)}
-        if not template.n_triggers:
-            report["dev_accuracy"]["config"] = zero_shot_accuracy(backbone, template, verbalizer, dev, max_length=n)
-    out = Path(out)
-    write_text(out / "config.yaml", yaml.safe_dump(new, sort_keys=False, allow_unicode=True))
-    write_json(out / "search.json", report)
-    log(f"found {found}; wrote {out / 'config.yaml'} and {out / 'search.json'}")
+        new = copy.deepcopy(raw)
+        new.setdefault("prompt", {}).update(found)
+        load_config(raw=copy.deepcopy(new))  # the written config must be one `prompttune train` accepts
+        report = {"search": kind, "settings": settings, "found": found, "result": dataclasses.asdict(result)}
+        if dev:
+            found_template = parse_template(new["prompt"]["template"])
+            found_verbalizer = parse_verbalizer(new["prompt"]["verbalizer"])
+            report["dev_accuracy"] = {"found": zero_shot_accuracy(backbone, found_template, found_verbalizer, dev, max_length=n)}
+            if not template.n_triggers:
+                report["dev_accuracy"]["config"] = zero_shot_accuracy(backbone, template, verbalizer, dev, max_length=n)
+        write_together(out, {"config.yaml": text_writer(yaml.safe_dump(new, sort_keys=False, allow_unicode=True)),
+                             "search.json": json_writer(report)})
+        log(f"found {found}; wrote {out / 'config.yaml'} and {out / 'search.json'}")
     return report
