@@ -256,7 +256,7 @@ def test_other_writing_commands_refuse_to_replace_their_files_before_loading_a_m
     (out / present).parent.mkdir(parents=True)
     (out / present).write_text("{}")
     no_model_loads(monkeypatch)
-    argv = {"fit-lm-head": ["fit-lm-head", "--data", data, "--out", out],
+    argv = {"fit-lm-head": ["fit-lm-head", "--data", data, "--held-out", "2", "--out", out],
             "search": ["search", "labels", config_yaml, "--out", out],
             "demo": ["demo", "--data", data, "--out", out]}[command]
     code, _, err = run(capsys, *argv)
@@ -275,7 +275,7 @@ def test_a_second_run_into_a_directory_in_use_fails_at_once_naming_the_first(com
     argv = {"train": ["train", config_yaml, "--out", out],
             "export": ["export", adapter_artifact, "--format", "peft", "--out", out],
             "search": ["search", "labels", config_yaml, "--out", out],
-            "fit-lm-head": ["fit-lm-head", "--data", data, "--out", out],
+            "fit-lm-head": ["fit-lm-head", "--data", data, "--held-out", "2", "--out", out],
             "demo": ["demo", "--data", data, "--out", out]}[command]
     with claim_output(out):
         code, _, err = run(capsys, *argv, "--overwrite")
