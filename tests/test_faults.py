@@ -616,3 +616,16 @@ def test_a_full_disk_at_the_final_save_keeps_the_checkpoint_to_resume_from(confi
     code, _, err = run(capsys, "train", config_yaml, "--out", out, "--resume")
     assert code == 0 and "epoch 2 of 2 done" in err, err
     assert sorted(contents(out)) == ["config.json", "eval.json", "weights.safetensors"]
+
+
+def test_written_files_get_the_mode_any_new_file_of_the_user_gets(tmp_path):
+    """Saved files follow the umask like the user's own files (safetensors alone writes 0600)."""
+    from prompttune.files import json_writer, safetensors_writer, write_together
+
+    old = os.umask(0o022)
+    try:
+        write_together(tmp_path / "a", {"w.safetensors": safetensors_writer({"x": torch.zeros(2)}), "c.json": json_writer({})})
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "a").iterdir()}
+    assert modes == {"w.safetensors": "0o644", "c.json": "0o644"}, f"expected 0644 under umask 022, got {modes}"

@@ -80,12 +80,14 @@ def write_together(directory: str | Path, files: dict[str, Writer]) -> None:
     directory = Path(directory)
     created = make_dirs(directory)
     target = directory
+    mode = 0o666 & ~_umask()
     try:
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=directory))
         try:
             for name, write in files.items():
                 target = directory / name
                 write(staging / name)
+                os.chmod(staging / name, mode)  # as any new file of the user's (safetensors writes 0600)
                 _fsync(staging / name)
             for name in files:
                 target = directory / name
@@ -98,6 +100,12 @@ def write_together(directory: str | Path, files: dict[str, Writer]) -> None:
         if isinstance(e, OSError):
             raise OutputError(f"cannot write {target}: {e.strerror or e}") from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, obj) -> None:
