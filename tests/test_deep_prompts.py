@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, DynamicCache
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
 from prompttune import TaskSpec, build_classifier
-from prompttune.deep_prompts import DeepPrompt, attention_sites
+from prompttune.deep_prompts import DeepPrompt, attention_sites, cache_inputs, prefix_cache
 from prompttune.generation import generate
 
 AUTO = {"bert_dir": AutoModelForMaskedLM, "roberta_dir": AutoModelForMaskedLM, "gpt2_dir": AutoModelForCausalLM,
@@ -90,14 +90,10 @@ def test_gpt2_prefix_equals_the_prefix_fed_as_past_key_values(gpt2_dir):
         from prompttune.deep_prompts import unbind
 
         unbind(m, deep.sites)
-        cache = DynamicCache(config=m.config)
         table = deep.table()
-        for layer in range(len(deep.sites)):
-            k = table[:, layer, 0].transpose(0, 1)[None].expand(3, -1, -1, -1)
-            v = table[:, layer, 1].transpose(0, 1)[None].expand(3, -1, -1, -1)
-            cache.update(k.contiguous(), v.contiguous(), layer)
+        layers = [(table[:, s, 0].transpose(0, 1)[None], table[:, s, 1].transpose(0, 1)[None]) for s in range(len(deep.sites))]
         mask = torch.cat([torch.ones(3, 4, dtype=torch.long), kw["attention_mask"]], dim=1)
-        reference = m(input_ids=kw["input_ids"], attention_mask=mask, past_key_values=cache).logits
+        reference = m(input_ids=kw["input_ids"], attention_mask=mask, **cache_inputs(m, prefix_cache(m, layers, 3))).logits
     real = kw["attention_mask"].bool()
     torch.testing.assert_close(ours[real], reference[real], rtol=0, atol=1e-5)
 
@@ -135,8 +131,10 @@ def test_only_the_prefix_gets_gradients_and_the_cache_holds_only_real_tokens(mod
     out.logits.sum().backward()
     assert deep.prefix.grad is not None and deep.prefix.grad.abs().sum() > 0
     assert all(p.grad is None for p in m.parameters())
-    if getattr(out, "past_key_values", None) is not None:  # peft #2821 / #1962: the prefix is not in the cache
-        seen = out.past_key_values.get_seq_length()
+    # the returned cache, by whichever name this transformers gives it ("cache" since 5.24), without the BC warning
+    returned = next((v for k, v in out.items() if k in ("cache", "past_key_values")), None)
+    if returned is not None:  # peft #2821 / #1962: the prefix is not in the cache
+        seen = returned.get_seq_length()
         expected = kw["decoder_input_ids" if m.config.is_encoder_decoder else "input_ids"].shape[1]
         assert seen == expected, f"the cache holds {seen} positions; only the {expected} real ones belong there"
 

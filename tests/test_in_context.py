@@ -16,16 +16,21 @@ from prompttune.backbones import load_backbone
 from prompttune.chain_of_thought import answer_template, cut_reasoning, reasoning_template
 from prompttune.cli import main
 from prompttune.config import load_config
-from prompttune.demonstrations import demonstration_text
+from prompttune.demonstrations import filled
 from prompttune.errors import ConfigError, ModelError
 from prompttune.in_context import InContextClassifier, choose_context
 from prompttune.recipes import run_training
-from prompttune.templates import parse_template
+from prompttune.templates import parse_template, segment_texts
 from prompttune.verbalizers import parse_verbalizer
 
 CONTEXT = [{"sentence": "it was great", "label": "1"}, {"sentence": "a bad film", "label": "0"},
            {"sentence": "good fun", "label": "1"}, {"sentence": "so boring", "label": "0"}]
 QUERIES = [{"sentence": "a good film"}, {"sentence": "it was a bad and boring movie , very long"}, {"sentence": "fun"}]
+
+
+def demonstration_text(template, example: dict, word: str) -> str:
+    """One demonstration as plain text: the template with the example's fields and `word` at the mask."""
+    return "".join(text for _, text in segment_texts(filled(template, word), example)).strip()
 
 
 def scores(clf, queries, *, cache: bool) -> torch.Tensor:

@@ -20,6 +20,10 @@ from .errors import ModelError
 Kind = Literal["masked", "causal", "seq2seq"]
 KINDS: tuple[str, ...] = ("masked", "causal", "seq2seq")
 
+FRESH_SEED = 0
+"""Seed of the weights a load creates because the checkpoint lacks them: two loads are the same model."""
+_FRESH = "_prompttune_fresh"  # in a loaded model's __dict__: the parameters its checkpoint lacked
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 """Name that resolves to the embedded sentence-transformers/all-MiniLM-L6-v2 weights."""
 
@@ -114,14 +118,16 @@ def load_backbone(
     kind = kind or detect_kind(config)
     if kind not in KINDS:
         raise ModelError(f"model kind must be one of {KINDS}, got {kind!r}")
-    model, info = _from_pretrained(_auto_classes()[kind], path, dtype=dtype, output_loading_info=True)
+    model, info = load_pretrained(_auto_classes()[kind], path, dtype=dtype)
     head_keys = set(lm_head_parameter_names(model))
     missing_head = bool(head_keys & set(info.get("missing_keys", ())))
     backbone = Backbone(name, kind, model, load_tokenizer(name), lm_head=None, missing_head=missing_head)
     if lm_head is not None:
         from .lm_head import load_lm_head
 
-        load_lm_head(model, lm_head)
+        load_lm_head(model, lm_head)  # strict: every head parameter comes from the file
+        head = {id(p) for p in lm_head_module(model).parameters()}
+        model.__dict__[_FRESH] = [p for p in fresh_parameters(model) if id(p) not in head]
         backbone.lm_head, backbone.missing_head = str(lm_head), False
     model.eval()
     return backbone
@@ -131,18 +137,27 @@ def load_head_model(name: str, num_labels: int, *, dtype: torch.dtype | None = N
     """The same pretrained weights under a fresh classification head (the fine-tuning baseline)."""
     from transformers import AutoModelForSequenceClassification
 
-    model, info = _from_pretrained(AutoModelForSequenceClassification, resolve_model_path(name), dtype=dtype,
-                                   num_labels=num_labels, output_loading_info=True)
     # Weights the checkpoint lacked (the new head; BERT's pooler when saved from a masked LM) are
-    # freshly initialised: they belong to the head, whatever the method trains.
-    model.new_parameter_names = sorted(info.get("missing_keys", ()))
+    # freshly initialised (`fresh_parameters`): they belong to the head, whatever the method trains.
+    model, _ = load_pretrained(AutoModelForSequenceClassification, resolve_model_path(name), dtype=dtype,
+                                num_labels=num_labels)
     if getattr(model.config, "pad_token_id", None) is None:
         # Decoder classifiers pool the last non-pad token and need to know the pad id.
         model.config.pad_token_id = load_tokenizer(name).pad_token_id
     return model
 
 
-def _from_pretrained(auto_cls, path: str, *, dtype=None, **kwargs):
+def load_pretrained(auto_cls, path: str, *, dtype=None, **kwargs) -> tuple[nn.Module, dict]:
+    """`auto_cls.from_pretrained(path)`, quietly, with transformers' loading report (`missing_keys`...).
+
+    Weights the checkpoint lacks are initialised from `FRESH_SEED`, leaving the caller's random state
+    as it was, and recorded (`fresh_parameters`). Raises `ModelError` if the model cannot be loaded.
+
+    Example:
+        >>> model, info = load_pretrained(AutoModelForSequenceClassification, "bert-base-uncased", num_labels=2)
+        >>> [n for n, p in model.named_parameters() if any(p is q for q in fresh_parameters(model))]
+        ['classifier.weight', 'classifier.bias']
+    """
     # Loading reports are noise for a user (e.g. "newly initialised: classifier.weight" is the
     # point of fine-tuning); what matters is checked and reported by prompttune itself.
     from transformers.utils import logging as hf_logging
@@ -151,13 +166,27 @@ def _from_pretrained(auto_cls, path: str, *, dtype=None, **kwargs):
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        return auto_cls.from_pretrained(path, dtype=dtype, **kwargs)
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            torch.manual_seed(FRESH_SEED)
+            model, info = auto_cls.from_pretrained(path, dtype=dtype, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load {auto_cls.__name__} from {path!r}: {e}") from e
     finally:
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+    named = dict(model.named_parameters(remove_duplicate=False))
+    missing = [key for key in info.get("missing_keys", ()) if key in named]
+    loaded = {id(p) for name, p in named.items() if name not in missing}  # a tied weight loaded under its other name
+    model.__dict__[_FRESH] = [named[key] for key in missing if id(named[key]) not in loaded]
+    return model, info
+
+
+def fresh_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters loading created because the checkpoint lacked them, e.g. a new classification
+    head, or BERT's pooler under a masked-LM checkpoint. Kept as the tensors themselves: peft renames
+    the modules it wraps (`pooler.dense.weight` → `pooler.dense.base_layer.weight`)."""
+    return model.__dict__.get(_FRESH, [])
 
 
 def lm_head_module(model: nn.Module) -> nn.Module | None:

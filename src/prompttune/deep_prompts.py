@@ -228,6 +228,40 @@ def unbind(model: nn.Module, sites: list[Site]) -> None:
         setattr(module, _SHIFT, 0)
 
 
+# --- a key/value cache: the one place that uses transformers' cache API -----------------
+
+
+def cache_inputs(model: nn.Module, cache) -> dict:
+    """The keyword arguments that hand `cache` to `model`'s forward: `cache=` where transformers has
+    renamed it (5.24 warns on every call that still says `past_key_values=`), else `past_key_values=`."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache, "use_cache": True}
+
+
+def prefix_cache(model: nn.Module, layers: list[tuple[torch.Tensor, torch.Tensor]], batch: int):
+    """A fresh cache holding the given per-layer (keys, values), each (1, H, P, D), expanded to `batch` rows.
+
+    The model appends a query's keys/values to the cache it is given, so each call needs its own."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    for i, (k, v) in enumerate(layers):
+        cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), i)
+    return cache
+
+
+@torch.no_grad()
+def encode_prefix(model: nn.Module, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The per-layer (keys, values), each (1, H, P, D), that `model` computes for the token ids `ids`."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    model(input_ids=torch.tensor([ids], device=model.device), **cache_inputs(model, cache))
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
 # --- the trainable prefixes --------------------------------------------------------------
 
 

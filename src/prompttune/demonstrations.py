@@ -22,7 +22,7 @@ import zlib
 
 from .data import by_label
 from .errors import ConfigError, DataError
-from .templates import Field, Mask, Soft, Template, Text, segment_texts
+from .templates import Field, Mask, Soft, Template, Text
 from .verbalizers import Verbalizer, label_key
 
 SELECTIONS = ("random", "similar")
@@ -46,11 +46,6 @@ def filled(template: Template, word: str, *, prefix: str = "") -> Template:
         elif not isinstance(seg, Soft):
             segments.append(seg)
     return Template(f"{template.source} [demonstration]", tuple(segments))
-
-
-def demonstration_text(template: Template, example: dict, word: str) -> str:
-    """One demonstration as plain text: the template with the example's fields and `word` at the mask."""
-    return "".join(text for _, text in segment_texts(filled(template, word), example)).strip()
 
 
 def separator(tokenizer) -> str:

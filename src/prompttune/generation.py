@@ -22,7 +22,7 @@ from .backbones import Backbone
 from .errors import DataError, ModelError
 from .models import PromptClassifier, bind_prompts
 from .scoring import mask_leading_space, pad
-from .templates import SpecialTokens, Template, encode_example
+from .templates import SpecialTokens, Template, encode_example, literal_ids
 
 
 class TextGenerator(nn.Module):
@@ -62,7 +62,7 @@ class TextGenerator(nn.Module):
             if "label" not in ex:
                 raise DataError("a generation task needs the target text in each training example (task.label_field)")
             lead = " " if self.kind == "causal" and mask_leading_space(self.template) else ""
-            targets.append(self.tokenizer(lead + str(ex["label"]).strip(), add_special_tokens=False)["input_ids"] + [self.eos])
+            targets.append(literal_ids(self.tokenizer, lead + str(ex["label"]).strip()) + [self.eos])
         prompts = [prompt_ids(self, ex) for ex in examples]
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
         if self.kind == "seq2seq":

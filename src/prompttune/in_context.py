@@ -11,7 +11,7 @@ then the query, scored through the verbalizer. Nothing is trained.
 
 The instruction and demonstrations are the same for every query, so they are encoded once: their
 per-layer keys/values are kept (`PrefixCache`) and every batch of queries attends to them through
-a `DynamicCache` (real tokens numbered on from the prefix), instead of re-encoding hundreds of
+a fresh key/value cache (real tokens numbered on from the prefix), instead of re-encoding hundreds of
 prefix tokens per query. Scores equal those of the re-encoded text to float tolerance
 (tests/test_in_context.py); `benchmarks/in_context_speed.py` measures the gain.
 
@@ -20,21 +20,25 @@ prefix tokens per query. Scores equal those of the re-encoded text to float tole
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
 from .backbones import Backbone
 from .data import by_label
+from .deep_prompts import cache_inputs, encode_prefix, prefix_cache
 from .chain_of_thought import ANSWER_TRIGGER, COT_TRIGGER, MODES, answer_template, generate_reasoning, reasoning_template
-from .demonstrations import demonstration_text
+from .demonstrations import filled
 from .errors import ConfigError, ModelError
 from .models import PromptClassifier
 from .scoring import CausalLMScorer, logprobs_at
-from .templates import SpecialTokens, Template, encode_example
+from .templates import SpecialTokens, Template, Text, encode_example
 from .verbalizers import Verbalizer
+
+BLANK_LINE = "\n\n"
+"""Between the instruction and the demonstrations, and after each."""
 
 
 def choose_context(examples: list[dict], k: int, seed: int) -> list[dict]:
@@ -53,10 +57,41 @@ def choose_context(examples: list[dict], k: int, seed: int) -> list[dict]:
     return chosen
 
 
+def context_ids(tokenizer, template: Template, context: list[dict], words: list[str], instruction: str | None) -> list[int]:
+    """The prefix's token ids: the tokenizer's start token, the instruction, then each demonstration
+    written with `template` and its label word (`words[i]`) at the mask, each part followed by a blank
+    line; no ids at all without an instruction or demonstrations.
+
+    The instruction and the template are the task's own text, so a special token written there is
+    meant; the demonstrations' fields are data, read literally (`templates.literal_ids`).
+
+    Example:
+        >>> tok.decode(context_ids(tok, parse_template("review : {s} sentiment : {mask}"), [{"s": "fun"}], ["good"], "classify"))
+        'classify\\n\\nreview : fun sentiment : good\\n\\n'
+    """
+    segments: list = [Text(instruction.strip() + BLANK_LINE)] if instruction and instruction.strip() else []
+    example: dict = {}
+    for j, (ex, word) in enumerate(zip(context, words, strict=True)):
+        for seg in [*filled(template, word, prefix=f"demo:{j}:").segments, Text(BLANK_LINE)]:
+            if segments and isinstance(seg, Text) and isinstance(segments[-1], Text):
+                # One run of text between two fields is tokenized as one string, as the model would read it
+                # ("\n\nReview:" is "\n", "\n", "Review:" to GPT-2's tokenizer, "\n\n" alone is one token).
+                segments[-1] = Text(segments[-1].text + seg.text)
+            else:
+                segments.append(seg)
+        example.update({f"demo:{j}:{name}": value for name, value in ex.items()})
+    if not segments:
+        return []
+    specials = dataclasses.replace(SpecialTokens.of(tokenizer), suffix=())
+    prefix = Template(f"{template.source} [in-context prefix]", tuple(segments))
+    return encode_example(prefix, tokenizer, example, max_length=1 << 30, specials=specials).ids
+
+
 class PrefixCache:
     """The keys/values of a fixed token prefix, computed once and handed to each forward pass as a
     fresh cache (the model appends the query's keys/values to the cache it is given, so the kept
-    tensors are never extended in place)."""
+    tensors are never extended in place). The cache itself is built in `deep_prompts`, the one
+    module that uses transformers' cache API."""
 
     def __init__(self, model: nn.Module, ids: list[int]):
         self.model, self.ids = model, ids
@@ -65,20 +100,14 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self.ids)
 
-    @torch.no_grad()
     def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        device = self.model.device
-        if self._layers is None or self._layers[0][0].device != device:
-            cache = DynamicCache(config=self.model.config)
-            self.model(input_ids=torch.tensor([self.ids], device=device), past_key_values=cache, use_cache=True)
-            self._layers = [(layer.keys, layer.values) for layer in cache.layers]
+        if self._layers is None or self._layers[0][0].device != self.model.device:
+            self._layers = encode_prefix(self.model, self.ids)
         return self._layers
 
-    def expanded(self, batch: int) -> DynamicCache:
-        cache = DynamicCache(config=self.model.config)
-        for i, (k, v) in enumerate(self.layers()):
-            cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), i)
-        return cache
+    def inputs(self, batch: int) -> dict:
+        """The model's keyword arguments that put the prefix before `batch` rows of queries."""
+        return cache_inputs(self.model, prefix_cache(self.model, self.layers(), batch))
 
 
 class InContextScorer(CausalLMScorer):
@@ -93,7 +122,7 @@ class InContextScorer(CausalLMScorer):
         self.prefix = PrefixCache(backbone.model, prefix_ids)
         self.use_cache = use_cache
         # The tokenizer's start token (Llama's <s>) opens the prefix, not each query.
-        self.query_specials = SpecialTokens((), self.specials.suffix, self.specials.word_start) if prefix_ids else self.specials
+        self.query_specials = dataclasses.replace(self.specials, prefix=()) if prefix_ids else self.specials
 
     def _encode(self, example: dict, fill: list[int]):
         return encode_example(self.template, self.tokenizer, example, mask_fill=fill, max_length=self.max_length,
@@ -112,8 +141,7 @@ class InContextScorer(CausalLMScorer):
             prefix = torch.tensor(self.prefix.ids, device=ids.device).expand(batch, -1)
             return logprobs_at(model, torch.cat([prefix, ids], dim=1), attn, rows, cols + n_prefix)
         positions = torch.arange(n_prefix, n_prefix + ids.shape[1], device=ids.device).expand(batch, -1)
-        return logprobs_at(model, ids, attn, rows, cols, position_ids=positions,
-                           past_key_values=self.prefix.expanded(batch), use_cache=True)
+        return logprobs_at(model, ids, attn, rows, cols, position_ids=positions, **self.prefix.inputs(batch))
 
 
 class InContextClassifier(PromptClassifier):
@@ -150,13 +178,8 @@ class InContextClassifier(PromptClassifier):
         if chain_of_thought:
             scored = answer_template(template, chain_of_thought, reasoning_field, cot_trigger, answer_trigger)
             self.reasoning_template = reasoning_template(template, chain_of_thought, cot_trigger)
-        parts = [instruction.strip()] if instruction and instruction.strip() else []
-        for ex in context:
-            word = verbalizer.words[verbalizer.class_index(ex["label"])][0]
-            parts.append(demonstration_text(scored, ex, word))
-        tok = backbone.tokenizer
-        specials = SpecialTokens.of(tok)
-        prefix = list(specials.prefix) + tok("\n\n".join(parts) + "\n\n", add_special_tokens=False)["input_ids"] if parts else []
+        words = [verbalizer.words[verbalizer.class_index(ex["label"])][0] for ex in context]
+        prefix = context_ids(backbone.tokenizer, scored, context, words, instruction)
         limit = getattr(backbone.model.config, "max_position_embeddings", None)
         if limit and len(prefix) + max_length > limit:
             raise ConfigError(f"the instruction and {len(context)} demonstration(s) take {len(prefix)} tokens; with queries of up "

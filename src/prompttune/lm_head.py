@@ -40,6 +40,8 @@ from .backbones import lm_head_module
 from .errors import ModelError
 from .files import json_writer, safetensors_writer, write_together
 from .outputs import claim_output
+from .scoring import pad
+from .templates import SpecialTokens, encode_text
 
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_INFO = "head.json"
@@ -127,20 +129,18 @@ def masked_features(
     # Sorting by length keeps padding (wasted encoder work) small in each batch.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     features, targets = [], []
+    specials = SpecialTokens.of(tokenizer)
     for start in tqdm(range(0, len(order), batch_size), desc="encode", disable=not progress):
-        batch = tokenizer(
-            [texts[i] for i in order[start : start + batch_size]],
-            max_length=max_length,
-            truncation=True,
-            padding=True,
-            return_tensors="pt",
-            return_special_tokens_mask=True,
-        )
-        special = batch["special_tokens_mask"].bool() | ~batch["attention_mask"].bool()
-        masked_ids, chosen = _mask_tokens(batch["input_ids"], special, mask_prob, tokenizer.mask_token_id, generator)
-        hidden = encoder(input_ids=masked_ids, attention_mask=batch["attention_mask"]).last_hidden_state  # (B, T, H)
+        # Read literally: a "[MASK]" written in the text is text, not a position to predict.
+        rows = [encode_text(tokenizer, texts[i], max_length=max_length, specials=specials) for i in order[start : start + batch_size]]
+        input_ids, attn = pad(rows, tokenizer.pad_token_id)  # (B, T)
+        text = torch.zeros_like(attn, dtype=torch.bool)
+        for row, ids in enumerate(rows):  # the text sits between the tokenizer's [CLS] and [SEP]
+            text[row, len(specials.prefix) : len(ids) - len(specials.suffix)] = True
+        masked_ids, chosen = _mask_tokens(input_ids, ~text, mask_prob, tokenizer.mask_token_id, generator)
+        hidden = encoder(input_ids=masked_ids, attention_mask=attn).last_hidden_state  # (B, T, H)
         features.append(hidden[chosen].float())
-        targets.append(batch["input_ids"][chosen])
+        targets.append(input_ids[chosen])
     encoder.train(was_training)
     return torch.cat(features), torch.cat(targets)
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import Backbone
+from .backbones import Backbone, fresh_parameters
 from .adapters import clear as clear_adapters
 from .deep_prompts import clear as clear_deep
 from .demonstrations import Demonstrations, separator
 from .errors import DataError
-from .scoring import make_scorer
+from .scoring import make_scorer, pad
 from .soft_prompts import clear_soft
-from .templates import Template
+from .templates import SpecialTokens, Template, encode_text
 from .verbalizers import Verbalizer, label_key
 
 
@@ -75,7 +75,8 @@ class HeadClassifier(nn.Module):
     """A sequence-classification model on the raw text fields (the fine-tuning baseline).
 
     One field is encoded alone, two as a sentence pair ([CLS] a [SEP] b [SEP]); more are
-    joined with spaces. Truncation is longest-first.
+    joined with spaces. The fields are read literally (a "[SEP]" in the data is text), and
+    truncation is longest-first (`templates.encode_text`).
     """
 
     def __init__(self, model: nn.Module, tokenizer, text_fields: list[str], labels: tuple[str, ...], max_length: int = 256):
@@ -85,16 +86,17 @@ class HeadClassifier(nn.Module):
         self.text_fields = list(text_fields)
         self.labels = tuple(labels)
         self.max_length = max_length
+        self.specials = SpecialTokens.of(tokenizer)
         self.soft, self.deep = None, None
 
     def collate(self, examples: list[dict]) -> dict:
-        texts = [[str(ex[f]) for f in self.text_fields] for ex in examples]
-        if len(self.text_fields) == 2:
-            args = ([t[0] for t in texts], [t[1] for t in texts])
-        else:
-            args = ([" ".join(t) for t in texts],)
-        enc = self.tokenizer(*args, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
-        batch = {"ids": enc["input_ids"], "attn": enc["attention_mask"]}
+        rows = []
+        for ex in examples:
+            texts = [str(ex[f]) for f in self.text_fields]
+            text, pair = texts if len(texts) == 2 else (" ".join(texts), None)
+            rows.append(encode_text(self.tokenizer, text, pair, max_length=self.max_length, specials=self.specials))
+        ids, attn = pad(rows, self.tokenizer.pad_token_id)
+        batch = {"ids": ids, "attn": attn}
         if all("label" in ex for ex in examples):
             batch["labels"] = torch.tensor([self.label_index(ex["label"]) for ex in examples])
         return batch
@@ -113,8 +115,8 @@ class HeadClassifier(nn.Module):
         """The new classification head: everything outside the pretrained base model, and anything
         the checkpoint did not have (e.g. BERT's pooler when it was saved from a masked LM)."""
         base = {id(p) for p in self.model.base_model.parameters()}
-        new = set(getattr(self.model, "new_parameter_names", ()))
-        return [p for n, p in self.model.named_parameters() if id(p) not in base or n in new]
+        new = {id(p) for p in fresh_parameters(self.model)}
+        return [p for p in self.model.parameters() if id(p) not in base or id(p) in new]
 
 
 def bind_prompts(classifier: nn.Module) -> None:

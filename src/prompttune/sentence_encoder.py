@@ -12,8 +12,9 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from .backbones import DEFAULT_MODEL, load_tokenizer, resolve_model_path
-from .errors import ModelError
+from .backbones import DEFAULT_MODEL, load_pretrained, load_tokenizer, resolve_model_path
+from .scoring import pad
+from .templates import SpecialTokens, encode_text
 
 
 class SentenceEncoder(nn.Module):
@@ -27,22 +28,21 @@ class SentenceEncoder(nn.Module):
         super().__init__()
         from transformers import AutoModel
 
-        try:
-            self.model = AutoModel.from_pretrained(resolve_model_path(name)).eval()
-        except (OSError, ValueError) as e:
-            raise ModelError(f"cannot load sentence encoder {name!r}: {e}") from e
+        self.model = load_pretrained(AutoModel, resolve_model_path(name))[0].eval()  # quietly, as every backbone
         self.model.requires_grad_(False)
         self.tokenizer, self.max_length = load_tokenizer(name), max_length
+        self.specials = SpecialTokens.of(self.tokenizer)
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """(N, dim) unit vectors."""
+        """(N, dim) unit vectors; each text is read literally (`templates.literal_ids`)."""
         out = []
         for i in range(0, len(texts), batch_size):
-            enc = self.tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt").to(self.model.device)
-            hidden = self.model(**enc).last_hidden_state
-            weights = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            rows = [encode_text(self.tokenizer, text, max_length=self.max_length, specials=self.specials)
+                    for text in texts[i : i + batch_size]]
+            ids, attn = (t.to(self.model.device) for t in pad(rows, self.tokenizer.pad_token_id))
+            hidden = self.model(input_ids=ids, attention_mask=attn).last_hidden_state
+            weights = attn.unsqueeze(-1).to(hidden.dtype)
             mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
             out.append(torch.nn.functional.normalize(mean.float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.empty(0, self.model.config.hidden_size)

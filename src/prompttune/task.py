@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
-from .backbones import Backbone, Kind, fingerprint, load_backbone, load_head_model, load_tokenizer
+from .backbones import Backbone, Kind, fingerprint, fresh_parameters, load_backbone, load_head_model, load_tokenizer
 from .errors import ConfigError, ModelError, TemplateError
 from .methods import MethodOptions, get_method, method_list
 from .models import HeadClassifier, PromptClassifier
@@ -64,6 +64,23 @@ def require_lm_head(backbone: Backbone) -> None:
             f"model {backbone.name!r} ships without a masked-LM head, so its label-word scores would be random; "
             f"fit one first (prompttune fit-lm-head --model {backbone.name} --data FILE --text-field FIELD --out HEAD_DIR) "
             "and set lm_head: HEAD_DIR"
+        )
+
+
+def require_fresh_weights_trained(classifier: nn.Module, spec: TaskSpec) -> None:
+    """Refuse a task whose method leaves frozen a weight the checkpoint lacked (`fresh_parameters`).
+
+    Such a weight is created at load, is not saved (an artifact holds what trains), and would be
+    whatever the load initialised: the task could not be reproduced from its artifact. Raises
+    `ConfigError` naming the weights.
+    """
+    fresh = {id(p) for p in fresh_parameters(classifier.model)}
+    frozen = [n for n, p in classifier.named_parameters() if id(p) in fresh and not p.requires_grad]
+    if frozen:
+        raise ConfigError(
+            f"method {spec.method!r} leaves {frozen[:5]}{'...' if len(frozen) > 5 else ''} frozen, but the checkpoint of "
+            f"{spec.model!r} lacks them: they would be created at random on load and never saved; use a method that trains "
+            "them or a checkpoint that has them"
         )
 
 
@@ -128,6 +145,7 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
             clf = _prompt_classifier(spec, backbone, template, options)
     freeze(clf)  # methods switch on what they train
     method.attach(clf, options, folded)
+    require_fresh_weights_trained(clf, spec)
     if not method.uses_head(options) and template.n_soft_segments and clf.soft is None:
         raise TemplateError(
             f"template {spec.template!r} has soft tokens, but method {spec.method!r} has no soft prompt to fill them; "

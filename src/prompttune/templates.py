@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .errors import TemplateError
+from .errors import ModelError, TemplateError
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SOFT = re.compile(r'soft(?::(?:(\d+)|"([^"]*)"))?\Z')
@@ -253,7 +253,7 @@ class Encoded:
 
 @dataclass(frozen=True)
 class SpecialTokens:
-    """How a tokenizer wraps one sequence ([CLS] … [SEP]) and marks word starts."""
+    """How a tokenizer wraps one sequence ([CLS] … [SEP]) or a pair, and marks word starts."""
 
     prefix: tuple[int, ...]
     suffix: tuple[int, ...]
@@ -261,6 +261,8 @@ class SpecialTokens:
     """The word-start mark SentencePiece tokenizers (T5, Llama) put before every encoded text
     ("▁"). Where a piece continues the text before it ("{sentence}." → "."), that mark would be a
     spurious space, so `continue_piece` takes it off again."""
+    between: tuple[int, ...] = ()
+    """What the tokenizer puts between the two texts of a pair: [SEP] on BERT, </s></s> on RoBERTa."""
 
     @classmethod
     def of(cls, tokenizer) -> "SpecialTokens":
@@ -272,7 +274,10 @@ class SpecialTokens:
         mark = "\u2581" if first and first[0].startswith("\u2581") else None
         for start in range(len(full) - len(bare) + 1):
             if full[start : start + len(bare)] == bare:
-                return cls(tuple(full[:start]), tuple(full[start + len(bare) :]), mark)
+                prefix, suffix = tuple(full[:start]), tuple(full[start + len(bare) :])
+                pair = tokenizer("a", "a", add_special_tokens=True)["input_ids"]
+                between = pair[len(prefix) + len(bare) : len(pair) - len(suffix) - len(bare)]
+                return cls(prefix, suffix, mark, tuple(between))
         return cls((), (), mark)
 
     def continue_piece(self, tokenizer, ids: list[int]) -> list[int]:
@@ -287,6 +292,96 @@ class SpecialTokens:
             if bare is not None and bare != tokenizer.unk_token_id:
                 return [bare, *ids[1:]]
         return ids
+
+
+# --- data text is text --------------------------------------------------------------------
+
+
+_UNSPELLABLE = "\U0001d11e"  # 𝄞: a character no vocabulary here holds, to see how a tokenizer writes one
+
+
+def special_ids(tokenizer) -> set[int]:
+    """Ids of every special token: [CLS], [SEP], [MASK], <s>, </s>, <pad>, <unk>, <|endoftext|>, T5's
+    <extra_id_N>, chat markers such as <|im_start|>."""
+    return set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+
+
+def control_ids(tokenizer) -> set[int]:
+    """The special ids data text must never produce: all of them, except the unknown token where the
+    tokenizer writes a character its vocabulary lacks with it (BERT's [UNK], T5's <unk>). GPT-2's
+    unknown token is <|endoftext|>, which text never stands for, so it stays a control id there."""
+    special, unk = special_ids(tokenizer), tokenizer.unk_token_id
+    if unk in special and unk in tokenizer(_UNSPELLABLE, add_special_tokens=False, split_special_tokens=True)["input_ids"]:
+        special.discard(unk)
+    return special
+
+
+def literal_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of data text read literally: a special-token string in it stays text.
+
+    Only a template (and prompttune's own rendering: mask slots, sentinels, separators) makes
+    special tokens. `split_special_tokens` keeps the tokenizer from matching them in the text,
+    but a vocabulary may hold a special token as an ordinary piece too (T5's Unigram model
+    writes "</s>" and "<extra_id_0>" as their special ids even then), so any control id left is
+    spelled again in smaller pieces (`_spell`). Long text is not warned about: callers truncate.
+
+    Example:
+        >>> tok.convert_ids_to_tokens(literal_ids(tok, "this [MASK] was great"))    # BERT
+        ['this', '[', 'mask', ']', 'was', 'great']
+    """
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
+    if special_ids(tokenizer).isdisjoint(ids):  # nearly all text: no need to look closer
+        return ids
+    control = control_ids(tokenizer)
+    if control.isdisjoint(ids):
+        return ids
+    enc = tokenizer(text, add_special_tokens=False, split_special_tokens=True, verbose=False, return_offsets_mapping=True)
+    specials = SpecialTokens.of(tokenizer)
+    out: list[int] = []
+    for i, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+        out += _spell(tokenizer, text[start:end], control, specials) if i in control else [i]
+    return out
+
+
+def _spell(tokenizer, text: str, control: set[int], specials: SpecialTokens) -> list[int]:
+    """`text`, continuing the text before it, in pieces small enough that no control id comes out:
+    halved until each half tokenizes without one. A single character the vocabulary can only write
+    as a special token is one it cannot spell: it becomes the unknown token. Raises `ModelError`
+    if the tokenizer has none."""
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
+    ids = specials.continue_piece(tokenizer, ids)
+    if control.isdisjoint(ids):
+        return ids
+    if len(text) == 1:
+        if tokenizer.unk_token_id is None:
+            raise ModelError(f"the tokenizer writes the character {text!r} only as a special token and has no unknown token")
+        return [tokenizer.unk_token_id]
+    half = len(text) // 2
+    return _spell(tokenizer, text[:half], control, specials) + _spell(tokenizer, text[half:], control, specials)
+
+
+def encode_text(tokenizer, text: str, pair: str | None = None, *, max_length: int,
+                specials: SpecialTokens | None = None) -> list[int]:
+    """One text, or a pair, wrapped as the tokenizer wraps them ([CLS] a [SEP] b [SEP] on BERT), each read
+    literally (`literal_ids`) and truncated to `max_length` by the tokenizers library's longest-first
+    rule (the shorter text keeps up to half the room, the longer the rest).
+
+    Example:
+        >>> tok.convert_ids_to_tokens(encode_text(tok, "a [SEP] b", "c", max_length=16))   # BERT
+        ['[CLS]', 'a', '[', 'sep', ']', 'b', '[SEP]', 'c', '[SEP]']
+    """
+    specials = specials or SpecialTokens.of(tokenizer)
+    first, second = literal_ids(tokenizer, text), literal_ids(tokenizer, pair) if pair is not None else None
+    room = max(0, max_length - len(specials.prefix) - len(specials.suffix) - (len(specials.between) if pair is not None else 0))
+    if second is None:
+        return [*specials.prefix, *first[:room], *specials.suffix]
+    if len(first) + len(second) > room:
+        keep = min(len(first), len(second), room // 2)  # what the shorter text keeps
+        if len(first) <= len(second):  # on a tie the first counts as the shorter
+            first, second = first[:keep], second[: room - keep]
+        else:
+            first, second = first[: room - keep], second[:keep]
+    return [*specials.prefix, *first, *specials.between, *second, *specials.suffix]
 
 
 def segment_texts(template: Template, example: dict) -> list[tuple[Segment, str]]:
@@ -369,7 +464,9 @@ def encode_example(
             ids = list(range(soft_base + n_soft, soft_base + n_soft + seg.n))
             n_soft += seg.n
         else:
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+            # A field is data, read literally; template text may hold special tokens on purpose ("[SEP]").
+            read = literal_ids if isinstance(seg, Field) else _template_ids
+            ids = read(tokenizer, text) if text else []
             if pieces and not text[:1].isspace():
                 ids = specials.continue_piece(tokenizer, ids)
         pieces.append((seg, ids))
@@ -388,6 +485,11 @@ def encode_example(
         ids.extend(piece)
     ids.extend(specials.suffix)
     return enc
+
+
+def _template_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of template text, whose special-token strings are meant as such."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def soft_words(template: Template) -> list[str | None]:

@@ -6,7 +6,9 @@ scaling (alpha / r) and merging correct across model families. Target modules de
 peft's choice per model family (BERT/RoBERTa query+value, GPT-2 c_attn, T5 q+v, Llama
 q_proj+v_proj); `method.target_modules` overrides.
 
-The artifact holds only the A and B matrices (and a classification head, if any). With
+The artifact holds only the A and B matrices (and a classification head, if any). A target the
+checkpoint lacks is part of that new head (with `head: true`, `dense` also matches BERT's pooler
+when the checkpoint is a masked LM): it trains in full beside its LoRA update and is saved. With
 `method.merge: true`, loading a task folds B·A into the weights and removes the LoRA layers
 (`merge_lora`), so inference costs what the bare model costs; such a loaded task is for
 inference (its LoRA matrices are gone). peft edits the model's modules, so a LoRA task owns its

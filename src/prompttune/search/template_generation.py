@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..backbones import Backbone, load_backbone
 from ..errors import ConfigError, DataError, ModelError, PromptTuneError, TemplateError
 from ..scoring import pad
-from ..templates import encode_example, parse_template
+from ..templates import SpecialTokens, encode_example, literal_ids, parse_template
 from ..verbalizers import Verbalizer
 from .common import zero_shot_accuracy
 
@@ -130,9 +130,13 @@ def t5_inputs(t5: Backbone, pattern: tuple[str, ...], examples: list[dict], word
             for ex, w in zip(examples, words)]
 
 
-def t5_target(x: str, y: str) -> str:
-    """What T5 writes for spans X and Y (the final sentinel closes Y, as in T5's pre-training)."""
-    return f"<extra_id_0> {x} <extra_id_1> {y} <extra_id_2>"
+def t5_target(tokenizer, x: str, y: str) -> list[int]:
+    """The ids T5 writes for spans X and Y, "<extra_id_0> X <extra_id_1> Y <extra_id_2></s>" (the final
+    sentinel closes Y, as in T5's pre-training). The spans are generated text, read literally."""
+    sentinel = tokenizer.convert_tokens_to_ids
+    spans = [sentinel("<extra_id_0>"), *literal_ids(tokenizer, x), sentinel("<extra_id_1>"), *literal_ids(tokenizer, y),
+             sentinel("<extra_id_2>")]
+    return [*spans, *SpecialTokens.of(tokenizer).suffix]
 
 
 def parse_spans(text: str) -> list[str]:
@@ -196,7 +200,7 @@ def score_spans(t5: Backbone, inputs: list[list[int]], spans: list[tuple[str, st
     teacher-forced (LM-BFF's objective). The encoder runs once per input, not once per candidate."""
     tok, model = t5.tokenizer, t5.model
     device = next(model.parameters()).device
-    targets = [tok(t5_target(x, y))["input_ids"] for x, y in spans]
+    targets = [t5_target(tok, x, y) for x, y in spans]
     encoded = []
     for i in range(0, len(inputs), batch_size):
         ids, attn = (t.to(device) for t in pad(inputs[i : i + batch_size], tok.pad_token_id))
