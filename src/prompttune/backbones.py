@@ -133,25 +133,26 @@ def load_backbone(
     return backbone
 
 
-def load_head_model(name: str, num_labels: int, *, dtype: torch.dtype | None = None) -> nn.Module:
-    """The same pretrained weights under a fresh classification head (the fine-tuning baseline)."""
+def load_head_model(name: str, num_labels: int, *, dtype: torch.dtype | None = None, seed: int = FRESH_SEED) -> nn.Module:
+    """The same pretrained weights under a fresh classification head (the fine-tuning baseline),
+    initialised from `seed`."""
     from transformers import AutoModelForSequenceClassification
 
     # Weights the checkpoint lacked (the new head; BERT's pooler when saved from a masked LM) are
     # freshly initialised (`fresh_parameters`): they belong to the head, whatever the method trains.
     model, _ = load_pretrained(AutoModelForSequenceClassification, resolve_model_path(name), dtype=dtype,
-                                num_labels=num_labels)
+                                num_labels=num_labels, seed=seed)
     if getattr(model.config, "pad_token_id", None) is None:
         # Decoder classifiers pool the last non-pad token and need to know the pad id.
         model.config.pad_token_id = load_tokenizer(name).pad_token_id
     return model
 
 
-def load_pretrained(auto_cls, path: str, *, dtype=None, **kwargs) -> tuple[nn.Module, dict]:
+def load_pretrained(auto_cls, path: str, *, dtype=None, seed: int = FRESH_SEED, **kwargs) -> tuple[nn.Module, dict]:
     """`auto_cls.from_pretrained(path)`, quietly, with transformers' loading report (`missing_keys`...).
 
-    Weights the checkpoint lacks are initialised from `FRESH_SEED`, leaving the caller's random state
-    as it was, and recorded (`fresh_parameters`). Raises `ModelError` if the model cannot be loaded.
+    Weights the checkpoint lacks are initialised from `seed` (default `FRESH_SEED`), leaving the
+    caller's random state as it was, and recorded (`fresh_parameters`). Raises `ModelError` if the model cannot be loaded.
 
     Example:
         >>> model, info = load_pretrained(AutoModelForSequenceClassification, "bert-base-uncased", num_labels=2)
@@ -167,7 +168,7 @@ def load_pretrained(auto_cls, path: str, *, dtype=None, **kwargs) -> tuple[nn.Mo
     hf_logging.disable_progress_bar()
     try:
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-            torch.manual_seed(FRESH_SEED)
+            torch.manual_seed(seed)
             model, info = auto_cls.from_pretrained(path, dtype=dtype, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load {auto_cls.__name__} from {path!r}: {e}") from e

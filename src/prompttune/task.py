@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
-from .backbones import Backbone, Kind, fingerprint, fresh_parameters, load_backbone, load_head_model, load_tokenizer
+from .backbones import FRESH_SEED, Backbone, Kind, fingerprint, fresh_parameters, load_backbone, load_head_model, load_tokenizer
 from .errors import ConfigError, ModelError, TemplateError
 from .methods import MethodOptions, get_method, method_list
 from .models import HeadClassifier, PromptClassifier
@@ -109,12 +109,14 @@ def _prompt_classifier(spec: TaskSpec, backbone: Backbone, template, options: Me
     return PromptClassifier(backbone, template, verbalizer, spec.max_length, demonstrations=demos)
 
 
-def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded: bool = False) -> tuple[nn.Module, dict]:
+def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded: bool = False,
+                     head_seed: int = FRESH_SEED) -> tuple[nn.Module, dict]:
     """The task's classifier with its method attached, and the base backbone's fingerprint.
 
     `backbone` lets several prompt tasks share one loaded model; head-based methods load their
     own copy (they replace the LM head by a classification head). `folded` builds the form a
     saved task has (P-tuning's encoder and prefix-tuning's MLP already folded into vectors).
+    `head_seed` initialises a new classification head (a loaded task's head comes from its file).
     """
     method = get_method(spec.method)
     options = spec.method_options()
@@ -122,7 +124,7 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
         raise ConfigError(f"method {spec.method!r} with a classification head cannot generate text; a generation task "
                           "needs a template method (prompt-tuning, p-tuning, prefix-tuning, p-tuning-v2, prompt-finetune)")
     if method.uses_head(options):
-        model = load_head_model(spec.model, len(spec.labels))
+        model = load_head_model(spec.model, len(spec.labels), seed=head_seed)
         fp = fingerprint(model, spec.model, "classifier")
         clf = HeadClassifier(model, load_tokenizer(spec.model), spec.text_fields, tuple(spec.labels), spec.max_length)
     else:
