@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from prompttune import TaskSpec, build_classifier, save_artifact
 from prompttune.cli import main
@@ -23,6 +22,7 @@ from prompttune.errors import DataError
 from prompttune.recipes import load_splits
 from prompttune.training import TrainConfig
 from prompttune.verbalizers import label_key
+from test_lora import lora_task
 
 POS = ["this movie was great fun", "a very good film", "fun and good", "great film , very fun"]
 NEG = ["this movie was terrible", "a very bad film", "boring and bad", "awful film , very boring"]
@@ -88,15 +88,7 @@ def write(path: Path, content: str | bytes) -> Path:
 
 
 def test_export_of_a_lora_task_prints_its_rank_and_target_modules(bert_dir, tmp_path, capsys):
-    spec = TaskSpec(method="lora", model=str(bert_dir), text_fields=["text"], labels=["0", "1"],
-                    template="{text} it was {mask} .", verbalizer={"0": ["bad"], "1": ["good"]},
-                    options={"lora_rank": 4, "lora_alpha": 8})
-    clf, fp = build_classifier(spec)
-    with torch.no_grad():  # LoRA starts as a no-op (B = 0): give it an update to carry
-        for name, p in clf.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    save_artifact(tmp_path / "task", spec, clf, fp)
+    lora_task(bert_dir, tmp_path, lora_alpha=8)
     code = main(["export", str(tmp_path / "task"), "--format", "peft", "--out", str(tmp_path / "peft")])
     out, err = capsys.readouterr()
     assert code == 0, f"export of a LoRA task failed: {err}"
