@@ -245,23 +245,47 @@ def no_model_loads(monkeypatch) -> None:
     monkeypatch.setattr(prompttune.recipes, "build_classifier", fail_if_called("a classifier was built"))
 
 
-@pytest.mark.parametrize("command, present, what", [
-    ("fit-lm-head", "head.json", "a fitted LM head (head.json)"),
-    ("search", "search.json", "a search's config.yaml and search.json (search.json)"),
-    ("demo", "zero-shot/config.json", "the task artifacts of an earlier demo (zero-shot/config.json)"),
-])
-def test_other_writing_commands_refuse_to_replace_their_files_before_loading_a_model(command, present, what, config_yaml,
-                                                                                      tmp_path, capsys, monkeypatch):
-    out, data = tmp_path / "out", tmp_path / "train.tsv"
-    (out / present).parent.mkdir(parents=True)
-    (out / present).write_text("{}")
-    no_model_loads(monkeypatch)
-    argv = {"fit-lm-head": ["fit-lm-head", "--data", data, "--held-out", "2", "--out", out],
+OTHER_OUTPUTS = [  # command, a file it writes, the mark prompttune puts in it, how the refusal names it
+    ("fit-lm-head", "head.json", '{"parameters": {}}', "a fitted LM head (head.json)"),
+    ("search", "search.json", '{"found": {}}', "a search's config.yaml and search.json (search.json)"),
+    ("demo", "zero-shot/config.json", '{"prompttune_version": "0"}', "the task artifacts of an earlier demo (zero-shot/config.json)"),
+]
+
+
+def other_argv(command: str, config_yaml: Path, out: Path, data: Path) -> list:
+    return {"fit-lm-head": ["fit-lm-head", "--data", data, "--held-out", "2", "--out", out],
             "search": ["search", "labels", config_yaml, "--out", out],
             "demo": ["demo", "--data", data, "--out", out]}[command]
-    code, _, err = run(capsys, *argv)
+
+
+@pytest.mark.parametrize("command, present, content, what", OTHER_OUTPUTS)
+def test_other_writing_commands_refuse_to_replace_their_files_before_loading_a_model(command, present, content, what,
+                                                                                      config_yaml, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    (out / present).parent.mkdir(parents=True)
+    (out / present).write_text(content)
+    no_model_loads(monkeypatch)
+    code, _, err = run(capsys, *other_argv(command, config_yaml, out, tmp_path / "train.tsv"))
     assert_one_line_error(code, err, command, f"{out} already holds {what}; pass --overwrite to replace it")
-    assert (out / present).read_text() == "{}"
+    assert (out / present).read_text() == content
+
+
+@pytest.mark.parametrize("command, present, content, what", [*OTHER_OUTPUTS, ("train", "config.json", "", ""),
+                                                             ("export", "adapter_config.json", "", "")])
+def test_files_prompttune_did_not_write_are_refused_even_with_overwrite(command, present, content, what, config_yaml,
+                                                                        adapter_artifact, tmp_path, capsys, monkeypatch):
+    """E.g. `train --out` pointed at a model's directory: its config.json is the model's, not an artifact's."""
+    out = tmp_path / "out"
+    (out / present).parent.mkdir(parents=True)
+    (out / present).write_text('{"architectures": ["BertForMaskedLM"]}')
+    no_model_loads(monkeypatch)
+    argv = {"train": ["train", config_yaml, "--out", out],
+            "export": ["export", adapter_artifact, "--format", "peft", "--out", out]}.get(command) \
+        or other_argv(command, config_yaml, out, tmp_path / "train.tsv")
+    code, _, err = run(capsys, *argv, "--overwrite")
+    assert_one_line_error(code, err, command, f"{out} holds {Path(present).name if command != 'demo' else present} "
+                                              "that prompttune did not write")
+    assert (out / present).read_text() == '{"architectures": ["BertForMaskedLM"]}'
 
 
 # --- one run per output directory (issue 10, item 7) ----------------------------------------------
@@ -310,10 +334,8 @@ with claim_output(sys.argv[1]):
 
 def test_a_killed_runs_lock_is_released_by_the_kernel(tmp_path):
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    holder = held_by_another_process(out)
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(OutputError, match=rf"is in use by another prompttune run \(pid {holder.pid}\)"):
             with claim_output(out):
                 pass
@@ -325,27 +347,46 @@ def test_a_killed_runs_lock_is_released_by_the_kernel(tmp_path):
     assert not (out / LOCK).exists()
 
 
-def test_a_lock_taken_on_a_lock_file_removed_meanwhile_is_taken_again(tmp_path, monkeypatch):
-    """The unlink race: between our open and our flock, the holder released the lock and removed the
-    file, and a third run created a new one. Our lock on the removed file would guard nothing."""
+def test_deleting_the_pid_file_by_hand_unlocks_nothing(tmp_path):
+    """The lock is on the directory itself; `.prompttune.lock` only tells the pid."""
     out = tmp_path / "out"
-    out.mkdir()
-    flock, raced = prompttune.outputs.fcntl.flock, []
-
-    def flock_after_a_release(fd, operation):
-        if not raced:
-            raced.append(True)
-            (out / LOCK).unlink()
-            (out / LOCK).write_text("")  # the next run's fresh lock file
-        return flock(fd, operation)
-
-    monkeypatch.setattr(prompttune.outputs.fcntl, "flock", flock_after_a_release)
     with claim_output(out):
-        monkeypatch.setattr(prompttune.outputs.fcntl, "flock", flock)
-        assert (out / LOCK).read_text() == f"{os.getpid()}\n"
-        with pytest.raises(OutputError, match="is in use"):
-            with claim_output(out):
+        (out / LOCK).unlink()
+        with pytest.raises(OutputError, match="is in use by another prompttune run"):
+            with claim_output(out, overwrite=True):
                 pass
+
+
+def held_by_another_process(directory: Path) -> subprocess.Popen:
+    """A process holding `directory` (HOLDER) until it is killed."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_run_inside_or_around_a_directory_in_use_is_refused(tmp_path):
+    """A run into `runs/n/checkpoint` while `runs/n` is being written would clean up the staging
+    folders of the run that holds it; a run into `runs/` would hold what another run writes."""
+    outer, inner = tmp_path / "runs" / "n", tmp_path / "runs" / "n" / "checkpoint"
+    for held, claimed, message in ((outer, inner, rf"{inner} is inside {outer}, which another prompttune run \(pid \d+\)"),
+                                   (inner, outer, rf"{outer} is in use by another prompttune run .*in a folder inside it")):
+        holder = held_by_another_process(held)
+        try:
+            with pytest.raises(OutputError, match=message):
+                with claim_output(claimed):
+                    pass
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+    with claim_output(tmp_path / "runs" / "a"), claim_output(tmp_path / "runs" / "b"):
+        pass  # siblings do not block each other
+
+
+def test_an_empty_output_directory_is_refused(tmp_path):
+    with pytest.raises(OutputError, match="the output directory is empty text"):
+        with claim_output(""):
+            pass
 
 
 # --- files that belong together are replaced together (issue 10, item 8) --------------------------
@@ -443,19 +484,18 @@ def test_a_reader_during_a_save_sees_the_new_pair_not_a_mix(bert_dir, gpt2_dir, 
     reads the config again and gets the new pair (the writer renames the config right after)."""
     out = tmp_path / "out"
     save_a_pair("artifact", out, bert_dir, gpt2_dir, config_yaml, seed=0)
-    replace, seen = os.replace, []
+    replace, seen, readers = os.replace, [], []
 
     def replace_with_a_reader_between(src, dst):
         replace(src, dst)
         if Path(dst).name == "weights.safetensors":
-            reader = threading.Thread(target=lambda: seen.append(read_saved(out)[0]["weights"]["sha256"]))
-            reader.start()
+            readers.append(threading.Thread(target=lambda: seen.append(read_saved(out)[0]["weights"]["sha256"])))
+            readers[-1].start()
             time.sleep(0.05)  # the reader finds the new weights beside the old config
-            seen.append(reader)
 
     monkeypatch.setattr(prompttune.files.os, "replace", replace_with_a_reader_between)
     save_a_pair("artifact", out, bert_dir, gpt2_dir, config_yaml, seed=1)
-    seen.pop().join()
+    readers.pop().join()
     assert seen == [file_sha256(out / "weights.safetensors")]
 
 
@@ -597,6 +637,40 @@ def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing_half_written(c
     assert_one_line_error(code, err, "train", f"cannot write {out / 'checkpoint' / 'state.safetensors'}: "
                           "No space left on device")
     assert not out.exists(), "nothing was written: the run's directory must be gone"
+
+
+def test_safetensors_own_disk_errors_are_one_line_too(config_yaml, tmp_path, capsys, monkeypatch):
+    """safetensors reports a full disk as a SafetensorError, not an OSError."""
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(prompttune.files, "save_file", full)
+    out = tmp_path / "task"
+    code, _, err = run(capsys, "train", config_yaml, "--out", out)
+    assert_one_line_error(code, err, "train", f"cannot write {out / 'checkpoint' / 'state.safetensors'}: "
+                          "Error while serializing: I/O error: No space left on device")
+    assert not out.exists(), "nothing was written: the run's directory must be gone"
+
+
+def test_a_failed_save_keeps_the_old_artifacts_eval_json(config_yaml, tmp_path, capsys, monkeypatch):
+    """eval.json describes the artifact beside it: it goes only once a new artifact is in place."""
+    out = tmp_path / "task"
+    code, _, err = run(capsys, "train", config_yaml, "--out", out)
+    assert code == 0, err
+    before = {name: (out / name).read_bytes() for name in ("config.json", "weights.safetensors", "eval.json")}
+    dump = prompttune.files._dump_json
+
+    def full_for_the_artifact(path: Path, obj) -> None:
+        if path.name == "config.json":
+            raise no_space()
+        dump(path, obj)
+
+    monkeypatch.setattr(prompttune.files, "_dump_json", full_for_the_artifact)
+    code, _, err = run(capsys, "train", config_yaml, "--out", out, "--overwrite", "--set", "train.checkpoint=false")
+    assert code == 2, err
+    assert {name: (out / name).read_bytes() for name in before} == before, "the old artifact and its eval.json must stay"
 
 
 def test_a_full_disk_at_the_final_save_keeps_the_checkpoint_to_resume_from(config_yaml, tmp_path, capsys, monkeypatch):

@@ -1,12 +1,17 @@
 """Spec of `prompttune.lm_head`: fit a masked-LM head on a frozen encoder."""
 
+import json
+import shutil
+
 import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
 from prompttune.errors import ModelError
+from prompttune.files import file_sha256
 from prompttune.lm_head import (
+    HEAD_INFO,
     HEAD_WEIGHTS,
     fit_lm_head,
     lm_head_state_dict,
@@ -84,8 +89,22 @@ def test_load_refuses_a_wrong_shape(tokenizer, tmp_path):
     state = load_file(tmp_path / HEAD_WEIGHTS)
     state["cls.predictions.transform.dense.weight"] = torch.zeros(16, 32)
     save_file(state, tmp_path / HEAD_WEIGHTS)
+    info = json.loads((tmp_path / HEAD_INFO).read_text())
+    (tmp_path / HEAD_INFO).write_text(json.dumps({**info, "weights_sha256": file_sha256(tmp_path / HEAD_WEIGHTS)}))
     with pytest.raises(ModelError, match=r"dense\.weight.*\(16, 32\).*\(32, 32\)"):
         load_lm_head(model, tmp_path)
+
+
+def test_load_refuses_a_head_file_from_another_save(tokenizer, tmp_path):
+    """head.json records its weights' checksum, like an artifact's config.json."""
+    model = tiny_mlm(tokenizer)
+    save_lm_head(model, tmp_path / "a")
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if n.startswith("cls.predictions.transform")).add_(1.0)
+    save_lm_head(model, tmp_path / "b")
+    shutil.copy(tmp_path / "b" / HEAD_WEIGHTS, tmp_path / "a" / HEAD_WEIGHTS)
+    with pytest.raises(ModelError, match="does not match the checksum in head.json"):
+        load_lm_head(model, tmp_path / "a")
 
 
 def test_a_model_without_mlm_head_is_refused(tokenizer):

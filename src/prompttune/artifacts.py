@@ -32,6 +32,8 @@ from .soft_prompts import SoftPrompt
 from .task import TaskSpec, build_classifier
 
 CONFIG, WEIGHTS = "config.json", "weights.safetensors"
+EVAL = "eval.json"
+"""An evaluation of the saved task (`train` writes it); a new save removes the one of the task it replaces."""
 
 
 def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, base_fingerprint: dict, extra: dict | None = None) -> Path:
@@ -65,8 +67,9 @@ def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, 
         json_writer({**config, "weights": {"file": WEIGHTS, "sha256": file_sha256(path.with_name(WEIGHTS)),
                                            "tensors": len(weights)}})(path)
 
-    write_together(directory, {WEIGHTS: safetensors_writer(weights, {"format": "pt", "prompttune": __version__}),
-                               CONFIG: write_config})
+    # One metadata key: safetensors writes several in a varying order, and equal saves should be equal bytes.
+    write_together(directory, {WEIGHTS: safetensors_writer(weights, {"format": "pt"}), CONFIG: write_config},
+                   replaces=[EVAL])
     return directory
 
 

@@ -15,7 +15,8 @@ from .config import load_config
 from .data import few_shot_split, load_examples, sample_per_class, without
 from .errors import DataError
 from .outputs import claim_output
-from .recipes import CHECKPOINT, TRAIN_FILES, run_training
+from .artifacts import CONFIG
+from .recipes import CHECKPOINT, TRAIN_FILES, is_artifact, run_training
 from .training import CHECKPOINT_STATE
 
 SST2_CANDIDATES = ("../shared/data/sst2/train.tsv", "shared/data/sst2/train.tsv")
@@ -52,7 +53,8 @@ def run_demo(data: str | None = None, out: Path = Path("runs/demo"), held_out: i
     from .lm_head import fit_and_save_lm_head
 
     owned = [f"{method}/{name}" for method in METHODS for name in (*TRAIN_FILES, f"{CHECKPOINT}/{CHECKPOINT_STATE}")]
-    with claim_output(out, owned=owned, what="the task artifacts of an earlier demo", overwrite=overwrite):
+    with claim_output(out, owned=owned, what="the task artifacts of an earlier demo", overwrite=overwrite,
+                      is_ours=lambda d: all(is_artifact(d / m) for m in METHODS if (d / m / CONFIG).exists())):
         start = time.perf_counter()
         path = find_sst2(data)
         examples = load_examples(path, ["sentence"], "label")

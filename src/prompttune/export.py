@@ -58,7 +58,7 @@ from .errors import ExportError, PromptTuneError
 from .files import Writer, json_writer, safetensors_writer, write_together
 from .methods import get_method
 from .models import bind_prompts
-from .outputs import claim_output
+from .outputs import claim_output, json_marked
 from .templates import Soft, SpecialTokens, Text
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS, TASK_FILE = "adapter_config.json", "adapter_model.safetensors", "prompttune_task.json"
@@ -95,7 +95,8 @@ def export_peft(artifact_dir: str | Path, out_dir: str | Path, *, verify: bool =
     config = read_config(artifact_dir)
     spec = spec_from_config(config)
     _check_method(spec)
-    with claim_output(out_dir, owned=EXPORT_FILES, what="a PEFT adapter", overwrite=overwrite):
+    with claim_output(out_dir, owned=EXPORT_FILES, what="a PEFT adapter", overwrite=overwrite,
+                      is_ours=lambda d: json_marked(d / TASK_FILE, "exported_by")):
         _export(artifact_dir, out_dir, spec, verify)
     return out_dir
 

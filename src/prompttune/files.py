@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from .errors import OutputError
@@ -60,7 +61,7 @@ def safetensors_writer(tensors: dict[str, torch.Tensor], metadata: dict[str, str
     return lambda path: _dump_safetensors(path, tensors, metadata)
 
 
-def write_together(directory: str | Path, files: dict[str, Writer]) -> None:
+def write_together(directory: str | Path, files: dict[str, Writer], *, replaces: Iterable[str] = ()) -> None:
     """Write `files` (name → writer) into `directory` so that they replace the files there together,
     or not at all.
 
@@ -70,7 +71,8 @@ def write_together(directory: str | Path, files: dict[str, Writer]) -> None:
     need no space), and the directory fsynced. Put the file that describes the others last (config
     after weights): a reader sees the new config only once the new weights are in place. On any
     failure the files in `directory` are as they were, the staging folder is gone, and so is
-    `directory` if this call created it.
+    `directory` if this call created it. `replaces` names files that described what is replaced
+    (an artifact's `eval.json`): they are removed once the new files are in place, not before.
 
     Raises `OutputError`: "cannot write runs/x/weights.safetensors: No space left on device".
 
@@ -92,6 +94,9 @@ def write_together(directory: str | Path, files: dict[str, Writer]) -> None:
             for name in files:
                 target = directory / name
                 os.replace(staging / name, target)  # atomic on POSIX: readers see the old file or the new one
+            for name in replaces:
+                target = directory / name
+                target.unlink(missing_ok=True)
             _fsync(directory)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -99,6 +104,8 @@ def write_together(directory: str | Path, files: dict[str, Writer]) -> None:
         remove_empty_dirs(created)
         if isinstance(e, OSError):
             raise OutputError(f"cannot write {target}: {e.strerror or e}") from None
+        if isinstance(e, SafetensorError):  # safetensors reports the disk's errors as its own
+            raise OutputError(f"cannot write {target}: {e}") from None
         raise
 
 

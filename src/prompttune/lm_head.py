@@ -25,21 +25,24 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import time
 from pathlib import Path
 
+import safetensors.torch
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError
 from torch import nn
 from tqdm.auto import tqdm
 
 from .backbones import lm_head_module
 from .errors import ModelError
-from .files import json_writer, safetensors_writer, write_together
-from .outputs import claim_output
+from . import __version__
+from .files import file_sha256, json_writer, safetensors_writer, write_together
+from .outputs import claim_output, json_marked
 from .scoring import pad
 from .templates import SpecialTokens, encode_text
 
@@ -282,11 +285,16 @@ def save_lm_head(model: nn.Module, directory: str | os.PathLike, metrics: dict |
     """
     state = {name: t.contiguous() for name, t in lm_head_state_dict(model).items()}
     info = {
+        "prompttune_version": __version__,
         "base_model": getattr(model.config, "name_or_path", ""),
         "parameters": {name: list(t.shape) for name, t in state.items()},
         "metrics": metrics or {},
     }
-    write_together(directory, {HEAD_WEIGHTS: safetensors_writer(state), HEAD_INFO: json_writer(info)})
+
+    def write_info(path: Path) -> None:  # with the checksum of the weights just staged beside it
+        json_writer({**info, "weights_sha256": file_sha256(path.with_name(HEAD_WEIGHTS))})(path)
+
+    write_together(directory, {HEAD_WEIGHTS: safetensors_writer(state), HEAD_INFO: write_info})
 
 
 def load_lm_head(model: nn.Module, directory: str | os.PathLike) -> dict:
@@ -302,7 +310,15 @@ def load_lm_head(model: nn.Module, directory: str | os.PathLike) -> dict:
     directory = Path(directory)
     if not (directory / HEAD_WEIGHTS).is_file():
         raise ModelError(f"no {HEAD_WEIGHTS} in {directory}")
-    saved = load_file(directory / HEAD_WEIGHTS)
+    info = _read_head_info(directory)
+    data = (directory / HEAD_WEIGHTS).read_bytes()
+    if "weights_sha256" in info and hashlib.sha256(data).hexdigest() != info["weights_sha256"]:
+        raise ModelError(f"{directory / HEAD_WEIGHTS} does not match the checksum in {HEAD_INFO}: the files come from "
+                         "different saves (fit the head again)")
+    try:
+        saved = safetensors.torch.load(data)
+    except SafetensorError as e:
+        raise ModelError(f"{directory / HEAD_WEIGHTS} is not a readable safetensors file: {e}") from None
     expected = lm_head_state_dict(model)
     for name, tensor in expected.items():
         if name not in saved:
@@ -316,8 +332,21 @@ def load_lm_head(model: nn.Module, directory: str | os.PathLike) -> dict:
     if unexpected:
         raise ModelError(f"{directory / HEAD_WEIGHTS}: unexpected parameters {unexpected}")
     model.load_state_dict(saved, strict=False)
-    info_path = directory / HEAD_INFO
-    return json.loads(info_path.read_text()) if info_path.is_file() else {}
+    return info
+
+
+def _read_head_info(directory: Path) -> dict:
+    """`head.json` as a dict ({} if absent: heads saved before it recorded a checksum load as they did)."""
+    path = directory / HEAD_INFO
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ModelError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(info, dict):
+        raise ModelError(f"{path} holds {type(info).__name__}, expected a JSON object")
+    return info
 
 
 def fit_and_save_lm_head(
@@ -345,7 +374,8 @@ def fit_and_save_lm_head(
     """
     from .backbones import load_backbone
 
-    with claim_output(directory, owned=(HEAD_WEIGHTS, HEAD_INFO), what="a fitted LM head", overwrite=overwrite):
+    with claim_output(directory, owned=(HEAD_WEIGHTS, HEAD_INFO), what="a fitted LM head", overwrite=overwrite,
+                      is_ours=lambda d: json_marked(d / HEAD_INFO, "parameters")):
         backbone = load_backbone(model_name, kind="masked")
         shuffled = list(texts)
         random.Random(seed).shuffle(shuffled)

@@ -5,11 +5,13 @@ Every command that writes a directory (`train`, `search`, `export`, `fit-lm-head
 it with `claim_output` for its whole run, before any model is loaded:
 
 1. create it (and remember whether it did, to remove it again if the run fails and leaves it empty);
-2. lock it: an advisory `fcntl.flock` on `DIR/.prompttune.lock`, which holds the holder's pid. The
-   kernel drops the lock when its process ends, killed or not, so a crash never leaves a directory
-   locked; a second run into the directory fails at once, naming the first one's pid;
+2. lock it: an advisory `fcntl.flock` on the directory (exclusive) and on its ancestors (shared). The
+   kernel drops the locks when the process ends, killed or not, so a crash never leaves a directory
+   locked; a second run into the directory, into a folder inside it or into one that holds it fails
+   at once, naming the first one's pid (from `DIR/.prompttune.lock`, which only informs);
 3. prove it is writable (write and remove a probe file);
-4. refuse to replace the command's own files unless `overwrite`.
+4. refuse to replace the command's own files unless `overwrite`, and files of the same names that
+   prompttune did not write (a model's `config.json`) even then.
 
 `require_free_space` then refuses a run whose estimated output does not fit the disk, before it
 trains. Errors are one `OutputError` line naming the directory.
@@ -18,10 +20,11 @@ trains. Errors are one `OutputError` line naming the directory.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,80 +32,125 @@ from .errors import OutputError
 from .files import make_dirs, remove_empty_dirs, remove_staging_leftovers
 
 LOCK = ".prompttune.lock"
+"""Holds the pid of the run writing the directory, for the message a second run gets (the lock
+itself is on the directory: deleting this file by hand unlocks nothing)."""
+
+_HELD: dict[Path, int] = {}  # directories this process holds (resolved) → their locked descriptor
 
 
 @contextmanager
-def claim_output(directory: str | Path, *, owned: Sequence[str] = (), what: str = "", overwrite: bool = False) -> Iterator[Path]:
+def claim_output(directory: str | Path, *, owned: Sequence[str] = (), what: str = "", overwrite: bool = False,
+                 is_ours: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Hold `directory` for one run (create, lock, probe a write); yield it as a Path.
 
     `owned` names the command's files (relative to `directory`); if any exists and not
     `overwrite`, refuse: "runs/x already holds a task artifact (config.json); pass --overwrite to
-    replace it". On leaving, the lock is released and a directory this call created is removed
-    if the run left it empty.
+    replace it". `is_ours(directory)` tells whether such files were written by prompttune: files of
+    the same names written by anything else (a model's own `config.json`) are refused even with
+    `overwrite`. On leaving, the lock is released and a directory this call created is removed if
+    the run left it empty.
 
-    Raises `OutputError` (cannot create or write the directory, it is in use, it holds `owned` files).
+    The lock is an advisory `flock` on the directory itself (exclusive) and on each of its ancestors
+    (shared), so no other run writes into the directory, into a directory inside it, or into one
+    that holds it; the kernel releases the locks when the process ends, killed or not.
+
+    Raises `OutputError` (no directory given, cannot create or write it, it is in use, it holds
+    `owned` files).
 
     Example:
         >>> with claim_output("runs/x", owned=["config.json"], what="a task artifact") as out:
         ...     save_artifact(out, spec, clf, fp)
     """
+    if not str(directory).strip():
+        raise OutputError("the output directory is empty text; name a directory, e.g. --out runs/sst2")
     directory = Path(directory)
     created = make_dirs(directory)
     try:
-        fd = _lock(directory)
-        try:
+        with _locked(directory):
             _probe_write(directory)
             remove_staging_leftovers(directory)  # of a run killed mid-save: we hold the lock, no save is running
             found = [name for name in owned if (directory / name).exists()]
+            if found and is_ours is not None and not is_ours(directory):
+                raise OutputError(f"{directory} holds {', '.join(found)} that prompttune did not write (is it a model's or "
+                                  "another tool's directory?); write elsewhere")
             if found and not overwrite:
                 raise OutputError(f"{directory} already holds {what} ({', '.join(found)}); pass --overwrite to replace it")
             yield directory
-        finally:
-            _unlock(directory, fd)
     finally:
         remove_empty_dirs(created)
 
 
-def _lock(directory: Path) -> int:
-    """Take the directory's lock without waiting; return its file descriptor.
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Lock `directory` (exclusive) and its ancestors (shared) for the duration, without waiting.
 
-    The lock file is removed on release. A process that opened it just before that holds a lock on
-    a file no longer in the directory once it gets the lock, so it checks that the path still names
-    the file it locked, and starts again otherwise.
+    Ancestors this process holds itself (a demo holding its folder while it trains into sub-folders)
+    are not locked again: the locks are per open file, so that would block the process itself.
     """
-    path = directory / LOCK
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise OutputError(f"cannot write in {directory}: {e.strerror or e}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            os.close(fd)
-            raise OutputError(f"{directory} is in use by another prompttune run ({f'pid {holder}' if holder else 'pid unknown'}); "
-                              "wait for it to finish or write elsewhere") from None
-        except OSError as e:
-            os.close(fd)
-            raise OutputError(f"cannot lock {path}: {e.strerror or e}") from None
-        try:
-            current = os.stat(path).st_ino
-        except FileNotFoundError:
-            current = None
-        if current == os.fstat(fd).st_ino:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            return fd
-        os.close(fd)
-
-
-def _unlock(directory: Path, fd: int) -> None:
-    """Remove the lock file, then release the lock (in this order: see `_lock`)."""
+    real = directory.resolve()
+    fds: list[int] = []
     try:
-        (directory / LOCK).unlink(missing_ok=True)
+        for ancestor in reversed(real.parents):
+            if ancestor not in _HELD:
+                fds.append(_flock(ancestor, fcntl.LOCK_SH, real))
+        fds.append(_flock(real, fcntl.LOCK_EX, real))
+        _HELD[real] = fds[-1]
+        _write_pid(real)
+        try:
+            yield
+        finally:
+            del _HELD[real]
+            (real / LOCK).unlink(missing_ok=True)
     finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _flock(path: Path, mode: int, claimed: Path) -> int:
+    """Open the directory `path` and `flock` it with `mode` without waiting; return the descriptor."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise OutputError(f"cannot open {path}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
         os.close(fd)
+        holder = _read_pid(path)
+        who = f"pid {holder}" if holder else "pid unknown"
+        if path == claimed:
+            raise OutputError(f"{claimed} is in use by another prompttune run ({who}), writing in it or in a folder inside "
+                              "it; wait for it to finish or write elsewhere") from None
+        raise OutputError(f"{claimed} is inside {path}, which another prompttune run ({who}) is writing; wait for it to "
+                          "finish or write elsewhere") from None
+    except OSError as e:
+        os.close(fd)
+        raise OutputError(f"cannot lock {path}: {e.strerror or e}") from None
+    return fd
+
+
+def json_marked(path: Path, key: str) -> bool:
+    """Whether `path` is a JSON object holding `key`: the mark prompttune puts in the file that
+    describes each of its outputs (`prompttune_version` in an artifact's `config.json`...)."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(obj, dict) and key in obj
+
+
+def _write_pid(directory: Path) -> None:
+    try:
+        (directory / LOCK).write_text(f"{os.getpid()}\n")
+    except OSError as e:
+        raise OutputError(f"cannot write in {directory}: {e.strerror or e}") from None
+
+
+def _read_pid(directory: Path) -> str:
+    try:
+        return (directory / LOCK).read_text().strip()[:32]
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def _probe_write(directory: Path) -> None:

@@ -19,23 +19,28 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from .artifacts import CONFIG, WEIGHTS, save_artifact
+from .artifacts import CONFIG, EVAL, WEIGHTS, save_artifact
 from .config import RunConfig
 from .data import few_shot_split, load_examples, sample_per_class
 from .errors import ConfigError, DataError, OutputError
 from .evaluation import evaluate
 from .files import discard, write_json
 from .methods import get_method, method_list
-from .outputs import claim_output, require_free_space
+from .outputs import claim_output, json_marked, require_free_space
 from .parameters import count_parameters, trainable_bytes
 from .task import TaskSpec, build_classifier
 from .training import (CHECKPOINT_FILES, check_same_run, checkpoint_bytes, epochs_done, read_checkpoint,
                        resumable_checkpoint, train)
 from .verbalizers import parse_verbalizer
 
-EVAL, CHECKPOINT = "eval.json", "checkpoint"
+CHECKPOINT = "checkpoint"
 TRAIN_FILES = (CONFIG, WEIGHTS, EVAL)
 """What `train` writes in its output directory, besides its checkpoint folder."""
+
+
+def is_artifact(directory: Path) -> bool:
+    """Whether `directory/config.json` was written by prompttune (not, say, a model's own config)."""
+    return json_marked(directory / CONFIG, "prompttune_version")
 
 
 def task_labels(cfg: RunConfig, train_examples: list[dict]) -> list[str]:
@@ -110,7 +115,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
         generation=cfg.task.generation,
         demonstrations=_demonstrations(cfg, train_ex),
     )
-    with claim_output(out_dir, owned=() if resume else TRAIN_FILES, what="a task artifact", overwrite=overwrite) as out:
+    with claim_output(out_dir, owned=() if resume else TRAIN_FILES, what="a task artifact", overwrite=overwrite,
+                      is_ours=is_artifact) as out:
         _check_checkpoint(cfg, out / CHECKPOINT, resume=resume, overwrite=overwrite, log=log)
         return _train_and_save(cfg, spec, out, (train_ex, dev_ex, test_ex), resume=resume, log=log)
 
@@ -157,7 +163,6 @@ def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *,
                "best_epoch": result.best_epoch, "best_dev": result.best_dev, "history": result.history}
     if transfer is not None:
         summary["transfer"] = transfer
-    discard(out, [EVAL])  # it describes the artifact this save replaces
     save_artifact(out, spec, classifier, fp, extra={"training": summary, "label_field": cfg.task.label_field})
     # The run finished and its result is saved: the resume checkpoint (optimizer state, several
     # times the artifact's size) has no further use. Files of anyone else in the folder stay.

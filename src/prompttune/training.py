@@ -33,7 +33,9 @@ from .files import file_sha256, json_writer, safetensors_writer, write_together
 from .parameters import trainable_bytes, trainable_state_dict
 
 CHECKPOINT_TENSORS, CHECKPOINT_STATE = "state.safetensors", "state.json"
-CHECKPOINT_FILES = (CHECKPOINT_TENSORS, CHECKPOINT_STATE)
+CHECKPOINT_FILES = (CHECKPOINT_STATE, CHECKPOINT_TENSORS)
+"""A checkpoint's files, in the order they are removed: without `state.json` there is no checkpoint,
+so a run killed between the two removals leaves none rather than a split pair."""
 RESUME_TOLERATED = ("train.progress", "train.eval_batch_size", "train.checkpoint", "task.eval")
 """Keys of a run's record that may differ when it is resumed: how it is shown, how dev batches are
 sized, whether more checkpoints are written, and the data evaluated after training."""
@@ -255,6 +257,17 @@ def _brief(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_STATE_SHAPE = {"epoch": int, "result": dict, "run": dict, "param_groups": list, "optimizer_scalars": dict,
+                "scheduler": dict, "tensors_sha256": str}
+_RESULT_SHAPE = {"history": list, "steps": int}
+
+
+def _shape_errors(obj: dict, shape: dict[str, type], where: str = "") -> list[str]:
+    """'key (what it is, expected what)' for each key of `shape` that `obj` lacks or holds with another type."""
+    return [f"{where}{key} ({type(obj[key]).__name__ if key in obj else 'missing'}, expected {kind.__name__})"
+            for key, kind in shape.items() if not isinstance(obj.get(key), kind)]
+
+
 def read_checkpoint(directory: Path) -> dict | None:
     """The checkpoint's state (its `state.json`) after checking that `state.safetensors` is the file
     it was written with; None if `directory` holds no checkpoint.
@@ -266,11 +279,15 @@ def read_checkpoint(directory: Path) -> dict | None:
         return None
     try:
         state = json.loads(state_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ArtifactError(f"{state_path} is not valid JSON: {e}") from None
-    if "run" not in state or "tensors_sha256" not in state:
+    if not isinstance(state, dict) or "run" not in state or "tensors_sha256" not in state:
         raise ArtifactError(f"{state_path} does not record its run and tensors (written by an older prompttune?); "
                             "it cannot be resumed safely: start over (train --overwrite)")
+    wrong = _shape_errors(state, _STATE_SHAPE) or _shape_errors(state["result"], _RESULT_SHAPE, "result.")
+    if wrong:
+        raise ArtifactError(f"{state_path} is malformed: {', '.join(wrong)}; it cannot be resumed: start over "
+                            "(train --overwrite)")
     if not tensors_path.is_file() or file_sha256(tensors_path) != state["tensors_sha256"]:
         raise ArtifactError(f"{tensors_path} does not match the checksum in {CHECKPOINT_STATE}: the files come from "
                             "different saves (a file copied in by hand?); it cannot be resumed: start over (train --overwrite)")

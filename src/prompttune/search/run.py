@@ -20,7 +20,7 @@ from ..backbones import load_backbone
 from ..config import RunConfig, apply_overrides, load_config, read_raw
 from ..errors import ConfigError, TemplateError
 from ..files import json_writer, text_writer, write_together
-from ..outputs import claim_output
+from ..outputs import claim_output, json_marked
 from ..recipes import load_splits, task_labels
 from ..task import require_lm_head
 from ..templates import parse_template
@@ -58,7 +58,8 @@ def run_search(kind: str, config_path: str | Path, out: str | Path, *, overrides
         raise TemplateError(f"template {template.source!r} " + (
             "has no {trigger} slot to search; add some, e.g. '{sentence} {trigger:3} {mask}.'" if kind == "triggers" else
             "has {trigger} slots: fill them first with `prompttune search triggers`"))
-    with claim_output(out, owned=SEARCH_FILES, what="a search's config.yaml and search.json", overwrite=overwrite) as out:
+    with claim_output(out, owned=SEARCH_FILES, what="a search's config.yaml and search.json", overwrite=overwrite,
+                      is_ours=lambda d: json_marked(d / "search.json", "found")) as out:
         backbone = load_backbone(cfg.model, kind=cfg.model_kind, lm_head=cfg.lm_head)
         require_lm_head(backbone)
         n = cfg.train.max_length
