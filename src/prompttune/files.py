@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -105,7 +106,8 @@ def write_together(directory: str | Path, files: dict[str, Writer], *, replaces:
         if isinstance(e, OSError):
             raise OutputError(f"cannot write {target}: {e.strerror or e}") from None
         if isinstance(e, SafetensorError):  # safetensors reports the disk's errors as its own
-            raise OutputError(f"cannot write {target}: {e}") from None
+            found = re.search(r"I/O error: (.*?)(?: \(os error \d+\))?$", str(e))
+            raise OutputError(f"cannot write {target}: {found.group(1) if found else e}") from None
         raise
 
 
