@@ -168,6 +168,34 @@ def other_bert_dir(tmp_path_factory) -> pathlib.Path:
         return tiny_models.make_bert(tmp_path_factory.mktemp("other_bert"))
 
 
+@pytest.fixture(scope="module")
+def same_embeddings_bert_dir(bert_dir, tmp_path_factory) -> pathlib.Path:
+    """`bert_dir` with every weight but the embeddings changed (as a merged LoRA or a fine-tune with
+    frozen embeddings leaves a model)."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model = AutoModelForMaskedLM.from_pretrained(bert_dir)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embeddings" not in name:
+                p.add_(0.01)
+    out = tmp_path_factory.mktemp("same_embeddings_bert")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(bert_dir).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("method", ["zero-shot", "prompt-tuning", "lora"])
+def test_an_artifact_refuses_a_backbone_whose_layers_changed_under_the_same_embeddings(method, bert_dir,
+                                                                                       same_embeddings_bert_dir, tmp_path):
+    spec = task_spec(method, bert_dir)
+    clf, fp = build_classifier(spec)
+    save_artifact(tmp_path, spec, clf, fp)
+    with pytest.raises((ModelError, ArtifactError), match="weights_sample_sha256") as err:
+        load_artifact(tmp_path, load_backbone(str(same_embeddings_bert_dir)))
+    assert "embedding_sha256" not in str(err.value), f"only the layers differ: {err.value}"
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_an_artifact_refuses_a_backbone_with_other_weights(method, bert_dir, other_bert_dir, tmp_path):
     spec = task_spec(method, bert_dir)

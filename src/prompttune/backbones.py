@@ -210,10 +210,15 @@ def lm_head_parameter_names(model: nn.Module) -> list[str]:
 
 
 def fingerprint(model: nn.Module, name: str, kind: str, lm_head: str | None = None) -> dict:
-    """What identifies a backbone: architecture numbers and a hash of its input embeddings.
+    """What identifies a backbone: architecture numbers, a hash of its input embeddings, and a hash of
+    a sample of every other weight.
 
-    The hash covers the embedding matrix (every model has one and it differs between any two
-    trainings), so a task artifact can refuse a backbone it was not made for.
+    The embedding hash covers the whole matrix (it differs between any two trainings); the weights
+    hash covers 64 evenly spaced values of each parameter, rounded to bfloat16 (so a float32 and a
+    bfloat16 load of one checkpoint agree), which tells apart a model whose layers changed and whose
+    embeddings did not (a merged LoRA, a checkpoint fine-tuned with frozen embeddings). Weights the
+    load created fresh (a new classification head) are left out. A task artifact refuses a backbone
+    whose fingerprint differs from the one it was made on.
     """
     cfg = model.config
     emb = model.get_input_embeddings().weight.detach()
@@ -226,10 +231,28 @@ def fingerprint(model: nn.Module, name: str, kind: str, lm_head: str | None = No
         "hidden_size": int(emb.shape[1]),
         "num_layers": int(getattr(cfg, "num_hidden_layers", getattr(cfg, "num_layers", 0)) or 0),
         "embedding_sha256": digest,
+        "weights_sample_sha256": weights_sample_digest(model),
     }
     if lm_head is not None:
         fp["lm_head_sha256"] = head_digest(model)
     return fp
+
+
+def weights_sample_digest(model: nn.Module, per_tensor: int = 64) -> str:
+    """SHA-256 (16 hex digits) of the names, shapes and `per_tensor` evenly spaced values (as bfloat16)
+    of every parameter the checkpoint provided, in name order. LoRA layers a task injected (peft) are
+    not the checkpoint's: their matrices are left out and the wrapped weights keep their own names."""
+    fresh = {id(p) for p in fresh_parameters(model)}
+    h = hashlib.sha256()
+    named = {n.replace(".base_layer.", "."): p for n, p in model.named_parameters() if ".lora_" not in n}
+    for name, p in sorted(named.items()):
+        if id(p) in fresh:
+            continue
+        flat = p.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // per_tensor)][:per_tensor]
+        h.update(f"{name}{tuple(p.shape)}".encode())
+        h.update(sample.to(torch.bfloat16).float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def head_digest(model: nn.Module) -> str:
