@@ -138,7 +138,7 @@ model: {gpt2_dir}
 task: {{train: {sentiment_tsv}, text_fields: [sentence], shots: 2}}
 prompt: {{template: "{template}", verbalizer: {{0: bad, 1: good}}}}
 method: {{name: {method}, prompt_length: 3, encoder: mlp}}
-train: {{epochs: 1, lr: 0.1, batch_size: 2, progress: false}}
+train: {{epochs: 1, lr: 0.1, batch_size: 2, max_length: 64, progress: false}}
 """)
     code, out, err = run(capsys, "train", path, "--out", tmp_path / "task")
     assert code == 0, err

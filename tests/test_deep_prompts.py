@@ -147,7 +147,7 @@ EXAMPLES = [{"text": "great fun", "label": "1"}, {"text": "a terrible , boring m
 
 def task(model_dir, method: str, **options) -> torch.nn.Module:
     template = "{soft:3} {text} it was {mask}" if method in ("prompt-tuning", "p-tuning") else "{text} it was {mask}"
-    spec = TaskSpec(method=method, model=str(model_dir), text_fields=["text"], labels=["0", "1"], template=template,
+    spec = TaskSpec(max_length=64, method=method, model=str(model_dir), text_fields=["text"], labels=["0", "1"], template=template,
                     verbalizer={"0": ["bad"], "1": ["good"]}, options={"prompt_length": 3, **options})
     clf, _ = build_classifier(spec)
     with torch.no_grad():  # a prompt far from its initialisation, so any misplacement would show
@@ -247,7 +247,7 @@ def test_tasks_sharing_one_backbone_each_see_only_their_own_prompt(gpt2_dir):
 
     def build(method, backbone=None):
         template = "{soft:3} {text} it was {mask}" if method == "prompt-tuning" else "{text} it was {mask}"
-        s = TaskSpec(method=method, model=str(gpt2_dir), text_fields=["text"], labels=["0", "1"], template=template,
+        s = TaskSpec(max_length=64, method=method, model=str(gpt2_dir), text_fields=["text"], labels=["0", "1"], template=template,
                      verbalizer={"0": ["bad"], "1": ["good"]}, options={"prompt_length": 3})
         clf, _ = build_classifier(s, backbone)
         with torch.no_grad():

@@ -31,7 +31,7 @@ VERBALIZER = {"0": ["bad"], "1": ["good"]}
 
 def make_artifact(directory: Path, method: str, model_dir: Path, template: str, options: dict | None = None) -> Path:
     """Build a task, move its prompt away from its initialisation, save it."""
-    spec = TaskSpec(method=method, model=str(model_dir), text_fields=["text"], labels=["0", "1"], template=template,
+    spec = TaskSpec(max_length=64, method=method, model=str(model_dir), text_fields=["text"], labels=["0", "1"], template=template,
                     verbalizer=VERBALIZER, options=dict(options or {}))
     clf, fp = build_classifier(spec)
     torch.manual_seed(1)
@@ -145,7 +145,7 @@ def test_soft_tokens_after_text_are_refused(gpt2_dir, tmp_path):
 
 
 def test_a_head_task_is_refused(bert_dir, tmp_path):
-    spec = TaskSpec(method="p-tuning-v2", model=str(bert_dir), text_fields=["text"], labels=["0", "1"],
+    spec = TaskSpec(max_length=64, method="p-tuning-v2", model=str(bert_dir), text_fields=["text"], labels=["0", "1"],
                     options={"prompt_length": 2, "head": True})
     clf, fp = build_classifier(spec)
     artifact = save_artifact(tmp_path / "task", spec, clf, fp)

@@ -23,7 +23,7 @@ METHODS = {"prefix-tuning": ("{text} is {mask}", {"prompt_length": 4, "reparam_h
 
 def spec(model_dir, method) -> TaskSpec:
     template, options = METHODS[method]
-    return TaskSpec(method=method, model=str(model_dir), text_fields=["text"], labels=[], template=template,
+    return TaskSpec(max_length=64, method=method, model=str(model_dir), text_fields=["text"], labels=[], template=template,
                     options=options, generation=True)
 
 
@@ -81,7 +81,7 @@ model: {gpt2_dir}
 task: {{train: {data}, eval: {data}, text_fields: [text], label_field: summary, generation: true}}
 prompt: {{template: "{{text}} is {{mask}}"}}
 method: {{name: prefix-tuning, prompt_length: 4, reparam_hidden: 32}}
-train: {{epochs: 2, lr: 0.05, batch_size: 5, progress: false}}
+train: {{epochs: 2, lr: 0.05, batch_size: 5, max_length: 64, progress: false}}
 """)
     assert main(["train", str(config), "--out", str(tmp_path / "task")]) == 0
     out = capsys.readouterr().out

@@ -70,7 +70,7 @@ def task_spec(method: str, model_dir) -> TaskSpec:
     # "wonderful" is two tokens everywhere, so training goes through the multi-token scoring path.
     template, options = PROMPTS.get(method, (TEMPLATE, {}))
     name = method.split(":")[0]
-    return TaskSpec(method=name.split("+") if "+" in name else name, model=str(model_dir), text_fields=["text"], labels=["0", "1"],
+    return TaskSpec(max_length=64, method=name.split("+") if "+" in name else name, model=str(model_dir), text_fields=["text"], labels=["0", "1"],
                     template=template, verbalizer={"0": ["bad", "wonderful"], "1": ["good"]} if template else None,
                     options=dict(options))
 

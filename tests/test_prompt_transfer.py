@@ -19,7 +19,7 @@ TEMPLATES = {"prompt-tuning": "{soft:4} {text} it was {mask} .", "p-tuning-v2": 
 
 
 def spec(model_dir, method="prompt-tuning", **options) -> TaskSpec:
-    return TaskSpec(method=method, model=str(model_dir), text_fields=["text"], labels=["0", "1"],
+    return TaskSpec(max_length=64, method=method, model=str(model_dir), text_fields=["text"], labels=["0", "1"],
                     template=TEMPLATES[method], verbalizer={"0": ["bad"], "1": ["good"]},
                     options={"prompt_length": 4, **options})
 
@@ -64,7 +64,7 @@ def test_init_from_a_task_on_another_backbone_is_refused(bert_dir, roberta_dir, 
 
 def test_init_from_needs_a_prompt_trained_as_stored(bert_dir, tmp_path):
     stored(tmp_path / "source", bert_dir)
-    s = TaskSpec(method="p-tuning", model=str(bert_dir), text_fields=["text"], labels=["0", "1"],
+    s = TaskSpec(max_length=64, method="p-tuning", model=str(bert_dir), text_fields=["text"], labels=["0", "1"],
                  template=TEMPLATES["prompt-tuning"], verbalizer={"0": ["bad"], "1": ["good"]},
                  options={"init_from": str(tmp_path / "source")})
     with pytest.raises(ConfigError, match="P-tuning's encoder and prefix-tuning's MLP have no stored form"):

@@ -91,17 +91,53 @@ def stored_state_dict(classifier: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def _texts(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# What each key of config.json must hold to rebuild the task: (check, what it should be).
+_CONFIG_KEYS = {
+    "method": (lambda v: isinstance(v, str) or (_texts(v) and bool(v)), "a method name or a list of them"),
+    "model": (lambda v: isinstance(v, str) and bool(v), "a model id or path"),
+    "text_fields": (lambda v: _texts(v) and bool(v), "a non-empty list of column names"),
+    "labels": (_texts, "a list of labels"),
+    "template": (lambda v: v is None or isinstance(v, str), "a template or null"),
+    "verbalizer": (lambda v: v is None or (isinstance(v, dict) and all(_texts(w) for w in v.values())),
+                   "an object of label → list of words, or null"),
+    "max_length": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number ≥ 1"),
+    "options": (lambda v: isinstance(v, dict), "an object of method options"),
+    "generation": (lambda v: isinstance(v, bool), "true or false"),
+    "demonstrations": (lambda v: v is None or (isinstance(v, list) and all(isinstance(d, dict) for d in v)),
+                       "a list of examples or null"),
+    "backbone": (lambda v: isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("name", "kind", "embedding_sha256")),
+                 "the backbone's fingerprint (name, kind, embedding_sha256...)"),
+    "weights": (lambda v: isinstance(v, dict) and isinstance(v.get("sha256"), str), "the weights file's sha256"),
+}
+_REQUIRED = ("method", "model", "text_fields", "labels", "backbone", "weights")
+
+
 def read_config(directory: str | Path) -> dict:
+    """An artifact's `config.json`, checked key by key (a hand-edited file is refused naming the key).
+
+    Raises `ArtifactError`: "runs/x/config.json: key 'labels' holds 5, expected a list of labels".
+    """
     path = Path(directory) / CONFIG
     if not path.is_file():
         raise ArtifactError(f"{str(directory)!r} is not a task artifact: it has no {CONFIG}")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ArtifactError(f"{path} is not valid JSON: {e}") from None
-    missing = [k for k in ("method", "model", "text_fields", "labels", "backbone") if k not in config]
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{path} holds {type(config).__name__}, expected a JSON object; was it written by prompttune?")
+    missing = [k for k in _REQUIRED if k not in config]
     if missing:
         raise ArtifactError(f"{path} lacks the key(s) {missing}; was it written by prompttune?")
+    for key, (ok, what) in _CONFIG_KEYS.items():
+        if key in config and not ok(config[key]):
+            raise ArtifactError(f"{path}: key {key!r} holds {json.dumps(config[key])[:80]}, expected {what}")
+    if not config["labels"] and not config.get("generation"):
+        raise ArtifactError(f"{path}: key 'labels' is empty; a classification task needs its labels")
     return config
 
 

@@ -67,6 +67,28 @@ def require_lm_head(backbone: Backbone) -> None:
         )
 
 
+def require_positions(classifier: nn.Module, spec: TaskSpec) -> None:
+    """Refuse a `max_length` the model has no positions for (an input that long would crash the
+    forward pass): with an absolute position table (BERT, RoBERTa, GPT-2), max_length plus a deep
+    prompt's length (real tokens are numbered after the prefix) must fit in it. Models with relative
+    or rotary positions (T5, Llama) have no such table and no hard limit.
+
+    Raises `ConfigError`: "train.max_length 1000 exceeds the 512 positions of model 'bert-base'...".
+    """
+    from .deep_prompts import position_embeddings
+
+    table = position_embeddings(classifier.model)
+    if table is None:
+        return
+    offset = table.padding_idx + 1 if table.padding_idx is not None else 0  # RoBERTa numbers from padding_idx + 1
+    positions = table.num_embeddings - offset
+    prefix = classifier.deep.length if getattr(classifier, "deep", None) is not None else 0
+    if spec.max_length + prefix > positions:
+        after = f" with a deep prompt of {prefix}" if prefix else ""
+        raise ConfigError(f"train.max_length {spec.max_length}{after} exceeds the {positions} positions of model "
+                          f"{spec.model!r}; set train.max_length to at most {positions - prefix}")
+
+
 def require_fresh_weights_trained(classifier: nn.Module, spec: TaskSpec) -> None:
     """Refuse a task whose method leaves frozen a weight the checkpoint lacked (`fresh_parameters`).
 
@@ -148,6 +170,7 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
     freeze(clf)  # methods switch on what they train
     method.attach(clf, options, folded)
     require_fresh_weights_trained(clf, spec)
+    require_positions(clf, spec)
     if not method.uses_head(options) and template.n_soft_segments and clf.soft is None:
         raise TemplateError(
             f"template {spec.template!r} has soft tokens, but method {spec.method!r} has no soft prompt to fill them; "
