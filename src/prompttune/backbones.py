@@ -148,6 +148,49 @@ def load_head_model(name: str, num_labels: int, *, dtype: torch.dtype | None = N
     return model
 
 
+def share_base_modules(model: nn.Module, shared: nn.Module) -> list[str]:
+    """Replace every submodule of `model`'s base model that holds exactly what the module at the same
+    path of `shared`'s base model holds (same type, parameter and buffer names, shapes and values) by
+    that module, descending where a module differs (e.g. BERT's `bert`, whose pooler a masked-LM
+    checkpoint lacks: its embeddings and encoder are shared, the pooler stays `model`'s own). Also
+    share the parts registry (`model_parts.share_registry`), so binding on either model binds both.
+    Return the paths replaced.
+
+    Example:
+        >>> head = load_head_model("bert-base-uncased", 2)
+        >>> share_base_modules(head, load_backbone("bert-base-uncased").model)
+        ['bert.embeddings', 'bert.encoder']
+    """
+    from .model_parts import share_registry
+
+    replaced: list[str] = []
+
+    def walk(mine: nn.Module, theirs: nn.Module, path: str) -> None:
+        for name, child in list(mine.named_children()):
+            other = theirs._modules.get(name)
+            if other is None:
+                continue
+            if _same_weights(child, other):
+                setattr(mine, name, other)
+                replaced.append(f"{path}{name}")
+            else:
+                walk(child, other, f"{path}{name}.")
+
+    prefix = next((f"{n}." for n, m in model.named_children() if m is model.base_model), "")
+    walk(model.base_model, shared.base_model, prefix)
+    share_registry(model, shared)
+    return replaced
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    if type(a) is not type(b):
+        return False
+    mine = {**dict(a.named_parameters()), **dict(a.named_buffers())}
+    theirs = {**dict(b.named_parameters()), **dict(b.named_buffers())}
+    return mine.keys() == theirs.keys() and all(
+        mine[k].shape == theirs[k].shape and torch.equal(mine[k].to(theirs[k]), theirs[k]) for k in mine)
+
+
 def load_pretrained(auto_cls, path: str, *, dtype=None, seed: int = FRESH_SEED, **kwargs) -> tuple[nn.Module, dict]:
     """`auto_cls.from_pretrained(path)`, quietly, with transformers' loading report (`missing_keys`...).
 
