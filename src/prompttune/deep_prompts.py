@@ -17,6 +17,12 @@ real tokens are numbered from P, as if the prefix had occupied positions 0..P-1 
 in BERT, RoBERTa, GPT-2; rotary embeddings in Llama-style models). That is also what PEFT
 computes, so exported prefixes give PEFT's outputs.
 
+Rows of several tasks in one batch (`KeyValuePrefix.bind_rows` with row groups): each group's
+prefix is padded to the longest P, each row attends only to its own group's P positions (the
+padding is masked) and its real tokens are numbered from its own P (a (B, 1) shift). A row of a
+task without a prefix gets P = 0: all masked, no shift, the bare model. The kept keys/values of an
+in-context task's demonstrations are exactly such a prefix (`in_context.ContextPrefix`).
+
 `install(model)` is idempotent and leaves the model computing exactly what it did before until a
 prefix is bound (`bind`); binding with P = 0 is also the bare model.
 """

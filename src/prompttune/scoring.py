@@ -69,14 +69,12 @@ def vocab_logprobs_at(model: nn.Module, hidden: torch.Tensor, rows: torch.Tensor
     return F.log_softmax(head(hidden[rows, cols]).float(), dim=-1)
 
 
-def logprobs_at(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                **inputs) -> torch.Tensor:
-    """Vocabulary log-probs at positions (rows, cols) of the model's output; `inputs` go to the
-    model as well (e.g. a key/value cache and position ids)."""
+def logprobs_at(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Vocabulary log-probs at positions (rows, cols) of the model's output."""
     if lm_head_module(model) is not None:
-        hidden = model.base_model(input_ids=ids, attention_mask=attn, **inputs).last_hidden_state
+        hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
         return vocab_logprobs_at(model, hidden, rows, cols)
-    logits = model(input_ids=ids, attention_mask=attn, **inputs).logits
+    logits = model(input_ids=ids, attention_mask=attn).logits
     return F.log_softmax(logits[rows, cols].float(), dim=-1)
 
 

@@ -99,10 +99,16 @@ class LoraPart(nn.Module, ModelPart):
         return {_renamed(k, SAVED_NAME, self.adapter): v for k, v in weights.items()}
 
     def detach(self) -> None:
-        """Delete this task's matrices from every LoRA layer of the model (its name is free again)."""
+        """Delete this task's matrices from every LoRA layer of the model (its name is free again). Which
+        adapter peft then calls active does not matter (batches name theirs); what trains is left as it was."""
         for layer in kind_state(self._model[0], LoraPart):
             if self.adapter in layer.lora_A:
-                layer.delete_adapter(self.adapter)
+                training = {id(p): p.requires_grad for p in layer.parameters()}
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "Adapter taskN was active which is now deleted"
+                    layer.delete_adapter(self.adapter)
+                for p in layer.parameters():
+                    p.requires_grad_(training[id(p)])
 
 
 def _renamed(key: str, old: str, new: str) -> str:
