@@ -2,10 +2,10 @@
 
 Each task says what its batch needs from the model (`classifier.reads(batch)`: sequences to run and
 log-probabilities to read off the output, `scoring.Reads`) and which parts it puts on the model
-(`classifier.parts()`). `shared_pass` concatenates every task's sequences, right-padded to the
-longest of each chunk of at most `max_batch_size`, binds each task's parts to that task's rows only
-(`model_parts.bind_parts` with one row group per task), runs the backbone once per chunk and hands
-each task the log-probs it asked for, which the task turns into scores itself
+(`classifier.parts()`). `shared_pass` concatenates every task's sequences, orders them by length,
+right-pads each chunk of at most `max_batch_size` to its longest, binds each task's parts to that
+task's rows only (`model_parts.bind_parts` with one row group per task), runs the backbone once per
+chunk and hands each task the log-probs it asked for, which the task turns into scores itself
 (`classifier.scores_from`). Nothing here knows a method, a kind of part or a kind of language model.
 
 Padding on the right leaves every real position where it was: a masked LM's padding keys are
@@ -69,7 +69,12 @@ def shared_pass(model: nn.Module, jobs: Sequence[Job], *, pad_id: int, max_batch
             cols.append(r.cols)
             tokens.append(r.tokens)
             start, first = start + n, first + r.tokens.shape[0]
-    rows, cols = torch.cat(rows), torch.cat(cols)
+    # Shortest first, so that a chunk pads its sequences to about their own length.
+    order = torch.argsort(attn.sum(1), stable=True)
+    place = torch.empty_like(order)
+    place[order] = torch.arange(n_seq, device=device)
+    ids, attn, owner = ids[order], attn[order], owner[order]
+    rows, cols = place[torch.cat(rows)], torch.cat(cols)
     n_tokens = max(t.shape[1] for t in tokens)
     tokens = torch.cat([nn.functional.pad(t, (0, n_tokens - t.shape[1])) for t in tokens])  # (R, J_max)
     out = torch.empty(tokens.shape, dtype=torch.float32, device=device)
