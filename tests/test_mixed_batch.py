@@ -182,6 +182,16 @@ def test_all_tasks_interleaved_score_as_each_alone_in_one_pass_or_in_chunks(mode
 
 
 @pytest.mark.parametrize("model", ["bert", "gpt2"])
+def test_rows_of_one_length_score_as_each_task_alone_without_a_padding_mask(model, tasks):
+    """Same template, same text: no padding, so the model passes no mask and per-row prefixes make their own."""
+    built = tasks(model)
+    names = [name for name, task in built.items() if task.spec.template == T1 and name not in MERGED]
+    assert {"prefix-tuning", "p-tuning-v2-3", "zero-shot"} <= set(names)
+    pool = loaded_pool({name: built[name] for name in names})
+    assert not mismatches(pool, built, [(name, 0) for name in names])
+
+
+@pytest.mark.parametrize("model", ["bert", "gpt2"])
 def test_a_mixed_batch_runs_the_shared_backbone_once(model, tasks):
     built = {k: v for k, v in tasks(model).items() if k != "in-context-cot"}  # it generates its reasoning first
     pool = loaded_pool(built, max_batch_size=1024)

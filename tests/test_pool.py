@@ -79,7 +79,8 @@ def test_a_head_task_is_the_backbones_modules_under_its_own_head(tasks):
 
 def test_tasks_load_and_unload_while_another_thread_predicts(tasks):
     built = tasks("bert")
-    steady, coming = ("prompt-tuning", "p-tuning-v2", "lora", "adapter-head"), ("lora-other-targets", "p-tuning+lora", "prefix-tuning")
+    steady = ("prompt-tuning", "p-tuning-v2", "lora", "adapter-head")
+    coming = ("lora-other-targets", "p-tuning+lora", "prefix-tuning")
     pool = loaded_pool({k: built[k] for k in steady}, max_batch_size=5)
     items = [(name, i) for i in range(len(EXAMPLES)) for name in steady]
     errors, done = [], threading.Event()
@@ -119,7 +120,8 @@ def test_removing_a_task_frees_what_it_held_and_it_can_be_added_again(tasks):
     pool.add(built["p-tuning+lora"].path, "p-tuning+lora")  # takes the freed name
     pool.add(built["lora"].path, "lora")
     assert lora_names(pool) == {"default", "task1", "task2"}
-    assert not mismatches(pool, built, [(name, i) for i in range(4) for name in ("lora", "lora-other-targets", "p-tuning+lora", "in-context")])
+    names = ("lora", "lora-other-targets", "p-tuning+lora", "in-context")
+    assert not mismatches(pool, built, [(name, i) for i in range(4) for name in names])
     with pytest.raises(ConfigError, match="already loaded"):
         pool.add(built["lora"].path, "lora")
 
@@ -151,8 +153,8 @@ def test_a_task_for_another_backbone_is_refused_and_the_pool_keeps_serving(bert_
 
 
 def test_generation_tasks_generate_on_the_shared_backbone_and_are_not_classified(gpt2_dir, tasks, tmp_path):
-    spec = TaskSpec(method="p-tuning-v2", model=str(gpt2_dir), text_fields=["text"], labels=[], template="{text} summary : {mask}",
-                    generation=True, options={"prompt_length": 3})
+    spec = TaskSpec(method="p-tuning-v2", model=str(gpt2_dir), text_fields=["text"], labels=[],
+                    template="{text} summary : {mask}", generation=True, options={"prompt_length": 3})
     torch.manual_seed(0)
     clf, fp = build_classifier(spec)
     with torch.no_grad():

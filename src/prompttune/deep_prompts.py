@@ -82,7 +82,7 @@ def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwa
         real = k_len - n_prefix
         i = torch.arange(q_len, device=query.device)[:, None]
         j = torch.arange(real, device=query.device)[None, :]
-        allowed = (j <= i + (real - q_len)) if causal and q_len > 1 else torch.ones(q_len, real, dtype=torch.bool, device=query.device)
+        allowed = j <= i + (real - q_len) if causal and q_len > 1 else j < real  # (q, real) or (1, real): all
         attention_mask = allowed[None, None]
         if eager:
             attention_mask = _additive(attention_mask, query.dtype)

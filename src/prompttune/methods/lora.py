@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..model_parts import ModelPart, Rows, kind_state
+from ..model_parts import ModelPart, Rows, kind_state, row_count
 from . import Method, register_method
 
 SAVED_NAME = "default"
@@ -83,7 +83,7 @@ class LoraPart(nn.Module, ModelPart):
                 own = active == [name] or (name == BASE and not any(a in layer.lora_A for a in active))
                 layer.__dict__[_ROWS] = None if own else name
             return
-        names: list[str] = [BASE] * sum(int(rows.numel()) for _, rows in groups)
+        names: list[str] = [BASE] * row_count(groups)
         for part, rows in groups:
             for row in rows.tolist():
                 names[row] = part.adapter if part is not None else BASE

@@ -160,8 +160,8 @@ class TaskPool:
             info = TaskInfo(name=name, path=str(path.resolve()), method=config["method"], template=config.get("template"),
                             labels=list(config["labels"]), text_fields=list(config["text_fields"]),
                             generation=bool(config.get("generation")), stored_numbers=int(config.get("stored_numbers", 0)),
-                            bytes=(path / WEIGHTS).stat().st_size, own_model_bytes=0 if shares else _model_bytes(classifier.model),
-                            added_bytes=added if shares else 0, classifier=classifier)
+                            bytes=(path / WEIGHTS).stat().st_size, classifier=classifier,
+                            own_model_bytes=0 if shares else _model_bytes(classifier.model), added_bytes=added if shares else 0)
             self._tasks[name] = info
             return info
 
