@@ -78,8 +78,7 @@ def main() -> None:
     full, t_full = timed(clf, queries, args.batch_size)
     clf.scorer.use_cache = True
     start = time.perf_counter()
-    clf.scorer.prefix._layers = None
-    clf.scorer.prefix.layers()
+    clf.scorer.prefix.encode()
     t_prefix = time.perf_counter() - start
 
     variants = {

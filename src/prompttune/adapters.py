@@ -37,27 +37,30 @@ decoder's self-attention and feed-forward adapters, and the encoder's, already s
 from the input to the output, and Houlsby et al. describe encoder layers only. Projections of
 cross-attention in other models (`crossattention`) are left out for the same reason.
 
-Sharing a backbone. Hooks stay on the model, but they only act while an `AdapterSet` is bound
-to it: `AdapterSet.bind()` points every hooked module at this task's adapter (or at none), and
-`clear(model)` unbinds all. A classifier binds its adapters at the start of each forward (see
-`models.bind_prompts`), so tasks sharing one loaded backbone each see their own adapters, and a
-task without adapters sees the bare model. An `AdapterSet` also binds itself when built, so a
-task on its own backbone works even where nothing else binds.
+Sharing a backbone. Hooks stay on the model, but they only act while an adapter is bound to
+them: `AdapterSet.bind_rows(model, groups)` points every hooked module at each group's adapter
+there, for that group's rows (the rows of a group without one pass through unchanged), and
+`clear(model)` unbinds all. A task binds its adapters at the start of each forward (see
+`models.bind_prompts`), so tasks sharing one loaded backbone each see their own adapters, a task
+without adapters sees the bare model, and tasks in one batch each see theirs on their rows. An
+`AdapterSet` also binds itself when built, so a task on its own backbone works even where nothing
+else binds.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from .errors import ConfigError, ModelError
+from .model_parts import ModelPart, Rows, kind_state
 
 KINDS = ("houlsby", "pfeiffer")
 
-_ADAPTER = "_prompttune_adapter"  # on a hooked module: (Adapter,) while one is bound, else None
-_SITES = "_prompttune_adapter_sites"  # in a model's __dict__: {module path: hooked module}
+_ADAPTER = "_prompttune_adapter"  # on a hooked module: ((Adapter, rows), ...) while any is bound, else None
 
 # A module path (relative to the task's model) whose output gets an adapter, by sub-layer.
 _ATTENTION_OUTPUTS = (
@@ -143,39 +146,36 @@ def _key(path: str) -> str:
 
 
 def _apply_adapter(module: nn.Module, args, output):
-    """Forward hook on a projection: its output through the bound adapter, if one is bound."""
+    """Forward hook on a projection: its output through the bound adapters, each on its rows."""
     bound = module.__dict__.get(_ADAPTER)
     if bound is None:
         return None
-    if isinstance(output, tuple):
-        return (bound[0](output[0]), *output[1:])
-    return bound[0](output)
+    out = output[0] if isinstance(output, tuple) else output
+    for adapter, rows in bound:
+        out = adapter(out) if rows is None else out.index_copy(0, rows, adapter(out.index_select(0, rows)))
+    return (out, *output[1:]) if isinstance(output, tuple) else out
 
 
-def install(model: nn.Module, paths: list[str]) -> None:
-    """Hook the modules at `paths` (idempotent: a module is hooked once, whatever tasks share it)."""
-    sites = model.__dict__.setdefault(_SITES, {})  # plain bookkeeping, not submodules
-    for path in paths:
-        if path not in sites:
-            module = model.get_submodule(path)
+def install(model: nn.Module, paths: list[str]) -> list[nn.Module]:
+    """Hook the modules at `paths` (each module once, whatever tasks or models share it); return them."""
+    hooked = kind_state(model, AdapterSet, list)  # the model's hooked modules, in the order they were hooked
+    modules = [model.get_submodule(path) for path in paths]
+    for module in modules:
+        if _ADAPTER not in module.__dict__:
             module.register_forward_hook(_apply_adapter)
             module.__dict__[_ADAPTER] = None
-            sites[path] = module
-
-
-def bind(model: nn.Module, adapters: dict[str, Adapter]) -> None:
-    """Point each hooked module of `model` at its adapter in `adapters` (by path), the others at none."""
-    for path, module in model.__dict__.get(_SITES, {}).items():
-        adapter = adapters.get(path)
-        module.__dict__[_ADAPTER] = None if adapter is None else (adapter,)  # a tuple: not a submodule
+        if not any(m is module for m in hooked):
+            hooked.append(module)
+    return modules
 
 
 def clear(model: nn.Module) -> None:
     """Unbind every adapter from `model`: it computes what the bare model does (no-op if none was installed)."""
-    bind(model, {})
+    if kind_state(model, AdapterSet) is not None:
+        AdapterSet.bind_rows(model, [(None, None)])
 
 
-class AdapterSet(nn.ModuleDict):
+class AdapterSet(nn.ModuleDict, ModelPart):
     """A task's adapters, keyed by the (dot-free) path of the module each one follows.
 
     Example:
@@ -197,9 +197,19 @@ class AdapterSet(nn.ModuleDict):
         self.kind, self.reduction_factor = kind, reduction_factor
         self.paths = {_key(path): path for path, _ in sites}
         self._model = (model,)  # a tuple: the backbone is not a submodule of the adapters
-        install(model, [path for path, _ in sites])
+        modules = install(model, [path for path, _ in sites])
+        # A plain dict attribute (not registered): the hooked module each adapter follows, by identity.
+        self.__dict__["_on"] = {id(module): adapter for module, adapter in zip(modules, adapters.values())}
         self.bind()
 
     def bind(self) -> None:
-        """Put this task's adapters on the model (and take off any another task left there)."""
-        bind(self._model[0], {self.paths[key]: adapter for key, adapter in self.items()})
+        """Put this task's adapters on the model, for every row (and take off any another task left there)."""
+        AdapterSet.bind_rows(self._model[0], [(self, None)])
+
+    @classmethod
+    def bind_rows(cls, model: nn.Module, groups: Sequence[tuple[AdapterSet | None, Rows]]) -> None:
+        """Point every hooked module at each group's adapter there, for that group's rows."""
+        for module in kind_state(model, AdapterSet):
+            bound = tuple((part._on[id(module)], rows) for part, rows in groups
+                          if part is not None and id(module) in part._on)
+            module.__dict__[_ADAPTER] = bound or None

@@ -24,11 +24,10 @@ from torch import nn
 
 from . import __version__
 from .backbones import Backbone, compare_fingerprints
-from .deep_prompts import DeepPrompt
 from .errors import ArtifactError, PromptTuneError
 from .files import file_sha256, json_writer, safetensors_writer, write_together
+from .model_parts import ModelPart, detach_parts
 from .parameters import count_parameters, trainable_state_dict
-from .soft_prompts import SoftPrompt
 from .task import TaskSpec, build_classifier
 
 CONFIG, WEIGHTS = "config.json", "weights.safetensors"
@@ -74,20 +73,19 @@ def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, 
 
 
 def stored_state_dict(classifier: nn.Module) -> dict[str, torch.Tensor]:
-    """What an artifact stores: the trainable parameters by name, with each soft or deep prompt in its
-    stored form (P-tuning's encoder and prefix-tuning's MLP replaced by the vectors they compute,
-    under the names `build_classifier(spec, folded=True)` gives them). A read: the classifier, its
-    parameters and their flags are unchanged.
+    """What an artifact stores: the trainable parameters by name, each part's in its stored form
+    (`ModelPart.stored`: P-tuning's encoder and prefix-tuning's MLP replaced by the vectors they
+    compute, under the names `build_classifier(spec, folded=True)` gives them; LoRA matrices under
+    peft's "default" adapter name). A read: the classifier, its parameters and their flags are unchanged.
 
     Example:
         >>> sorted(stored_state_dict(p_tuning_clf))     # trains soft.encoder.*; stores:
         ['soft.vectors']
     """
     state = trainable_state_dict(classifier)
-    for name, module in classifier.named_modules():
-        if isinstance(module, (SoftPrompt, DeepPrompt)):
-            state = {k: v for k, v in state.items() if not k.startswith(f"{name}.")}
-            state.update({f"{name}.{k}": v for k, v in module.stored_state().items()})
+    for name, part in classifier.named_children():
+        if isinstance(part, ModelPart):
+            state = part.stored(state, name)
     return state
 
 
@@ -149,6 +147,11 @@ def spec_from_config(config: dict) -> TaskSpec:
 def load_artifact(directory: str | Path, backbone: Backbone | None = None) -> tuple[nn.Module, dict]:
     """Rebuild a saved task: (classifier ready for prediction, its config).
 
+    On a given `backbone` (shared with other tasks) a `merge: true` LoRA task stays unmerged:
+    merging would change the weights every task on the backbone reads (the scores agree to float
+    tolerance). Raises `ArtifactError` for a task that cannot be rebuilt or whose weights do not fit it,
+    `ModelError` for one made for another backbone; a given backbone then keeps nothing of the task.
+
     Example:
         >>> clf, config = load_artifact("runs/sst2")
         >>> evaluate(clf, examples)["accuracy"]
@@ -160,9 +163,13 @@ def load_artifact(directory: str | Path, backbone: Backbone | None = None) -> tu
         classifier, fp = build_classifier(spec, backbone, folded=True)
     except PromptTuneError as e:
         raise ArtifactError(f"cannot rebuild the task saved in {str(directory)!r}: {e}") from e
-    compare_fingerprints(config["backbone"], fp)
-    load_trainable(classifier, weights, source=str(directory / WEIGHTS))
-    if spec.method_options().merge:
+    try:
+        compare_fingerprints(config["backbone"], fp)
+        load_trainable(classifier, weights, source=str(directory / WEIGHTS))
+    except Exception:
+        detach_parts(classifier)
+        raise
+    if spec.method_options().merge and backbone is None:
         from .methods.lora import merge_lora
 
         merge_lora(classifier.model)
@@ -204,7 +211,11 @@ def read_saved(directory: str | Path, *, attempts: int = 5, wait_s: float = 0.02
 
 
 def load_trainable(classifier: nn.Module, weights: dict, *, source: str) -> None:
-    """Load saved trainable parameters strictly: same names, same shapes, nothing left out."""
+    """Load saved trainable parameters strictly: same names, same shapes, nothing left out. Each part
+    first maps its saved names to the task's own (`ModelPart.loaded`)."""
+    for name, part in classifier.named_children():
+        if isinstance(part, ModelPart):
+            weights = part.loaded(weights, name)
     expected = trainable_state_dict(classifier)
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))

@@ -148,6 +148,63 @@ def load_head_model(name: str, num_labels: int, *, dtype: torch.dtype | None = N
     return model
 
 
+def share_base_modules(model: nn.Module, shared: nn.Module) -> list[str]:
+    """Replace every submodule of `model`'s base model that holds exactly what the module at the same
+    path of `shared`'s base model holds (same type, parameter and buffer names, shapes and values) by
+    that module, descending where a module differs (e.g. BERT's `bert`, whose pooler a masked-LM
+    checkpoint lacks: its embeddings and encoder are shared, the pooler stays `model`'s own). A module
+    `shared` has wrapped (peft's LoRA layers keep the original as `base_layer`) is compared by what it
+    wraps and shared as the wrapper. Also share the parts registry (`model_parts.share_registry`), so
+    binding on either model binds both. Return the paths replaced.
+
+    Example:
+        >>> head = load_head_model("bert-base-uncased", 2)
+        >>> share_base_modules(head, load_backbone("bert-base-uncased").model)
+        ['bert.embeddings', 'bert.encoder']
+    """
+    from .model_parts import share_registry
+
+    replaced: list[str] = []
+
+    def walk(mine: nn.Module, theirs: nn.Module, path: str) -> None:
+        for name, child in list(mine.named_children()):
+            other = theirs._modules.get(name)
+            if other is None:
+                continue
+            a, b = _tensors(child), _tensors(other)
+            if _plain(child) == _plain(other) and a.keys() == b.keys() and all(
+                    a[k].shape == b[k].shape and torch.equal(a[k].to(b[k]), b[k]) for k in a):
+                setattr(mine, name, other)
+                replaced.append(f"{path}{name}")
+            else:
+                walk(child, _unwrapped(other), f"{path}{name}.")
+
+    prefix = next((f"{n}." for n, m in model.named_children() if m is model.base_model), "")
+    walk(model.base_model, shared.base_model, prefix)
+    share_registry(model, shared)
+    return replaced
+
+
+def _unwrapped(module: nn.Module) -> nn.Module:
+    """The module a wrapper holds (peft's LoRA layers: `get_base_layer()`), or the module itself."""
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
+def _plain(module: nn.Module) -> list[type]:
+    """The module tree's types, in order, wrappers seen through."""
+    module = _unwrapped(module)
+    return [type(module), *(t for child in module.children() for t in _plain(child))]
+
+
+def _tensors(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Parameters and buffers by name, as the module would name them without wrappers."""
+    module = _unwrapped(module)
+    out = {f"{prefix}{n}": t for n, t in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False))}
+    for name, child in module.named_children():
+        out.update(_tensors(child, f"{prefix}{name}."))
+    return out
+
+
 def load_pretrained(auto_cls, path: str, *, dtype=None, seed: int = FRESH_SEED, **kwargs) -> tuple[nn.Module, dict]:
     """`auto_cls.from_pretrained(path)`, quietly, with transformers' loading report (`missing_keys`...).
 

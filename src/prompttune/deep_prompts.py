@@ -17,6 +17,12 @@ real tokens are numbered from P, as if the prefix had occupied positions 0..P-1 
 in BERT, RoBERTa, GPT-2; rotary embeddings in Llama-style models). That is also what PEFT
 computes, so exported prefixes give PEFT's outputs.
 
+Rows of several tasks in one batch (`KeyValuePrefix.bind_rows` with row groups): each group's
+prefix is padded to the longest P, each row attends only to its own group's P positions (the
+padding is masked) and its real tokens are numbered from its own P (a (B, 1) shift). A row of a
+task without a prefix gets P = 0: all masked, no shift, the bare model. The kept keys/values of an
+in-context task's demonstrations are exactly such a prefix (`in_context.ContextPrefix`).
+
 `install(model)` is idempotent and leaves the model computing exactly what it did before until a
 prefix is bound (`bind`); binding with P = 0 is also the bare model.
 """
@@ -24,49 +30,74 @@ prefix is bound (`bind`); binding with P = 0 is also the bare model.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelError
+from .model_parts import ModelPart, Rows, kind_state, row_count
 
-_PREFIX = "_prompttune_prefix"  # attribute on an attention module: (key, value), each (H, P, D)
+_PREFIX = "_prompttune_prefix"  # on an attention module: (keys, values, rows) bound there, or None
 _BASE = "_prompttune_base"  # the attention implementation the model used before install
-_SHIFT = "_prompttune_shift"  # attribute on a position-embedding module: P to add to position ids
+_SHIFT = "_prompttune_shift"  # on a position module: 0, P, or (B, 1) per-row P, added to position ids
 _CAPTURE = "_prompttune_capture"  # attribute on an attention module: a list that records (key, value)
-_SITES = "_prompttune_sites"  # attribute on an installed model: its sites
 
 
 def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
-    """Attention with this layer's prefix prepended; registered in `transformers`' AttentionInterface."""
+    """Attention with this layer's prefix prepended; registered in `transformers`' AttentionInterface.
+
+    The bound prefix is (keys, values, None) with keys/values (H, P, D) for every row, or
+    (keys, values, (group, visible)) with keys/values (G, H, P, D) for G row groups, `group` (B,) each
+    row's group and `visible` (G, P) which prefix positions a group's rows attend to (a shorter prefix
+    is padded to the longest and the padding masked)."""
     base = _base_attention(module)
     capture = getattr(module, _CAPTURE, None)
     if capture is not None:  # DeepPrompt's initialisation reads the model's own keys/values
         capture.append((key.detach(), value.detach()))
     prefix = getattr(module, _PREFIX, None)
-    if prefix is None or prefix[0].shape[1] == 0:
+    if prefix is None:
         return base(module, query, key, value, attention_mask, **kwargs)
-    pk, pv = prefix
-    batch, n_prefix = key.shape[0], pk.shape[1]
-    key = torch.cat([pk.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1), key], dim=2)
-    value = torch.cat([pv.to(value.dtype).unsqueeze(0).expand(batch, -1, -1, -1), value], dim=2)
+    pk, pv, rows = prefix
+    batch = key.shape[0]
+    if rows is None:  # one prefix for every row
+        pk, pv, visible = pk.unsqueeze(0).expand(batch, -1, -1, -1), pv.unsqueeze(0).expand(batch, -1, -1, -1), None
+    else:
+        group, seen = rows
+        if group.shape[0] != batch:
+            raise ModelError(f"prefixes were bound for a batch of {group.shape[0]} rows, got {batch}")
+        pk, pv, visible = pk[group], pv[group], seen[group]  # (B, H, P, D), (B, H, P, D), (B, P)
+    n_prefix = pk.shape[2]
+    key = torch.cat([pk.to(key.dtype), key], dim=2)
+    value = torch.cat([pv.to(value.dtype), value], dim=2)
     q_len, k_len = query.shape[2], key.shape[2]
+    eager = getattr(module, _BASE) == "eager"
     is_causal = kwargs.pop("is_causal", None)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
-    if attention_mask is None and causal and q_len > 1:
-        # The caller relied on sdpa's `is_causal`, which aligns top-left and would hide real keys
-        # once the prefix makes the key longer than the query: spell the causal mask out.
+    if attention_mask is None and (visible is not None or (causal and q_len > 1)):
+        # The caller relied on sdpa's `is_causal` (which aligns top-left and would hide real keys once
+        # the prefix makes the key longer than the query) or on no mask at all: spell the mask out.
         real = k_len - n_prefix
         i = torch.arange(q_len, device=query.device)[:, None]
         j = torch.arange(real, device=query.device)[None, :]
-        attention_mask = (j <= i + (real - q_len))[None, None]
-        if getattr(module, _BASE) == "eager":
+        allowed = j <= i + (real - q_len) if causal and q_len > 1 else j < real  # (q, real) or (1, real): all
+        attention_mask = allowed[None, None]
+        if eager:
             attention_mask = _additive(attention_mask, query.dtype)
     if attention_mask is not None:
-        pad_shape = (*attention_mask.shape[:-1], n_prefix)
-        fill = True if attention_mask.dtype == torch.bool else 0.0
-        attention_mask = torch.cat([attention_mask.new_full(pad_shape, fill), attention_mask], dim=-1)
+        if visible is None:
+            pad_shape = (*attention_mask.shape[:-1], n_prefix)
+            fill = True if attention_mask.dtype == torch.bool else 0.0
+            pad = attention_mask.new_full(pad_shape, fill)
+        else:
+            attention_mask = attention_mask.expand(batch, *attention_mask.shape[1:])
+            pad = visible[:, None, None, :]  # (B, 1, 1, P)
+            if attention_mask.dtype != torch.bool:
+                pad = _additive(pad, attention_mask.dtype)
+            pad = pad.expand(*attention_mask.shape[:-1], n_prefix)
+        attention_mask = torch.cat([pad, attention_mask], dim=-1)
     else:  # no mask left means every query sees every key: say so, whatever the module's default
         kwargs["is_causal"] = False
     if kwargs.get("position_bias") is not None:  # T5: the prefix has no relative position
@@ -170,7 +201,7 @@ def position_modules(model: nn.Module) -> list[nn.Module]:
 
 def _shift_positions(module: nn.Module, args, kwargs):
     shift = getattr(module, _SHIFT, 0)
-    if not shift:
+    if isinstance(shift, int) and shift == 0:
         return None
     if isinstance(module, nn.Embedding):
         return (args[0] + shift, *args[1:]), kwargs
@@ -179,8 +210,20 @@ def _shift_positions(module: nn.Module, args, kwargs):
     return (args[0], args[1] + shift, *args[2:]), kwargs
 
 
+@dataclass
+class _Installed:
+    """The prefixes' bookkeeping in a model's registry: where prefixes go, and what numbers positions."""
+
+    sites: list[Site]
+    positions: list[nn.Module]
+
+
 def install(model: nn.Module) -> list[Site]:
-    """Route the model's attention through `prefix_attention`; return its sites. Idempotent."""
+    """Route the model's attention through `prefix_attention`; return its sites. Idempotent, also over
+    a model that shares modules (and its registry) with another: each module is routed and hooked once.
+
+    Raises `ModelError` for attention other than sdpa or eager, or sites other than those the shared
+    registry records."""
     sites = attention_sites(model)
     current = model.config._attn_implementation
     if not str(current).startswith("prompttune_prefix_"):
@@ -191,41 +234,97 @@ def install(model: nn.Module) -> list[Site]:
             if hasattr(m, "config") and getattr(m.config, "_attn_implementation", None) == current:
                 m.config._attn_implementation = _register(current)
         for _, module in _attention_modules(model):  # cross-attention too: it passes through
-            setattr(module, _BASE, current)
-        for module in position_modules(model):
-            module.register_forward_pre_hook(_shift_positions, with_kwargs=True)
-        model.__dict__[_SITES] = sites  # not a submodule list: plain bookkeeping for `clear`
-    return sites
-
-
-def bind(model: nn.Module, sites: list[Site], keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-    """Give each site its prefix: keys[i], values[i] of shape (heads, P, head_dim).
-
-    The prefix stays bound until the next `bind` (a checkpointed layer recomputed during the
-    backward pass must see the same prefix as in the forward pass).
-    """
-    for site, k, v in zip(sites, keys, values, strict=True):
-        setattr(site.module, _PREFIX, (k, v))
-    n_prefix = keys[0].shape[1] if keys else 0
+            module.__dict__.setdefault(_BASE, current)
     for module in position_modules(model):
-        if isinstance(module, nn.Embedding) and n_prefix and module.num_embeddings < n_prefix + 2:
-            raise ModelError(f"a prefix of {n_prefix} leaves no room in {module.num_embeddings} position embeddings")
-        setattr(module, _SHIFT, n_prefix)
+        if _SHIFT not in module.__dict__:
+            module.register_forward_pre_hook(_shift_positions, with_kwargs=True)
+            module.__dict__[_SHIFT] = 0
+    state = kind_state(model, KeyValuePrefix, lambda: _Installed(sites, position_modules(model)))
+    if [s.module for s in state.sites] != [s.module for s in sites]:
+        raise ModelError(f"the attention layers of {type(model).__name__} are not those of the model it shares its "
+                         "modules with; deep prompts need the same layers")
+    return state.sites
+
+
+def _bind_sites(state: _Installed, layers: list[tuple] | None, shift) -> None:
+    """Put layers[i] = (keys, values, rows) on site i (None: no prefix anywhere) and `shift` on the positions."""
+    for i, site in enumerate(state.sites):
+        site.module.__dict__[_PREFIX] = None if layers is None else layers[i]
+    longest = shift if isinstance(shift, int) else int(shift.max())
+    for module in state.positions:
+        if isinstance(module, nn.Embedding) and longest and module.num_embeddings < longest + 2:
+            raise ModelError(f"a prefix of {longest} leaves no room in {module.num_embeddings} position embeddings")
+        module.__dict__[_SHIFT] = shift
 
 
 def clear(model: nn.Module) -> None:
     """Unbind whatever prefix a task sharing this model left bound (no-op if none was installed)."""
-    sites = model.__dict__.get(_SITES)
-    if sites is not None:
-        unbind(model, sites)
+    state = kind_state(model, KeyValuePrefix)
+    if state is not None:
+        _bind_sites(state, None, 0)
 
 
 def unbind(model: nn.Module, sites: list[Site]) -> None:
     """Remove the prefixes: the model computes what the bare model does."""
     for site in sites:
-        setattr(site.module, _PREFIX, None)
+        site.module.__dict__[_PREFIX] = None
     for module in position_modules(model):
-        setattr(module, _SHIFT, 0)
+        module.__dict__[_SHIFT] = 0
+
+
+class KeyValuePrefix(ModelPart):
+    """Keys and values a task puts before the real tokens of its rows at every self-attention layer:
+    trained ones (`DeepPrompt`) or an in-context task's demonstrations (`in_context.ContextPrefix`).
+    Every query attends to all of its row's prefix, and the row's real tokens are numbered from its P.
+
+    A subclass has `length` (P) and `key_values()`: per site, (keys, values), each (heads, P, head_dim).
+    """
+
+    length: int
+
+    def key_values(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+    @classmethod
+    def bind_rows(cls, model: nn.Module, groups: Sequence[tuple[KeyValuePrefix | None, Rows]]) -> None:
+        """One prefix for every row (one group), or each group's prefix padded to the longest P with the
+        padding masked and each row's positions shifted by its own P (P = 0 for a group without one).
+
+        The prefix stays bound until the next bind (a checkpointed layer recomputed during the backward
+        pass must see the same prefix as in the forward pass)."""
+        state = kind_state(model, KeyValuePrefix)
+        present = [(part, rows) for part, rows in groups if part is not None and part.length]
+        if not present:
+            _bind_sites(state, None, 0)
+            return
+        if len(groups) == 1 and groups[0][1] is None:  # one task: its prefix, expanded over the batch
+            part = present[0][0]
+            _bind_sites(state, [(k, v, None) for k, v in part.key_values()], part.length)
+            return
+        batch, longest = row_count(groups), max(part.length for part, _ in present)
+        device = present[0][1].device
+        group = torch.full((batch,), len(present), dtype=torch.long, device=device)  # (B,): the last group has none
+        shift = torch.zeros(batch, 1, dtype=torch.long, device=device)  # (B, 1)
+        visible = torch.zeros(len(present) + 1, longest, dtype=torch.bool, device=device)  # (G, P)
+        per_part = []
+        for g, (part, rows) in enumerate(present):
+            group[rows], shift[rows] = g, part.length
+            visible[g, : part.length] = True
+            per_part.append(part.key_values())
+        layers = []
+        for s in range(len(state.sites)):
+            keys, values = zip(*(kv[s] for kv in per_part))
+            layers.append((_stack_padded(keys, longest), _stack_padded(values, longest), (group, visible)))
+        _bind_sites(state, layers, shift)
+
+
+def _stack_padded(tensors: Sequence[torch.Tensor], length: int) -> torch.Tensor:
+    """(H, P_i, D) tensors → (len + 1, H, length, D): each padded with zeros to `length`, then an all-zero one."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    padded = [F.pad(t.to(dtype), (0, 0, 0, length - t.shape[1])) for t in tensors]
+    return torch.stack([*padded, torch.zeros_like(padded[0])])
 
 
 # --- a key/value cache: the one place that uses transformers' cache API -----------------
@@ -265,7 +364,7 @@ def encode_prefix(model: nn.Module, ids: list[int]) -> list[tuple[torch.Tensor, 
 # --- the trainable prefixes --------------------------------------------------------------
 
 
-class DeepPrompt(nn.Module):
+class DeepPrompt(nn.Module, KeyValuePrefix):
     """P prefix vectors per self-attention layer, for keys and for values.
 
     Stored as one (P, sites, 2, heads, head_dim) tensor `prefix`. With `reparameterize`, the
@@ -300,12 +399,14 @@ class DeepPrompt(nn.Module):
             return self.prefix
         return self.mlp(self.embedding).view(self.shape)
 
-    def bind(self) -> None:
-        """Attach the current prefix to the model's attention layers (until the next bind)."""
+    def key_values(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per site, (keys, values), each (heads, P, head_dim)."""
         table = self.table()
-        keys = [table[:, s, 0].transpose(0, 1) for s in range(len(self.sites))]
-        values = [table[:, s, 1].transpose(0, 1) for s in range(len(self.sites))]
-        bind(self._model[0], self.sites, keys, values)
+        return [(table[:, s, 0].transpose(0, 1), table[:, s, 1].transpose(0, 1)) for s in range(len(self.sites))]
+
+    def bind(self) -> None:
+        """Attach the current prefix to the model's attention layers, for every row (until the next bind)."""
+        KeyValuePrefix.bind_rows(self._model[0], [(self, None)])
 
     def stored_state(self) -> dict[str, torch.Tensor]:
         """What a saved task keeps of this prompt: {"prefix": (P, sites, 2, heads, head_dim)}, the
@@ -313,6 +414,11 @@ class DeepPrompt(nn.Module):
         module, and what trains, are unchanged."""
         with torch.no_grad():
             return {"prefix": self.table().detach()}
+
+    def stored(self, state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+        """The MLP's parameters (if reparameterized) replaced by the prefix it computes (`stored_state`)."""
+        kept = {k: v for k, v in state.items() if not k.startswith(f"{name}.")}
+        return {**kept, **{f"{name}.{k}": v for k, v in self.stored_state().items()}}
 
     def _activations_of_sampled_words(self) -> torch.Tensor:
         """The keys/values the frozen model computes for P sampled vocabulary tokens.

@@ -20,12 +20,12 @@ from torch import nn
 
 from .backbones import Backbone
 from .errors import DataError, ModelError
-from .models import PromptClassifier, bind_prompts
+from .models import PromptClassifier, TaskModule, bind_prompts
 from .scoring import mask_leading_space, pad
 from .templates import SpecialTokens, Template, encode_example, literal_ids
 
 
-class TextGenerator(nn.Module):
+class TextGenerator(TaskModule):
     """A template task whose `{mask}` is filled with free text (the example's "label" is the target).
 
     `forward(batch)` returns the LM loss of the targets, a scalar; the trainer minimises it.

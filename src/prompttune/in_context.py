@@ -10,10 +10,12 @@ then the query, scored through the verbalizer. Nothing is trained.
     Sentiment: {mask}
 
 The instruction and demonstrations are the same for every query, so they are encoded once: their
-per-layer keys/values are kept (`PrefixCache`) and every batch of queries attends to them through
-a fresh key/value cache (real tokens numbered on from the prefix), instead of re-encoding hundreds of
-prefix tokens per query. Scores equal those of the re-encoded text to float tolerance
-(tests/test_in_context.py); `benchmarks/in_context_speed.py` measures the gain.
+per-layer keys/values are kept (`ContextPrefix`) and every batch of queries attends to them as a
+key/value prefix (`deep_prompts.KeyValuePrefix`, the mechanism of prefix-tuning: real tokens
+numbered on from the prefix), instead of re-encoding hundreds of prefix tokens per query. So an
+in-context task's rows share a forward pass with other tasks' rows like any prefix task's.
+Scores equal those of the re-encoded text to float tolerance (tests/test_in_context.py);
+`benchmarks/in_context_speed.py` measures the gain.
 
 `max_length` bounds the query (template + text, text truncated first); the prefix comes on top.
 """
@@ -28,13 +30,14 @@ from torch import nn
 
 from .backbones import Backbone
 from .data import by_label
-from .deep_prompts import cache_inputs, encode_prefix, prefix_cache
+from .deep_prompts import KeyValuePrefix, encode_prefix, install
 from .chain_of_thought import ANSWER_TRIGGER, COT_TRIGGER, MODES, answer_template, generate_reasoning, reasoning_template
 from .demonstrations import filled
 from .errors import ConfigError, ModelError
+from .model_parts import ModelPart, bind_bare
 from .models import PromptClassifier
-from .scoring import CausalLMScorer, logprobs_at
-from .templates import SpecialTokens, Template, Text, encode_example
+from .scoring import CausalLMScorer
+from .templates import Encoded, SpecialTokens, Template, Text, encode_example
 from .verbalizers import Verbalizer
 
 BLANK_LINE = "\n\n"
@@ -87,61 +90,74 @@ def context_ids(tokenizer, template: Template, context: list[dict], words: list[
     return encode_example(prefix, tokenizer, example, max_length=1 << 30, specials=specials).ids
 
 
-class PrefixCache:
-    """The keys/values of a fixed token prefix, computed once and handed to each forward pass as a
-    fresh cache (the model appends the query's keys/values to the cache it is given, so the kept
-    tensors are never extended in place). The cache itself is built in `deep_prompts`, the one
-    module that uses transformers' cache API."""
+class ContextPrefix(nn.Module, KeyValuePrefix):
+    """The keys/values the frozen model computes for a fixed token prefix, computed once (on the bare
+    model) and bound before every query as a key/value prefix. Kept as buffers, so they follow the
+    classifier's `.to()`; not parameters, so nothing trains and artifacts store none of them."""
 
     def __init__(self, model: nn.Module, ids: list[int]):
-        self.model, self.ids = model, ids
-        self._layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        super().__init__()
+        self._model = (model,)  # a tuple: the backbone is not a submodule of the prefix
+        self.ids = ids
+        self.sites = install(model) if ids else []
+        self.encode()
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if self._layers is None or self._layers[0][0].device != self.model.device:
-            self._layers = encode_prefix(self.model, self.ids)
-        return self._layers
+    @property
+    def length(self) -> int:
+        return len(self.ids)
 
-    def inputs(self, batch: int) -> dict:
-        """The model's keyword arguments that put the prefix before `batch` rows of queries."""
-        return cache_inputs(self.model, prefix_cache(self.model, self.layers(), batch))
+    def encode(self) -> None:
+        """(Re)compute the prefix's keys/values with nothing bound on the model."""
+        layers = []
+        if self.ids:
+            model = self._model[0]
+            bind_bare(model)
+            layers = encode_prefix(model, self.ids)
+            if len(layers) != len(self.sites):
+                raise ModelError(f"{type(model).__name__} caches {len(layers)} layers but has {len(self.sites)} "
+                                 "self-attention modules; its in-context prefix cannot be bound as a key/value prefix")
+        for i, (k, v) in enumerate(layers):
+            self.register_buffer(f"keys_{i}", k[0], persistent=False)  # (H, P, D)
+            self.register_buffer(f"values_{i}", v[0], persistent=False)
+
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, (keys, values), each (1, H, P, D), as transformers' cache holds them."""
+        return [(k[None], v[None]) for k, v in self.key_values()]
+
+    def key_values(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(getattr(self, f"keys_{i}"), getattr(self, f"values_{i}")) for i in range(len(self.sites))]
 
 
 class InContextScorer(CausalLMScorer):
-    """The causal label-word scorer with a shared prefix before every query.
+    """The causal label-word scorer for the queries after a shared prefix (`prefix`, a `ContextPrefix`
+    the classifier binds).
 
-    `use_cache=False` re-encodes the prefix with every query (the reference the cache is checked
-    against, and the baseline of the speed benchmark)."""
+    `use_cache=False` instead writes the prefix's ids before every query and re-encodes them (the
+    reference the kept prefix is checked against, and the baseline of the speed benchmark)."""
 
     def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int,
                  prefix_ids: list[int], *, use_cache: bool = True):
         super().__init__(backbone, template, verbalizer, max_length)
-        self.prefix = PrefixCache(backbone.model, prefix_ids)
+        self.prefix = ContextPrefix(backbone.model, prefix_ids)
         self.use_cache = use_cache
         # The tokenizer's start token (Llama's <s>) opens the prefix, not each query.
         self.query_specials = dataclasses.replace(self.specials, prefix=()) if prefix_ids else self.specials
 
     def _encode(self, example: dict, fill: list[int]):
-        return encode_example(self.template, self.tokenizer, example, mask_fill=fill, max_length=self.max_length,
-                              specials=self.query_specials, soft_base=self.soft_base)
+        enc = encode_example(self.template, self.tokenizer, example, mask_fill=fill, max_length=self.max_length,
+                             specials=self.query_specials, soft_base=self.soft_base)
+        if self.use_cache:
+            return enc
+        n = len(self.prefix.ids)
+        return Encoded(self.prefix.ids + enc.ids, enc.mask_start + n if enc.mask_start >= 0 else -1, enc.mask_len,
+                       [p + n for p in enc.soft_positions])
 
     def _check_prefix(self, encs):
         if not len(self.prefix):
             super()._check_prefix(encs)
-
-    def _logprobs(self, model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
-        n_prefix, batch = len(self.prefix), ids.shape[0]
-        if not n_prefix:
-            return logprobs_at(model, ids, attn, rows, cols)
-        attn = torch.cat([attn.new_ones(batch, n_prefix), attn], dim=1)
-        if not self.use_cache:
-            prefix = torch.tensor(self.prefix.ids, device=ids.device).expand(batch, -1)
-            return logprobs_at(model, torch.cat([prefix, ids], dim=1), attn, rows, cols + n_prefix)
-        positions = torch.arange(n_prefix, n_prefix + ids.shape[1], device=ids.device).expand(batch, -1)
-        return logprobs_at(model, ids, attn, rows, cols, position_ids=positions, **self.prefix.inputs(batch))
 
 
 class InContextClassifier(PromptClassifier):
@@ -186,10 +202,15 @@ class InContextClassifier(PromptClassifier):
                               f"to {max_length} (train.max_length) that exceeds the model's {limit} positions: use fewer "
                               "demonstrations (method.context_examples) or a smaller max_length")
         self.scorer = InContextScorer(backbone, scored, verbalizer, max_length, prefix, use_cache=use_cache)
+        self.context = self.scorer.prefix
         self.calibrate, self._content_free = calibrate, None
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        scores = super().forward(batch)
+    def parts(self) -> list[ModelPart]:
+        """The demonstrations' kept keys/values, unless the scorer writes them before every query."""
+        return [self.context] if self.scorer.use_cache and len(self.context) else []
+
+    def class_scores(self, word_scores: torch.Tensor) -> torch.Tensor:
+        scores = super().class_scores(word_scores)
         if not self.calibrate:
             return scores
         # Contextual calibration (Zhao et al. 2021, "Calibrate Before Use"): demonstrations shift the
@@ -206,19 +227,25 @@ class InContextClassifier(PromptClassifier):
         fields = [f for f in self.template.fields if f != self.reasoning_field]
         fillers = ["N/A", "", self.tokenizer.mask_token or "[MASK]"]
         examples = [{**{f: text for f in fields}, self.reasoning_field: text} for text in fillers]
-        probs = PromptClassifier.forward(self, PromptClassifier.collate(self, examples)).softmax(-1).mean(0)
+        batch = {k: v.to(self.model.device) for k, v in PromptClassifier.collate(self, examples).items()}
+        probs = self.verbalizer.class_scores(self.word_scores(batch)).softmax(-1).mean(0)
         return probs.log()
 
     def collate(self, examples: list[dict]) -> dict:
         if self.chain_of_thought:
-            reasoning = generate_reasoning(self, examples)
+            reasoning = self._reasoning(examples)
             examples = [{**ex, self.reasoning_field: r} for ex, r in zip(examples, reasoning)]
         return super().collate(examples)
+
+    def _reasoning(self, examples: list[dict]) -> list[str]:
+        """Chain of thought, stage 1: generation re-reads the written prefix, so nothing may be bound."""
+        bind_bare(self.model)
+        return generate_reasoning(self, examples)
 
     @torch.no_grad()
     def explain(self, examples: list[dict]) -> list[dict]:
         """Reasoning (chain of thought only), label and class probabilities for each example."""
-        reasoning = generate_reasoning(self, examples) if self.chain_of_thought else [None] * len(examples)
+        reasoning = self._reasoning(examples) if self.chain_of_thought else [None] * len(examples)
         filled = [{**ex, self.reasoning_field: r} for ex, r in zip(examples, reasoning)] if self.chain_of_thought else examples
         probs = self(PromptClassifier.collate(self, filled)).softmax(-1)
         return [{"reasoning": r, "label": self.labels[int(p.argmax())], "probabilities": dict(zip(self.labels, p.tolist()))}

@@ -6,8 +6,12 @@
 
 Both expose the same two steps: `collate(examples) -> batch` (runs in the data loader) and
 `forward(batch) -> (B, n_classes)` scores. Their parameters are named `model.*`, so an artifact's
-keys read the same as the backbone's. Prompt methods add `soft` (soft-token vectors) and/or
-`deep` (per-layer prefixes) modules, bound to the frozen model at the start of each forward.
+keys read the same as the backbone's. Methods add parts (`model_parts`: `soft` vectors, `deep`
+prefixes, `adapters`, `lora`), bound to the frozen model at the start of each forward.
+
+For a forward pass shared with other tasks (`serving.mixed_batch`) a task also says what to run and
+read (`reads(batch)`, or None to run its own pass) and how what was read becomes class scores
+(`scores_from(batch, logps)`); its own `forward` is the same two steps around one pass.
 """
 
 from __future__ import annotations
@@ -16,17 +20,23 @@ import torch
 from torch import nn
 
 from .backbones import Backbone, fresh_parameters
-from .adapters import clear as clear_adapters
-from .deep_prompts import clear as clear_deep
 from .demonstrations import Demonstrations, separator
 from .errors import DataError
-from .scoring import make_scorer, pad
-from .soft_prompts import clear_soft
+from .model_parts import ModelPart, bind_parts, parts_of
+from .scoring import Reads, make_scorer, pad
 from .templates import SpecialTokens, Template, encode_text
 from .verbalizers import Verbalizer, label_key
 
 
-class PromptClassifier(nn.Module):
+class TaskModule(nn.Module):
+    """What every task model shares: a frozen `model`, and the parts its method put on it."""
+
+    def parts(self) -> list[ModelPart]:
+        """The parts to bind before this task's forward passes (its children that are parts)."""
+        return parts_of(self)
+
+
+class PromptClassifier(TaskModule):
     """Classify by scoring label words at the template's mask.
 
     Example:
@@ -60,18 +70,31 @@ class PromptClassifier(nn.Module):
         return self.verbalizer.class_index(label)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.verbalizer.class_scores(self.word_scores(batch))
+        return self.class_scores(self.word_scores(batch))
 
     def word_scores(self, batch: dict) -> torch.Tensor:
         """(B, n_words) log-probabilities of every label word, before averaging per class."""
         bind_prompts(self)
         return self.scorer(self.model, batch)
 
+    def class_scores(self, word_scores: torch.Tensor) -> torch.Tensor:
+        """(B, n_words) label-word scores → (B, n_classes): the verbalizer's mean per class."""
+        return self.verbalizer.class_scores(word_scores)
+
+    def reads(self, batch: dict) -> list[Reads] | None:
+        """What a shared forward pass must run and read for `batch` (`scoring.Reads`), with this task's
+        parts bound to those rows; None when the scorer runs passes of its own (seq2seq)."""
+        return self.scorer.reads(batch)
+
+    def scores_from(self, batch: dict, logps: list[torch.Tensor]) -> torch.Tensor:
+        """(B, n_classes) from the log-probs `reads(batch)` asked for."""
+        return self.class_scores(self.scorer.word_scores(batch, logps))
+
     def head_parameters(self) -> list[nn.Parameter]:
         return []  # the label words' output embeddings are the "head", and they are the LM's own
 
 
-class HeadClassifier(nn.Module):
+class HeadClassifier(TaskModule):
     """A sequence-classification model on the raw text fields (the fine-tuning baseline).
 
     One field is encoded alone, two as a sentence pair ([CLS] a [SEP] b [SEP]); more are
@@ -111,6 +134,10 @@ class HeadClassifier(nn.Module):
         bind_prompts(self)
         return self.model(input_ids=batch["ids"], attention_mask=batch["attn"]).logits
 
+    def reads(self, batch: dict) -> None:
+        """None: the head reads the model's own output (its pass is not shared with other tasks)."""
+        return None
+
     def head_parameters(self) -> list[nn.Parameter]:
         """The new classification head: everything outside the pretrained base model, and anything
         the checkpoint did not have (e.g. BERT's pooler when it was saved from a masked LM)."""
@@ -119,19 +146,7 @@ class HeadClassifier(nn.Module):
         return [p for p in self.model.parameters() if id(p) not in base or id(p) in new]
 
 
-def bind_prompts(classifier: nn.Module) -> None:
-    """Put the classifier's current soft vectors / prefixes in place on its model, and take away
-    any that another task sharing the model left there."""
-    if classifier.soft is not None:
-        classifier.soft.bind()
-    else:
-        clear_soft(classifier.model)
-    if classifier.deep is not None:
-        classifier.deep.bind()
-    else:
-        clear_deep(classifier.model)
-    adapters = getattr(classifier, "adapters", None)
-    if adapters is not None:
-        adapters.bind()
-    else:
-        clear_adapters(classifier.model)
+def bind_prompts(classifier: TaskModule) -> None:
+    """Put the classifier's parts (soft vectors, prefixes, adapters, LoRA) in place on its model for
+    every row, and take away any that another task sharing the model left there."""
+    bind_parts(classifier.model, [(classifier.parts(), None)])

@@ -2,6 +2,10 @@
 
 One scorer per kind of language model, each with two steps: `encode` (a batch of examples →
 tensors, run in the data loader) and `__call__` (model + tensors → (B, n_words) log-probs).
+The masked and causal scorers split the second step in two, so that the rows of many tasks can
+share one forward pass (`serving.mixed_batch`): `reads(batch)` says which sequences to run and which
+log-probabilities to read off the output (`Reads`), and `word_scores(batch, logps)` turns what was
+read into label-word scores. `__call__` is those two around one `read_logprobs` per `Reads`.
 
 - masked LM: a k-token word is scored with k mask tokens in one forward pass, as the sum of
   each token's log-probability at its mask (Schick & Schütze 2021, PET's multi-mask scoring
@@ -21,6 +25,8 @@ much as the encoder itself on a small model.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -63,15 +69,34 @@ def vocab_logprobs_at(model: nn.Module, hidden: torch.Tensor, rows: torch.Tensor
     return F.log_softmax(head(hidden[rows, cols]).float(), dim=-1)
 
 
-def logprobs_at(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                **inputs) -> torch.Tensor:
-    """Vocabulary log-probs at positions (rows, cols) of the model's output; `inputs` go to the
-    model as well (e.g. a key/value cache and position ids)."""
+def logprobs_at(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Vocabulary log-probs at positions (rows, cols) of the model's output."""
     if lm_head_module(model) is not None:
-        hidden = model.base_model(input_ids=ids, attention_mask=attn, **inputs).last_hidden_state
+        hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
         return vocab_logprobs_at(model, hidden, rows, cols)
-    logits = model(input_ids=ids, attention_mask=attn, **inputs).logits
+    logits = model(input_ids=ids, attention_mask=attn).logits
     return F.log_softmax(logits[rows, cols].float(), dim=-1)
+
+
+@dataclass
+class Reads:
+    """The sequences of one forward pass and the log-probabilities to read from its output.
+
+    `ids`, `attn`: (N, T) right-padded token ids and attention mask. `rows`, `cols`: (R,) the output
+    position of each read (a masked LM's mask; for a causal LM the position before the token).
+    `tokens`: (R, J) the vocabulary ids whose log-probability each read takes there.
+    """
+
+    ids: torch.Tensor
+    attn: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    tokens: torch.Tensor
+
+
+def read_logprobs(model: nn.Module, reads: Reads) -> torch.Tensor:
+    """(R, J): log p(tokens[r, j] at output position (rows[r], cols[r])), one forward pass of `reads.ids`."""
+    return logprobs_at(model, reads.ids, reads.attn, reads.rows, reads.cols).gather(-1, reads.tokens)
 
 
 class _Scorer:
@@ -88,6 +113,17 @@ class _Scorer:
         return encode_example(self.template, self.tokenizer, example, mask_fill=fill, max_length=self.max_length,
                               specials=self.specials, soft_base=self.soft_base)
 
+    def reads(self, batch: dict) -> list[Reads] | None:
+        """What to run and read for an encoded batch (None: this kind runs its own passes, `__call__`)."""
+        return None
+
+    def word_scores(self, batch: dict, logps: list[torch.Tensor]) -> torch.Tensor:
+        """(B, n_words) label-word log-probabilities from what `reads(batch)` read, in its order."""
+        raise NotImplementedError
+
+    def __call__(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return self.word_scores(batch, [read_logprobs(model, r) for r in self.reads(batch)])
+
 
 class MaskedLMScorer(_Scorer):
     """Masked LMs (BERT, RoBERTa...): k mask tokens for a k-token word."""
@@ -97,6 +133,12 @@ class MaskedLMScorer(_Scorer):
         if self.tokenizer.mask_token_id is None:
             raise ModelError(f"model {backbone.name!r} has no mask token; use a masked LM or set model_kind")
         self.lengths = sorted({len(w) for w in self.word_ids})
+        by_length = [[w for w, ids in enumerate(self.word_ids) if len(ids) == k] for k in self.lengths]
+        # (k, words of length k): the j-th token of each k-token word, read at mask j
+        self._tokens = {k: torch.tensor([[self.word_ids[w][j] for w in words] for j in range(k)])
+                        for k, words in zip(self.lengths, by_length)}
+        # word w's column among the per-length scores concatenated
+        self._order = torch.tensor([w for words in by_length for w in words]).argsort()
 
     def encode(self, examples: list[dict]) -> dict:
         batch = {}
@@ -107,19 +149,21 @@ class MaskedLMScorer(_Scorer):
             batch[f"pos{k}"] = torch.tensor([[e.mask_start + j for j in range(k)] for e in encs])  # (B, k)
         return batch
 
-    def __call__(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        scores = [None] * len(self.word_ids)
+    def reads(self, batch: dict) -> list[Reads]:
+        """One pass per word length k: k reads per row, at its k masks, of the k-token words' tokens there."""
+        out = []
         for k in self.lengths:
-            pos = batch[f"pos{k}"]
-            rows = torch.arange(pos.shape[0], device=pos.device)[:, None].expand_as(pos)
-            logp = self._logprobs(model, batch[f"ids{k}"], batch[f"attn{k}"], rows, pos)  # (B, k, V)
-            for w, ids in enumerate(self.word_ids):
-                if len(ids) == k:
-                    tok = torch.tensor(ids, device=logp.device)
-                    scores[w] = logp[:, torch.arange(k, device=logp.device), tok].sum(-1)  # (B,)
-        return torch.stack(scores, dim=1)
+            pos = batch[f"pos{k}"]  # (B, k)
+            n = pos.shape[0]
+            rows = torch.arange(n, device=pos.device).repeat_interleave(k)  # (B*k,)
+            tokens = self._tokens[k].to(pos.device).repeat(n, 1)  # (B*k, words of length k): token j at mask j
+            out.append(Reads(batch[f"ids{k}"], batch[f"attn{k}"], rows, pos.reshape(-1), tokens))
+        return out
 
-    _logprobs = staticmethod(logprobs_at)
+    def word_scores(self, batch: dict, logps: list[torch.Tensor]) -> torch.Tensor:
+        """A word's score is the sum of its tokens' log-probs, each at its own mask."""
+        per_length = [logp.view(-1, k, logp.shape[-1]).sum(1) for k, logp in zip(self.lengths, logps)]  # (B, words of length k)
+        return torch.cat(per_length, dim=1)[:, self._order.to(per_length[0].device)]
 
     def vocab_logprobs(self, model: nn.Module, examples: list[dict]) -> torch.Tensor:
         """(B, V) log-probs of every token at one mask token: column w is exactly the score of the
@@ -129,7 +173,7 @@ class MaskedLMScorer(_Scorer):
         ids, attn = pad([e.ids for e in encs], self.tokenizer.pad_token_id)
         pos = torch.tensor([[e.mask_start] for e in encs], device=device)  # (B, 1): the shapes `__call__` uses
         rows = torch.arange(len(encs), device=device)[:, None]
-        return self._logprobs(model, ids.to(device), attn.to(device), rows, pos)[:, 0]
+        return logprobs_at(model, ids.to(device), attn.to(device), rows, pos)[:, 0]
 
 
 class CausalLMScorer(_Scorer):
@@ -170,20 +214,25 @@ class CausalLMScorer(_Scorer):
                 "continuation, so put text before {mask}"
             )
 
-    def __call__(self, model: nn.Module, batch: dict) -> torch.Tensor:
+    def reads(self, batch: dict) -> list[Reads]:
+        """Fast path: one read per row, after its last token, of every word's (single) token. Otherwise one
+        sequence per (row, word), read at each position that predicts a token of the word or after it."""
         ids, attn = batch["ids"], batch["attn"]
         if self.fast:
+            first = torch.tensor([w[0] for w in self.word_ids], device=ids.device)
             rows = torch.arange(ids.shape[0], device=ids.device)
-            logp = self._logprobs(model, ids, attn, rows, batch["last"])  # (B, V)
-            first = torch.tensor([w[0] for w in self.word_ids], device=logp.device)
-            return logp[:, first]
-        pos, tok, valid = batch["pos"], batch["tok"], batch["valid"]
-        rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(pos)
-        logp = self._logprobs(model, ids, attn, rows, pos)  # (B*W, L, V)
-        token_logp = logp.gather(-1, tok[..., None]).squeeze(-1) * valid
-        return token_logp.sum(-1).view(-1, len(self.word_ids))
+            return [Reads(ids, attn, rows, batch["last"], first.expand(ids.shape[0], -1))]
+        pos, tok = batch["pos"], batch["tok"]  # (B*W, L)
+        rows = torch.arange(ids.shape[0], device=ids.device).repeat_interleave(pos.shape[1])
+        return [Reads(ids, attn, rows, pos.reshape(-1), tok.reshape(-1, 1))]
 
-    _logprobs = staticmethod(logprobs_at)
+    def word_scores(self, batch: dict, logps: list[torch.Tensor]) -> torch.Tensor:
+        """Fast path: the read is the words' scores; otherwise each word's valid token log-probs summed."""
+        (logp,) = logps
+        if self.fast:
+            return logp
+        valid = batch["valid"]  # (B*W, L)
+        return (logp.view(valid.shape) * valid).sum(-1).view(-1, len(self.word_ids))
 
     def vocab_logprobs(self, model: nn.Module, examples: list[dict]) -> torch.Tensor:
         """(B, V) log-probs of the next token after the text before the mask. Column w is the score
@@ -195,7 +244,7 @@ class CausalLMScorer(_Scorer):
         ids, attn = pad([e.ids[: e.mask_start] for e in encs], self.tokenizer.pad_token_id)
         rows = torch.arange(len(encs), device=device)
         last = torch.tensor([e.mask_start - 1 for e in encs], device=device)
-        return self._logprobs(model, ids.to(device), attn.to(device), rows, last)
+        return logprobs_at(model, ids.to(device), attn.to(device), rows, last)
 
 
 class Seq2SeqLMScorer(_Scorer):

@@ -10,9 +10,11 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
-from .backbones import FRESH_SEED, Backbone, Kind, fingerprint, fresh_parameters, load_backbone, load_head_model, load_tokenizer
+from .backbones import (FRESH_SEED, Backbone, Kind, fingerprint, fresh_parameters, load_backbone, load_head_model, load_tokenizer,
+                        share_base_modules)
 from .errors import ConfigError, ModelError, TemplateError
 from .methods import MethodOptions, get_method, method_list
+from .model_parts import detach_parts
 from .models import HeadClassifier, PromptClassifier
 from .parameters import freeze
 from .templates import parse_template
@@ -135,9 +137,10 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
                      head_seed: int = FRESH_SEED) -> tuple[nn.Module, dict]:
     """The task's classifier with its method attached, and the base backbone's fingerprint.
 
-    `backbone` lets several prompt tasks share one loaded model; head-based methods load their
-    own copy (they replace the LM head by a classification head). `folded` builds the form a
-    saved task has (P-tuning's encoder and prefix-tuning's MLP already folded into vectors).
+    `backbone` lets several tasks share one loaded model. Head-based methods build a classification
+    model (the LM head replaced by a new head); over a given backbone it keeps only its own head and
+    takes every other module from the backbone (`backbones.share_base_modules`). `folded` builds the
+    form a saved task has (P-tuning's encoder and prefix-tuning's MLP already folded into vectors).
     `head_seed` initialises a new classification head (a loaded task's head comes from its file).
     """
     method = get_method(spec.method)
@@ -146,7 +149,10 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
         raise ConfigError(f"method {spec.method!r} with a classification head cannot generate text; a generation task "
                           "needs a template method (prompt-tuning, p-tuning, prefix-tuning, p-tuning-v2, prompt-finetune)")
     if method.uses_head(options):
-        model = load_head_model(spec.model, len(spec.labels), seed=head_seed)
+        model = load_head_model(spec.model, len(spec.labels), seed=head_seed,
+                                dtype=backbone.model.dtype if backbone is not None else None)
+        if backbone is not None:
+            share_base_modules(model, backbone.model)
         fp = fingerprint(model, spec.model, "classifier")
         clf = HeadClassifier(model, load_tokenizer(spec.model), spec.text_fields, tuple(spec.labels), spec.max_length)
     else:
@@ -168,17 +174,21 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
         else:
             clf = _prompt_classifier(spec, backbone, template, options)
     freeze(clf)  # methods switch on what they train
-    method.attach(clf, options, folded)
-    require_fresh_weights_trained(clf, spec)
-    require_positions(clf, spec)
-    if not method.uses_head(options) and template.n_soft_segments and clf.soft is None:
-        raise TemplateError(
-            f"template {spec.template!r} has soft tokens, but method {spec.method!r} has no soft prompt to fill them; "
-            "use prompt-tuning or p-tuning, or remove {soft}"
-        )
-    if options.init_from and not folded and options.init_from != "most_similar":
-        from .prompt_bank import init_from_artifact
+    try:
+        method.attach(clf, options, folded)
+        require_fresh_weights_trained(clf, spec)
+        require_positions(clf, spec)
+        if not method.uses_head(options) and template.n_soft_segments and clf.soft is None:
+            raise TemplateError(
+                f"template {spec.template!r} has soft tokens, but method {spec.method!r} has no soft prompt to fill "
+                "them; use prompt-tuning or p-tuning, or remove {soft}"
+            )
+        if options.init_from and not folded and options.init_from != "most_similar":
+            from .prompt_bank import init_from_artifact
 
-        init_from_artifact(clf, options.init_from, fp)
+            init_from_artifact(clf, options.init_from, fp)
+    except Exception:
+        detach_parts(clf)  # a shared backbone keeps nothing of a task that failed to build
+        raise
     clf.eval()  # dropout off until a trainer asks for train mode: predictions are deterministic
     return clf, fp

@@ -6,13 +6,23 @@ once, `add` task artifacts made on it, and `predict` / `predict_mixed` / `genera
     >>> pool = TaskPool("runs/bert-base", device="cpu")
     >>> pool.add("runs/sst2-prompt-tuning", name="sst2")
     >>> pool.add("runs/agnews-p-tuning-v2", name="news")
-    >>> pool.predict_mixed([("sst2", "a gripping film"), ("news", "stocks fell")])
+    >>> pool.predict_mixed([("sst2", {"sentence": "a gripping film"}), ("news", {"text": "stocks fell"})])
     [Prediction(label='1', probabilities={...}), Prediction(label='business', ...)]
 
-A task whose artifact holds only what it adds to the model (soft prompts, prefixes, adapters,
-heads) shares the pool's backbone and costs its artifact's size in memory. A task that changes
-the backbone's own weights (prompt-finetune, finetune, bitfit) gets its own copy of the model,
+Memory. A task whose artifact holds only what it adds to the model (soft prompts, prefixes,
+adapters, LoRA matrices, a classification head) is built on the pool's backbone and costs what it
+adds (`TaskInfo.added_bytes`: its stored numbers, plus an in-context task's demonstration
+keys/values, computed once). LoRA updates stay unmerged in the pool, `merge: true` or not (merging
+would change the weights every task reads; scores agree with the merged task's to float tolerance).
+A head task's classification model is built over the backbone's own modules (only its head, e.g.
+BERT's pooler and classifier, is its own). A task that changes the backbone's own weights
+(prompt-finetune, finetune, bitfit: its artifact stores some of them) gets its own copy of the model,
 and `tasks()` states that copy's size (`own_model_bytes`).
+
+Batching. `predict_mixed` runs every task that scores label words on the shared masked or causal
+LM in one forward pass (`mixed_batch.shared_pass`: each row with its own task's parts and reads);
+tasks with a pass of their own (a classification head, a seq2seq scorer, a model copy) run theirs,
+one per task. Chain-of-thought tasks generate their reasoning per task first, then join the pass.
 
 All public methods are thread-safe: one lock serialises changes to the pool and forward passes
 (a server's batcher calls `predict_mixed` from one worker thread; hot loads come from others).
@@ -29,9 +39,11 @@ from torch import nn
 
 from ..artifacts import WEIGHTS, load_artifact, read_config
 from ..backbones import Backbone, load_backbone
-from ..errors import ArtifactError, ConfigError
+from ..errors import ConfigError
 from ..evaluation import predict_scores
-from ..parameters import count_parameters
+from ..model_parts import bind_bare, detach_parts
+from ..parameters import freeze, trainable_bytes
+from .mixed_batch import Job, shared_pass
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -87,6 +99,9 @@ class TaskInfo:
     """Size of the artifact's weights file on disk."""
     own_model_bytes: int = 0
     """Memory of a model copy this task needs because it changes the backbone's own weights (0 = shares it)."""
+    added_bytes: int = 0
+    """Memory the task adds beside the shared model: what it stores, and what it computes once (an
+    in-context task's demonstration keys/values)."""
     classifier: nn.Module | None = field(default=None, repr=False)
 
     def public(self) -> dict:
@@ -97,13 +112,17 @@ class TaskPool:
     """One frozen backbone in memory; many small tasks on it.
 
     `model` is the hub id or local path of the backbone (as in the tasks' `config.json`), or None
-    to take it from the first task added. Raises `ModelError` if it cannot be loaded.
+    to take it from the first task added. `max_batch_size` bounds the sequences of one forward pass.
+    Raises `ModelError` if the model cannot be loaded.
     """
 
     def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str = "auto",
-                 model_kind: str | None = None, lm_head: str | None = None):
+                 model_kind: str | None = None, lm_head: str | None = None, max_batch_size: int = 32):
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ConfigError(f"max_batch_size must be a whole number ≥ 1, got {max_batch_size!r}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        self.max_batch_size = max_batch_size
         self._lock = threading.RLock()
         self._tasks: dict[str, TaskInfo] = {}
         self.backbone: Backbone | None = None
@@ -114,14 +133,16 @@ class TaskPool:
         backbone = load_backbone(model, kind=kind, lm_head=lm_head, dtype=self.dtype)
         backbone.model.to(self.device)
         self.backbone = backbone
+        # The backbone's own weights, by the names an artifact would store them under (before tasks wrap modules).
+        self._own_names = frozenset(f"model.{n}" for n, _ in backbone.model.named_parameters())
 
     # --- tasks ----------------------------------------------------------------------------
 
     def add(self, path: str | Path, name: str | None = None) -> TaskInfo:
         """Load the task artifact at `path` as `name` (default: the directory's name).
 
-        Raises `ArtifactError` (not an artifact, corrupt, made for another backbone) or
-        `ConfigError` (the name is taken); the pool is unchanged then.
+        Raises `ArtifactError` (not an artifact, corrupt, does not fit its method), `ModelError` (made
+        for another backbone) or `ConfigError` (the name is taken); the pool is unchanged then.
         """
         path = Path(path)
         name = name or path.resolve().name
@@ -131,22 +152,28 @@ class TaskPool:
             config = read_config(path)
             if self.backbone is None:
                 self._load_backbone(config["model"], config.get("model_kind"), config.get("lm_head"))
-            shares = shares_backbone(path, config, self.backbone)
+            shares = stores_none_of(path, self._own_names)
             classifier, config = load_artifact(path, self.backbone if shares else None)
+            added = trainable_bytes(classifier) + _kept_bytes(classifier, self.backbone.model)
             classifier.to(self.device)
-            own = 0 if shares else _model_bytes(classifier.model)
+            freeze(classifier)  # served, never trained: and a later task's build must see nothing of it trainable
             info = TaskInfo(name=name, path=str(path.resolve()), method=config["method"], template=config.get("template"),
                             labels=list(config["labels"]), text_fields=list(config["text_fields"]),
                             generation=bool(config.get("generation")), stored_numbers=int(config.get("stored_numbers", 0)),
-                            bytes=(path / WEIGHTS).stat().st_size, own_model_bytes=own, classifier=classifier)
+                            bytes=(path / WEIGHTS).stat().st_size, classifier=classifier,
+                            own_model_bytes=0 if shares else _model_bytes(classifier.model), added_bytes=added if shares else 0)
             self._tasks[name] = info
             return info
 
     def remove(self, name: str) -> None:
-        """Unload task `name`. Raises `KeyError` if there is none."""
+        """Unload task `name`, freeing what it put on the shared model (e.g. its LoRA adapter name).
+        Raises `KeyError` if there is none."""
         with self._lock:
-            self._task(name)
+            info = self._task(name)
             del self._tasks[name]
+            if info.own_model_bytes == 0:
+                detach_parts(info.classifier)
+                bind_bare(self.backbone.model)  # nothing of the task stays bound
 
     def tasks(self) -> list[TaskInfo]:
         with self._lock:
@@ -165,22 +192,43 @@ class TaskPool:
         return self.predict_mixed([(name, ex) for ex in examples])
 
     def predict_mixed(self, items: list[tuple[str, dict]]) -> list[Prediction]:
-        """Predictions for (task name, example) pairs of any tasks, in order.
-
-        Raises `KeyError` for an unknown task, `ConfigError` for a generation task."""
+        """Predictions for (task name, example) pairs of any tasks, in order (see `scores_mixed`)."""
         with self._lock:
-            groups: dict[str, list[int]] = {}
+            scores = self.scores_mixed(items)
+            return [_prediction(self._tasks[name].labels, s) for (name, _), s in zip(items, scores)]
+
+    @torch.no_grad()
+    def scores_mixed(self, items: list[tuple[str, dict]]) -> list[torch.Tensor]:
+        """Class scores (n_classes,) for (task name, example) pairs of any tasks, in order: what the task
+        loaded on its own computes (`load_artifact(path)` + `predict_scores`), to float tolerance.
+
+        Every task whose rows can share the backbone's forward pass joins one (chunked by
+        `max_batch_size`); the others run their own. Raises `KeyError` for an unknown task,
+        `ConfigError` for a generation task."""
+        with self._lock:
+            rows: dict[str, list[int]] = {}
             for i, (name, _) in enumerate(items):
-                info = self._task(name)
-                if info.generation:
+                if self._task(name).generation:
                     raise ConfigError(f"task {name!r} generates text: use generate (or /v1/completions)")
-                groups.setdefault(name, []).append(i)
-            out: list[Prediction | None] = [None] * len(items)
-            for name, rows in groups.items():
-                info = self._tasks[name]
-                probs = predict_scores(info.classifier, [items[i][1] for i in rows]).softmax(-1)
-                for i, p in zip(rows, probs):
-                    out[i] = Prediction(info.labels[int(p.argmax())], dict(zip(info.labels, p.tolist())))
+                rows.setdefault(name, []).append(i)
+            out: list[torch.Tensor | None] = [None] * len(items)
+            jobs, joined = [], []
+            for name, indices in rows.items():
+                clf = self._tasks[name].classifier
+                examples = [{k: v for k, v in items[i][1].items() if k != "label"} for i in indices]
+                if clf.model is self.backbone.model:
+                    batch = {k: v.to(self.device) for k, v in clf.collate(examples).items()}
+                    reads = clf.reads(batch)
+                    if reads is not None:
+                        jobs.append(Job(clf.parts(), reads))
+                        joined.append((clf, indices, batch))
+                        continue
+                scores = predict_scores(clf, examples, batch_size=self.max_batch_size)
+                _place(out, indices, scores)
+            logps = shared_pass(self.backbone.model, jobs, pad_id=self.backbone.tokenizer.pad_token_id,
+                                max_batch_size=self.max_batch_size)
+            for (clf, indices, batch), task_logps in zip(joined, logps):
+                _place(out, indices, clf.scores_from(batch, task_logps).float().cpu())
             return out
 
     def generate(self, name: str, examples: list[dict], *, max_new_tokens: int = 20, **generate_kwargs) -> list[str]:
@@ -192,25 +240,33 @@ class TaskPool:
             return generate(info.classifier, examples, max_new_tokens=max_new_tokens, **generate_kwargs)
 
 
-def shares_backbone(path: Path, config: dict, backbone: Backbone) -> bool:
-    """Whether the task saved at `path` can run on `backbone` as loaded: it needs no model of another
-    architecture (a classification head model), stores none of the backbone's own weights (they
-    would overwrite the shared ones), and does not rewrite the backbone's modules (peft's LoRA layers)."""
+def _place(out: list, indices: list[int], scores: torch.Tensor) -> None:
+    """Put the rows of `scores` (n, classes) at `indices` of `out`."""
+    for i, row in zip(indices, scores):
+        out[i] = row
+
+
+def _prediction(labels: list[str], scores: torch.Tensor) -> Prediction:
+    probs = scores.softmax(-1)
+    return Prediction(labels[int(probs.argmax())], dict(zip(labels, probs.tolist())))
+
+
+def stores_none_of(path: Path, names: frozenset[str]) -> bool:
+    """Whether the artifact at `path` stores none of the weights `names` (a backbone's own), i.e. can
+    be built on the shared backbone. Methods that change the backbone's weights (prompt-finetune,
+    finetune, bitfit) store some; loading those onto a shared model would overwrite what every task reads."""
     from safetensors import safe_open
 
-    if _uses_head(config):
-        return False
     with safe_open(str(path / WEIGHTS), framework="pt") as f:
-        names = set(f.keys())
-    own = {f"model.{n}" for n, _ in backbone.model.named_parameters()}
-    return not (names & own) and not any(".lora_" in n for n in names)
+        return names.isdisjoint(f.keys())
 
 
-def _uses_head(config: dict) -> bool:
-    from ..methods import MethodOptions, get_method
-
-    fields = MethodOptions.__dataclass_fields__
-    return get_method(config["method"]).uses_head(MethodOptions(**{k: v for k, v in config.get("options", {}).items() if k in fields}))
+def _kept_bytes(classifier: nn.Module, shared: nn.Module) -> int:
+    """Bytes of the tensors a task keeps that are not parameters and not the shared model's (e.g. an
+    in-context task's demonstration keys/values)."""
+    theirs = {t.data_ptr() for t in (*shared.parameters(), *shared.buffers())}
+    mine = {b.data_ptr(): b.numel() * b.element_size() for b in classifier.buffers() if b.data_ptr() not in theirs}
+    return sum(mine.values())
 
 
 def _model_bytes(model: nn.Module) -> int:
