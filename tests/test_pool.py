@@ -153,7 +153,7 @@ def test_a_task_for_another_backbone_is_refused_and_the_pool_keeps_serving(bert_
 
 
 def test_generation_tasks_generate_on_the_shared_backbone_and_are_not_classified(gpt2_dir, tasks, tmp_path):
-    spec = TaskSpec(method="p-tuning-v2", model=str(gpt2_dir), text_fields=["text"], labels=[],
+    spec = TaskSpec(max_length=64, method="p-tuning-v2", model=str(gpt2_dir), text_fields=["text"], labels=[],
                     template="{text} summary : {mask}", generation=True, options={"prompt_length": 3})
     torch.manual_seed(0)
     clf, fp = build_classifier(spec)
