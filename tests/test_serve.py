@@ -34,7 +34,7 @@ from live_server import running
 from prompttune import TaskSpec, build_classifier, load_artifact, save_artifact
 from prompttune.cli import main
 from prompttune.evaluation import predict_scores
-from prompttune.serving import TaskPool
+from prompttune.serving import Prediction, TaskPool
 from prompttune.serving.batcher import MicroBatcher, QueueFull
 from prompttune.serving.engine import Engine
 from prompttune.serving.limits import Limits
@@ -304,34 +304,62 @@ def test_not_json_an_unknown_task_and_a_body_too_long(url):
     assert r.status_code == 413 and "longer than the server's limit" in r.json()["detail"]
 
 
-class HeldEngine(Engine):
-    """The pool's model side, but each prediction waits until the test releases it."""
+class HeldPool:
+    """A stand-in for `TaskPool` with its tasks, whose forward pass holds the pool's lock until the test
+    releases it, as `TaskPool`'s does for a whole pass."""
 
-    def __init__(self, pool: TaskPool):
-        super().__init__(pool)
-        self.release = threading.Event()
+    device, dtype, backbone = torch.device("cpu"), torch.float32, None
 
-    def predict(self, items):
-        assert self.release.wait(timeout=30)
-        return super().predict(items)
+    def __init__(self, tasks: list):
+        self._tasks, self.lock, self.release = tasks, threading.Lock(), threading.Event()
+
+    def tasks(self) -> list:
+        with self.lock:
+            return list(self._tasks)
+
+    def predict_mixed(self, items: list) -> list[Prediction]:
+        with self.lock:
+            assert self.release.wait(timeout=30)
+            return [Prediction("1", {"0": 0.25, "1": 0.75}) for _ in items]
+
+
+def wait_for_queue_depth(url: str, depth: int, first) -> None:
+    deadline = time.monotonic() + 10
+    while metric_samples(url)["prompttune_queue_depth", frozenset()] < depth:
+        assert time.monotonic() < deadline and not first.done(), "the request never queued"
+        time.sleep(0.02)
 
 
 def test_a_full_queue_answers_503_with_retry_after(engine):
-    held = HeldEngine(engine.pool)
-    limits = Limits(max_queue=4, max_texts=4, max_wait_ms=0)
-    with running(build_app(held, limits=limits)) as url, ThreadPoolExecutor(1) as pool:
-        first = pool.submit(predict, url, "lora", TEXTS)  # 4 texts: the queue is full until the model answers
-        deadline = time.monotonic() + 10
-        while metric_samples(url)["prompttune_queue_depth", frozenset()] < 4:
-            assert time.monotonic() < deadline and not first.done(), "the first request never queued"
-            time.sleep(0.02)
+    pool = HeldPool(engine.tasks())
+    held = Engine(pool)
+    with running(build_app(held, limits=Limits(max_queue=4, max_texts=4, max_wait_ms=0))) as url, \
+            ThreadPoolExecutor(1) as clients:
+        first = clients.submit(predict, url, "lora", TEXTS)  # 4 texts: the queue is full until the model answers
+        wait_for_queue_depth(url, 4, first)
         r = predict(url, "adapter", ["one more"])
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert "4 texts are in flight; 1 more would pass the limit of 4" in r.json()["detail"]
-        held.release.set()
+        pool.release.set()
         assert first.result(timeout=30).status_code == 200
         assert predict(url, "adapter", ["one more"]).status_code == 200
         assert metric_samples(url)["prompttune_errors_total", frozenset({("code", "503")})] == 1
+    held.close()
+
+
+def test_while_the_model_runs_the_server_still_answers_and_queues(engine):
+    pool = HeldPool(engine.tasks())
+    held = Engine(pool)
+    with running(build_app(held, limits=Limits(max_wait_ms=0))) as url, ThreadPoolExecutor(2) as clients:
+        first = clients.submit(predict, url, "lora", TEXTS[:1])
+        wait_for_queue_depth(url, 1, first)  # its forward pass holds the pool's lock now
+        quick = httpx.Timeout(5.0)
+        assert len(httpx.get(f"{url}/v1/tasks", timeout=quick).json()["tasks"]) == len(TASKS) + 1
+        assert httpx.get(f"{url}/health", timeout=quick).status_code == 200
+        second = clients.submit(predict, url, "adapter", TEXTS[:2])
+        wait_for_queue_depth(url, 3, second)  # admitted and queued for the next batch
+        pool.release.set()
+        assert first.result(timeout=30).status_code == 200 and second.result(timeout=30).status_code == 200
     held.close()
 
 

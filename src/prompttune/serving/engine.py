@@ -10,6 +10,9 @@ The router (`batcher.py`) decides what runs together; this side only runs it.
     >>> await engine.run(engine.predict, [("sst2", {"sentence": "a gripping film"})])
     [Prediction(label='1', probabilities={'0': 0.08, '1': 0.92})]
 
+The event loop never calls the pool (whose lock is held for a whole forward pass): it reads the
+engine's own list of tasks, which only the model thread replaces, after each add or remove.
+
 What it adds to `TaskPool`: per-item failures (a batch that fails is run again item by item, so a
 task removed while its texts waited fails only its own requests), token-level generation with usage
 counts, stop strings and chat prompts (`generation.generate_ids`, `chat_prompt_ids`), and a corrupt
@@ -75,6 +78,8 @@ class Engine:
     def __init__(self, pool: TaskPool):
         self.pool = pool
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompttune-model")
+        self._tasks: dict[str, TaskInfo] = {info.name: info for info in pool.tasks()}
+        """The loaded tasks, read without a lock: replaced whole (never changed in place) after an add or remove."""
 
     async def run(self, fn, /, *args, **kwargs):
         """`fn(*args, **kwargs)` on the model thread, awaited without blocking the event loop."""
@@ -91,20 +96,23 @@ class Engine:
         directory that is not a readable task artifact, `ModelError` for one made on another
         backbone, `ConfigError` for a name already taken; the loaded tasks are untouched then."""
         try:
-            return self.pool.add(path, name)
+            info = self.pool.add(path, name)
         except (SafetensorError, OSError) as e:
             raise ArtifactError(f"{str(path)!r} holds no readable weights.safetensors: {e}") from None
+        self._tasks = {**self._tasks, info.name: info}
+        return info
 
     def remove(self, name: str) -> None:
         """Unload task `name`; raises `KeyError` naming the loaded tasks if there is none."""
         self.pool.remove(name)
+        self._tasks = {n: info for n, info in self._tasks.items() if n != name}
 
     def tasks(self) -> list[TaskInfo]:
-        return self.pool.tasks()
+        return list(self._tasks.values())
 
     def task(self, name: str) -> TaskInfo:
         """The loaded task `name`; raises `KeyError` naming the loaded tasks if there is none."""
-        tasks = {info.name: info for info in self.pool.tasks()}
+        tasks = self._tasks
         if name not in tasks:
             raise KeyError(f"no task named {name!r}; loaded: {sorted(tasks)}")
         return tasks[name]

@@ -29,7 +29,7 @@ import re
 import socket
 import sys
 from collections.abc import Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Annotated
 
@@ -294,19 +294,19 @@ def serve(dirs: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, dev
     if limits.max_texts > limits.max_queue:
         raise ConfigError(f"--max-texts {limits.max_texts} is more than --max-queue {limits.max_queue}: "
                           "such a request could never be admitted")
-    engine = Engine(TaskPool(device=device, dtype=dtype))
-    try:
-        for d in dirs:
-            engine.add(d, task_name(Path(d).resolve()))
-        sock = listen(host, port)
-        app = build_app(engine, limits=limits, allow_dirs=allowed)
-        print(f"prompttune serve: {len(dirs)} task(s) on {engine.model_name} ({engine.pool.device}, "
-              f"{str(engine.pool.dtype).removeprefix('torch.')}) at http://{url_host(host)}:{sock.getsockname()[1]} "
-              f"(API docs: /docs)", file=sys.stderr, flush=True)
-        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        engine.close()
+    with closing(listen(host, port)) as sock:  # before the model loads: a port in use fails at once
+        engine = Engine(TaskPool(device=device, dtype=dtype))
+        try:
+            for d in dirs:
+                engine.add(d, task_name(Path(d).resolve()))
+            app = build_app(engine, limits=limits, allow_dirs=allowed)
+            print(f"prompttune serve: {len(dirs)} task(s) on {engine.model_name} ({engine.pool.device}, "
+                  f"{str(engine.pool.dtype).removeprefix('torch.')}) at http://{url_host(host)}:{sock.getsockname()[1]} "
+                  f"(API docs: /docs)", file=sys.stderr, flush=True)
+            config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            engine.close()
 
 
 def checked_dir(path: str) -> Path:
