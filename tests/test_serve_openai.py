@@ -153,8 +153,12 @@ def test_errors_reach_the_client_as_its_exceptions(client, url):
         client.completions.create(model="writer", prompt="a film " * 60, max_tokens=8)
     with pytest.raises(openai.UnprocessableEntityError, match="messages.0.role|messages\\[0\\].role"):
         client.chat.completions.create(model="writer", messages=[{"role": "robot", "content": "hi"}])
-    r = httpx.post(f"{url}/v1/completions", json={"model": "writer", "prompt": "a film", "stream": True}, timeout=30)
-    assert r.status_code == 422 and r.json()["error"]["param"] == "stream"
+    for unoffered in ({"stream": True}, {"logprobs": 2}, {"echo": True}, {"presence_penalty": 0.5}):
+        r = httpx.post(f"{url}/v1/completions", json={"model": "writer", "prompt": "a film", **unoffered}, timeout=30)
+        assert r.status_code == 422 and r.json()["error"]["param"] == next(iter(unoffered)), r.text
+    r = httpx.post(f"{url}/v1/completions", json={"model": "writer", "prompt": "a film", "user": "u1", "max_tokens": 2,
+                                                   "temperature": 0, "presence_penalty": 0}, timeout=30)
+    assert r.status_code == 200, r.text  # fields of no consequence are accepted
     r = httpx.post(f"{url}/v1/tasks/writer/predict", json={"texts": ["a film"]}, timeout=30)
     assert r.status_code == 400 and "generates text: use POST /v1/completions" in r.json()["detail"]
 

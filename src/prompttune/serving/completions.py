@@ -11,8 +11,9 @@
 A prompt is a text of the task's one text field (or, on a task with several, a JSON object of them),
 rendered with the task's template up to `{mask}`, as `prompttune generate` does. Each generation
 request runs alone on the model thread (no batching across requests yet); it counts toward the
-server's in-flight limit like the texts of prediction requests. Streaming, logprobs, n > 1 and
-token-id prompts are not offered and are refused by the request types.
+server's in-flight limit like the texts of prediction requests. What is not offered (streaming,
+logprobs, echo, n or best_of > 1, penalties, tools, token-id prompts) is refused by the request
+types (422 naming the field), not ignored; other fields OpenAI clients send (user, ...) are ignored.
 """
 
 # No `from __future__ import annotations`: request models are built from the server's limits in
@@ -103,10 +104,16 @@ def openai_routes(engine: Engine, batcher: MicroBatcher, limits: Limits) -> APIR
         n: Literal[1] = Field(1, description="one choice per prompt")
         stop: Stop = Field(None, description="up to 4 strings that end the text (not included in it)")
         stream: Literal[False] = Field(False, description="streaming is not offered")
+        presence_penalty: float = Field(0, ge=0, le=0, description="penalties are not offered")
+        frequency_penalty: float = Field(0, ge=0, le=0, description="penalties are not offered")
 
     class CompletionRequest(Settings):
         prompt: by_json_type(str=Text, list=Annotated[list[Text], Field(min_length=1, max_length=limits.max_texts)])
         max_tokens: MaxTokens = 16
+        logprobs: None = Field(None, description="not offered")
+        echo: Literal[False] = Field(False, description="the prompt is not repeated in the text")
+        best_of: Literal[1] = 1
+        suffix: None = Field(None, description="not offered")
 
     class ChatMessage(BaseModel):
         role: Literal["system", "developer", "user", "assistant"]
@@ -116,6 +123,8 @@ def openai_routes(engine: Engine, batcher: MicroBatcher, limits: Limits) -> APIR
         messages: list[ChatMessage] = Field(min_length=1, max_length=limits.max_texts)
         max_tokens: MaxTokens | None = None
         max_completion_tokens: MaxTokens | None = Field(None, description="the newer name of max_tokens")
+        logprobs: Literal[False] = Field(False, description="not offered")
+        tools: None = Field(None, description="tool calls are not offered")
 
     def sampling(body: Settings, tokens: int) -> Sampling:
         stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
