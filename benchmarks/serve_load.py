@@ -1,7 +1,7 @@
 """Load on `prompttune serve`: 8 tasks of different methods on one model, requests mixed at random
 across them vs all requests to one task, the same total load; and memory per added task.
 
-    python benchmarks/serve_load.py [--requests 320] [--concurrency 16] [--texts-per-request 1]
+    python benchmarks/serve_load.py [--requests 640] [--concurrency 16] [--texts-per-request 1]
         [--rounds 2] [--max-batch-size 32] [--max-wait-ms 5] [--server-threads N] [--max-seconds 600] [--note TEXT]
 
 Loopback only, bounded: every phase sends at most `--requests` requests and stops at
@@ -23,11 +23,17 @@ Set-up (under `--work`, default runs/bench_serve):
 
 Load: `--concurrency` clients (asyncio + httpx, closed loop: each sends its next request when its
 last one is answered) send `--requests` requests of `--texts-per-request` SST-2 dev sentences.
-"mixed": each request's task drawn at random (seeded) among the 8; "single": every request to
-`--single-task`. Phases run in the order single, mixed, mixed, single, ... (`--rounds` pairs), so
+"mixed": each request's task drawn at random (seeded) among the 8; "single": blocks of requests
+that all go to one task, by default `--requests`/8 to each of the 8 tasks in turn (the tasks cost
+differently per text: soft tokens lengthen the input, two tasks run on model copies of their own;
+one task alone would compare the mix with that task's cost, not the cost of mixing). Phases run in the order single, mixed, mixed, single, ... (`--rounds` pairs), so
 slow drift of the machine's load hits both alike; each phase is preceded by 2 untimed requests
-per client. Reported per phase: throughput (texts/s), p50/p99 latency, failed requests, mean
-micro-batch size (from /metrics); and the ratio mixed/single throughput per round.
+per client. Throughput counts the texts answered while every client was busy: from a block's
+start until its last request is handed out (the ramp-down after that, with ever fewer clients,
+would weigh on 8 short blocks more than on one long one). Reported per phase: throughput (texts/s),
+p50/p99 latency over all requests, failed requests, mean
+micro-batch size (from /metrics), and for "single" each task's own throughput; and the ratio
+mixed/single throughput per round, with its median.
 
 Targets (issue 11): mixed throughput >= 0.9x single-task, 0 failed requests, memory per added task
 within 2x of its artifact size. Writes benchmarks/results/serve_load.json.
@@ -73,11 +79,13 @@ TASKS = {  # name: (method, template, options)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--requests", type=int, default=320, help="requests per phase (default 320)")
+    ap.add_argument("--requests", type=int, default=640, help="requests per phase (default 640)")
     ap.add_argument("--concurrency", type=int, default=16, help="clients at once (default 16)")
     ap.add_argument("--texts-per-request", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=2, help="pairs of single/mixed phases (default 2)")
-    ap.add_argument("--single-task", default="prompt-tuning", choices=list(TASKS))
+    ap.add_argument("--single-task", default="each", choices=["each", *TASKS],
+                    help="where the single-task phase sends its requests: all to one task, or (each, the default) "
+                         "requests/8 to each task in turn, so both phases carry the same mix of work")
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=int, default=5)
     ap.add_argument("--server-threads", type=int, default=None,
@@ -245,10 +253,20 @@ def add_tasks(server: Server, tasks: list[Path]) -> list[dict]:
 
 
 async def run_phase(server: Server, mode: str, texts: list[str], args, *, seed: int) -> dict:
+    """One phase: "mixed" = one block of requests to random tasks; "single" = blocks of requests that
+    all go to one task (`--single-task`, or each task in turn for `each`)."""
     rng = random.Random(f"{seed}-{mode}")
     names = list(TASKS)
-    plan = [(names[rng.randrange(len(names))] if mode == "mixed" else args.single_task,
-             rng.sample(texts, args.texts_per_request)) for _ in range(args.requests)]
+
+    def requests(n: int, task: str | None) -> list[tuple[str, list[str]]]:
+        return [(task or names[rng.randrange(len(names))], rng.sample(texts, args.texts_per_request)) for _ in range(n)]
+
+    if mode == "mixed":
+        blocks = [requests(args.requests, None)]
+    elif args.single_task == "each":
+        blocks = [requests(args.requests // len(names) + (i < args.requests % len(names)), name) for i, name in enumerate(names)]
+    else:
+        blocks = [requests(args.requests, args.single_task)]
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
         async def send(task: str, batch: list[str]) -> tuple[float, bool]:
@@ -260,31 +278,42 @@ async def run_phase(server: Server, mode: str, texts: list[str], args, *, seed: 
                 ok = False
             return time.perf_counter() - start, ok
 
-        warm = plan[: 2 * args.concurrency]
-        await asyncio.gather(*(send(t, b) for t, b in warm))
+        await asyncio.gather(*(send(t, b) for t, b in requests(2 * args.concurrency, None)))  # warm-up, untimed
         before = server.metrics()
-        queue = list(reversed(plan))
-        results: list[tuple[float, bool]] = []
         deadline = time.monotonic() + args.max_seconds
+        results: list[tuple[float, bool]] = []
+        per_task, steady_texts, steady_seconds, not_sent = {}, 0, 0.0, 0
+        for block in blocks:
+            queue = list(reversed(block))
+            done: list[tuple[float, bool]] = []
+            emptied = None  # when the last request was handed out: from then on fewer clients are busy
 
-        async def client_loop():
-            while queue and time.monotonic() < deadline:
-                results.append(await send(*queue.pop()))
+            async def client_loop():
+                nonlocal emptied
+                while queue and time.monotonic() < deadline:
+                    request = queue.pop()
+                    if not queue and emptied is None:
+                        emptied = (time.perf_counter(), len(done))
+                    done.append(await send(*request))
 
-        start = time.perf_counter()
-        await asyncio.gather(*(client_loop() for _ in range(args.concurrency)))
-        wall = time.perf_counter() - start
+            start = time.perf_counter()
+            await asyncio.gather(*(client_loop() for _ in range(args.concurrency)))
+            end, finished = emptied or (time.perf_counter(), len(done))
+            texts, seconds = finished * args.texts_per_request, end - start
+            steady_texts, steady_seconds, not_sent = steady_texts + texts, steady_seconds + seconds, not_sent + len(queue)
+            results += done
+            if len(blocks) > 1:
+                per_task[block[0][0]] = round(texts / seconds, 2)
         after = server.metrics()
     latencies = sorted(t for t, _ in results)
     batches = after["prompttune_batch_size_count"] - before["prompttune_batch_size_count"]
     return {
-        "requests_sent": len(results), "requests_not_sent": len(queue), "failed": sum(not ok for _, ok in results),
-        "seconds": round(wall, 3), "texts_per_s": round(len(results) * args.texts_per_request / wall, 2),
-        "requests_per_s": round(len(results) / wall, 2),
+        "requests_sent": len(results), "requests_not_sent": not_sent, "failed": sum(not ok for _, ok in results),
+        "steady_seconds": round(steady_seconds, 3), "texts_per_s": round(steady_texts / steady_seconds, 2),
         "latency_p50_ms": round(1000 * percentile(latencies, 50), 1), "latency_p99_ms": round(1000 * percentile(latencies, 99), 1),
         "mean_batch_size": round((after["prompttune_batch_size_sum"] - before["prompttune_batch_size_sum"]) / batches, 2)
         if batches else None,
-        "tasks_used": sorted({t for t, _ in plan}),
+        **({"texts_per_s_by_task": per_task} if per_task else {}),
     }
 
 
@@ -323,6 +352,8 @@ def print_phase(p: dict) -> None:
     print(f"round {p['round']} {p['mode']:6s}: {p['texts_per_s']:8.1f} texts/s  p50 {p['latency_p50_ms']:7.1f} ms  "
           f"p99 {p['latency_p99_ms']:7.1f} ms  failed {p['failed']}  not sent {p['requests_not_sent']}  "
           f"mean batch {p['mean_batch_size']}", flush=True)
+    if "texts_per_s_by_task" in p:
+        print("    by task: " + ", ".join(f"{t} {v:.1f}" for t, v in p["texts_per_s_by_task"].items()), flush=True)
 
 
 def print_summary(s: dict, memory: list[dict]) -> None:
