@@ -329,7 +329,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def summarize(phases: list[dict], ratios: list[float], memory: list[dict]) -> dict:
     def median(mode, key):
-        return statistics.median(p[key] for p in phases if p["mode"] == mode)
+        return round(statistics.median(p[key] for p in phases if p["mode"] == mode), 2)
 
     shared = [m for m in memory[1:] if m["own_model_bytes"] == 0]
     return {

@@ -57,7 +57,7 @@ RETRY_AFTER_S = 1
 TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """A task's name: its URL path segment and OpenAI model id."""
 
-log = logging.getLogger("prompttune.serve")
+log = logging.getLogger("uvicorn.error")  # uvicorn's server log: these lines show as its own do (--log-level)
 
 
 # --- bodies ---------------------------------------------------------------------------------
@@ -148,7 +148,6 @@ def build_app(engine: Engine, *, limits: Limits = Limits(), allow_dirs: Sequence
     app = FastAPI(title="prompttune serve", lifespan=lifespan,
                   description="Many prompt-learning tasks on one frozen model. Generation tasks also speak the "
                               "OpenAI completions API (model = the task's name).")
-    app.state.engine, app.state.batcher, app.state.metrics = engine, batcher, metrics
     app.add_exception_handler(APIError, api_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
