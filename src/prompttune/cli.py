@@ -1,4 +1,4 @@
-"""The `prompttune` command line: train, eval, predict, generate, export, demo, fit-lm-head, methods.
+"""The `prompttune` command line: train, eval, predict, generate, export, serve, demo, fit-lm-head, methods.
 
 Every command turns its arguments into plain objects and calls the library; errors from bad
 input print one line naming the problem and exit with status 2.
@@ -22,6 +22,19 @@ config keys: model, model_kind, lm_head, task.{train,dev,eval,text_fields,label_
   calibrate,chain_of_thought,reasoning_field,cot_trigger,answer_trigger,max_reasoning_tokens},
   train.{epochs,lr,batch_size,eval_batch_size,max_length,weight_decay,warmup_ratio,max_grad_norm,seed,progress,
   checkpoint}"""
+
+
+EPILOG_SERVE = """endpoints:
+  POST   /v1/tasks/TASK/predict  {"texts": [...]}: a label and every label's probability per text
+  GET    /v1/tasks               loaded tasks: method, template, labels, stored numbers, bytes
+  POST   /v1/tasks               {"path": DIR, "name": NAME}: load a task (only from an --allow-dir)
+  DELETE /v1/tasks/TASK          unload it
+  POST   /v1/completions, /v1/chat/completions, GET /v1/models: OpenAI-compatible, model = a generation task
+  GET    /health, /metrics (Prometheus), /docs (OpenAPI)
+example:
+  prompttune serve runs/sst2 runs/agnews --port 8000
+  curl -s localhost:8000/v1/tasks/sst2/predict -H 'content-type: application/json' -d '{"texts": ["a gripping film"]}'
+SIGTERM or Ctrl-C: stop accepting, let in-flight requests finish (up to 30 s), exit."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +133,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for the adapter")
     p.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
     p.set_defaults(func=cmd_export)
+
+    from .serving.limits import Limits
+
+    limits = Limits()
+    p = sub.add_parser("serve", help="serve saved tasks over HTTP, all on one loaded model",
+                       description="Load the tasks in DIR... on one backbone (they must share it) and serve them over "
+                                   "HTTP (FastAPI + uvicorn). Texts of any tasks that arrive together are micro-batched: "
+                                   "up to --max-batch-size texts, waiting at most --max-wait-ms for the batch to fill.",
+                       epilog=EPILOG_SERVE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="task artifact directory, served under its directory's name")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=whole_number(0, 65535), default=8000, help="port (default 8000; 0 = any free port)")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights' dtype (default auto: bfloat16 on a GPU that has it, else float32)")
+    p.add_argument("--max-batch-size", type=whole_number(1), default=limits.max_batch_size,
+                   help=f"texts per forward call, from any tasks (default {limits.max_batch_size})")
+    p.add_argument("--max-wait-ms", type=whole_number(0), default=limits.max_wait_ms,
+                   help=f"how long a text waits for others to join its batch (default {limits.max_wait_ms})")
+    p.add_argument("--allow-dir", dest="allow_dirs", action="append", default=[], metavar="DIR",
+                   help="allow POST /v1/tasks to load tasks from inside DIR, symlinks resolved (repeatable; "
+                        "default: none, loading at run time is off)")
+    p.add_argument("--max-queue", type=whole_number(1), default=limits.max_queue,
+                   help=f"texts admitted and not yet answered, over all requests; past it: 503 with Retry-After "
+                        f"(default {limits.max_queue})")
+    p.add_argument("--max-texts", type=whole_number(1), default=limits.max_texts,
+                   help=f"texts (prompts, chat messages) in one request (default {limits.max_texts})")
+    p.add_argument("--max-text-chars", type=whole_number(1), default=limits.max_text_chars,
+                   help=f"characters in one text (default {limits.max_text_chars})")
+    p.add_argument("--max-new-tokens", type=whole_number(1), default=limits.max_new_tokens,
+                   help=f"the largest max_tokens a generation request may ask for (default {limits.max_new_tokens})")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="server log level (default info: one line per request)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("fit-lm-head", help="fit a masked-LM head on a frozen encoder that ships without one",
                        description="Fit the MLM head of an encoder without one (e.g. all-MiniLM-L6-v2) from unlabeled "
@@ -260,6 +307,17 @@ def cmd_export(args) -> int:
     out = export_peft(args.artifact, args.out, overwrite=args.overwrite)
     adapter = json.loads((out / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     print(json.dumps({"adapter": str(out), **{k: adapter[k] for k in ADAPTER_SUMMARY if k in adapter}}))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serving.limits import Limits
+    from .serving.server import serve
+
+    limits = Limits(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                    max_texts=args.max_texts, max_text_chars=args.max_text_chars, max_new_tokens=args.max_new_tokens)
+    serve(args.dirs, host=args.host, port=args.port, device=args.device, dtype=args.dtype, limits=limits,
+          allow_dirs=args.allow_dirs, log_level=args.log_level)
     return 0
 
 

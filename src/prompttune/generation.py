@@ -95,6 +95,73 @@ def prompt_ids(task: nn.Module, example: dict) -> list[int]:
     return enc.ids[: enc.mask_start] if enc.mask_start >= 0 else enc.ids[: len(enc.ids) - len(r.specials.suffix)]
 
 
+def check_generates(classifier: nn.Module) -> None:
+    """Raise `ModelError` unless `classifier` is a template task on a model that generates (causal or seq2seq)."""
+    if not isinstance(classifier, (PromptClassifier, TextGenerator)):
+        raise ModelError("generation needs a template task (a head-based task has no text to continue)")
+    if classifier.kind == "masked":
+        raise ModelError(f"{type(classifier.model).__name__} is a masked LM: it fills masks but does not generate; "
+                         "use a causal or seq2seq model")
+
+
+def chat_prompt_ids(task: nn.Module, field: str, chat_ids: list[int]) -> list[int]:
+    """`prompt_ids` with `chat_ids` in place of the text of `field` (and the space before it): a
+    conversation rendered by the tokenizer's chat template, its special tokens kept. The rest of the
+    template (soft tokens, text, prefixes) is the task's own.
+
+    Fields are tokenized piece by piece, so the field's ids are where prompts with two different
+    one-token texts differ. Raises `ModelError` if the field is not part of the prompt (it comes after
+    `{mask}`).
+
+    Example:
+        >>> chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, return_dict=True)
+        >>> chat_prompt_ids(task, "text", chat["input_ids"])
+    """
+    a, b = prompt_ids(task, {field: "a"}), prompt_ids(task, {field: "b"})
+    start = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    if start is None:
+        raise ModelError(f"the task's template {str(task.template)!r} has no {{{field}}} before {{mask}}: "
+                         "a chat has no place in its prompt")
+    same_end = next(i for i, (x, y) in enumerate(zip(reversed(a), reversed(b))) if x != y)
+    return a[:start] + list(chat_ids) + a[len(a) - same_end :]
+
+
+def generate_ids(classifier: PromptClassifier | TextGenerator, prompts: list[list[int]], *, max_new_tokens: int = 20,
+                 batch_size: int = 8, **generate_kwargs) -> list[list[int]]:
+    """Continue prompts given as token ids (`prompt_ids`, `chat_prompt_ids`) with the task's soft tokens and
+    prefixes in place; return each one's new token ids, without padding and without the end-of-sequence
+    token. Fewer than `max_new_tokens` ids means the model ended the text (or a stop string did).
+
+    Example:
+        >>> generate_ids(clf, [prompt_ids(clf, {"sentence": "A gripping film."})], max_new_tokens=5)
+        [[1049, 13]]
+    """
+    check_generates(classifier)
+    model: nn.Module = classifier.model
+    tok = classifier.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    left = classifier.kind == "causal"
+    ends = {pad_id, tok.eos_token_id}
+    out: list[list[int]] = []
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        for i in range(0, len(prompts), batch_size):
+            ids, attn = pad(prompts[i : i + batch_size], pad_id, left=left)
+            ids, attn = ids.to(model.device), attn.to(model.device)
+            with torch.no_grad():
+                bind_prompts(classifier)
+                gen = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
+                                     pad_token_id=pad_id, **{"do_sample": False, **generate_kwargs})
+            new = gen[:, ids.shape[1] :] if left else gen[:, 1:]  # seq2seq: after the decoder's start token
+            for row in new.tolist():
+                end = next((j for j, t in enumerate(row) if t in ends), len(row))
+                out.append(row[:end])
+    finally:
+        classifier.train(was_training)
+    return out
+
+
 def generate(classifier: PromptClassifier | TextGenerator, examples: list[dict], *, max_new_tokens: int = 20, batch_size: int = 8,
              **generate_kwargs) -> list[str]:
     """Continue each example's prompt; return the generated text (without the prompt).
@@ -104,28 +171,7 @@ def generate(classifier: PromptClassifier | TextGenerator, examples: list[dict],
         >>> generate(clf, [{"sentence": "A gripping film."}], max_new_tokens=5)
         [' great.']
     """
-    if not isinstance(classifier, (PromptClassifier, TextGenerator)):
-        raise ModelError("generation needs a template task (a head-based task has no text to continue)")
-    model: nn.Module = classifier.model
-    if classifier.kind == "masked":
-        raise ModelError(f"{type(model).__name__} is a masked LM: it fills masks but does not generate; use a causal or seq2seq model")
-    tok = classifier.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    left = classifier.kind == "causal"
-    out: list[str] = []
-    was_training = classifier.training
-    classifier.eval()
-    try:
-        for i in range(0, len(examples), batch_size):
-            seqs = [prompt_ids(classifier, ex) for ex in examples[i : i + batch_size]]
-            ids, attn = pad(seqs, pad_id, left=left)
-            ids, attn = ids.to(model.device), attn.to(model.device)
-            with torch.no_grad():
-                bind_prompts(classifier)
-                gen = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
-                                     pad_token_id=pad_id, **{"do_sample": False, **generate_kwargs})
-            new = gen[:, ids.shape[1] :] if left else gen
-            out.extend(tok.batch_decode(new, skip_special_tokens=True))
-    finally:
-        classifier.train(was_training)
-    return out
+    check_generates(classifier)
+    prompts = [prompt_ids(classifier, ex) for ex in examples]
+    new = generate_ids(classifier, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, **generate_kwargs)
+    return classifier.tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -1,0 +1,196 @@
+"""The model side of the server: the task pool, driven from one model thread.
+
+Every call that touches the model (a micro-batch of predictions, a generation, loading or
+unloading a task) runs on one thread, in the order it was asked for, so the event loop never
+waits on a forward pass and no two calls bind their prompts on the shared backbone at once.
+The router (`batcher.py`) decides what runs together; this side only runs it.
+
+    >>> engine = Engine(TaskPool(device="cpu"))
+    >>> engine.add("runs/sst2", "sst2")
+    >>> await engine.run(engine.predict, [("sst2", {"sentence": "a gripping film"})])
+    [Prediction(label='1', probabilities={'0': 0.08, '1': 0.92})]
+
+The event loop never calls the pool (whose lock is held for a whole forward pass): it reads the
+engine's own list of tasks, which only the model thread replaces, after each add or remove.
+
+What it adds to `TaskPool`: per-item failures (a batch that fails is run again item by item, so a
+task removed while its texts waited fails only its own requests), token-level generation with usage
+counts, stop strings and chat prompts (`generation.generate_ids`, `chat_prompt_ids`), and a corrupt
+weights file reported as an `ArtifactError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors import SafetensorError
+
+from ..errors import ArtifactError, PromptTuneError
+from ..generation import chat_prompt_ids, check_generates, generate_ids, prompt_ids
+from .pool import Prediction, TaskInfo, TaskPool
+
+
+class InputError(PromptTuneError):
+    """A request the task cannot run, naming the request's field (`field`)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to continue a prompt: greedy when `temperature` is 0, else sampled (with `top_p`)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    """Strings that end the text; the first one found and what follows it are cut off."""
+
+    def generate_kwargs(self, tokenizer) -> dict:
+        kwargs: dict = {"max_new_tokens": self.max_tokens}
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        if self.stop:
+            kwargs.update(stop_strings=list(self.stop), tokenizer=tokenizer)
+        return kwargs
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One prompt's generated text and what it cost, in tokens."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    """"stop" (the model ended the text, or a stop string did) or "length" (`max_tokens` reached)."""
+
+
+class Engine:
+    """A `TaskPool` behind one model thread (see the module docstring)."""
+
+    def __init__(self, pool: TaskPool):
+        self.pool = pool
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompttune-model")
+        self._tasks: dict[str, TaskInfo] = {info.name: info for info in pool.tasks()}
+        """The loaded tasks, read without a lock: replaced whole (never changed in place) after an add or remove."""
+
+    async def run(self, fn, /, *args, **kwargs):
+        """`fn(*args, **kwargs)` on the model thread, awaited without blocking the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Wait for the model thread's queued calls, then end it."""
+        self._thread.shutdown(wait=True)
+
+    # --- tasks ----------------------------------------------------------------------------
+
+    def add(self, path: str | Path, name: str | None = None) -> TaskInfo:
+        """Load the task artifact at `path` (see `TaskPool.add`). Raises `ArtifactError` for a
+        directory that is not a readable task artifact, `ModelError` for one made on another
+        backbone, `ConfigError` for a name already taken; the loaded tasks are untouched then."""
+        try:
+            info = self.pool.add(path, name)
+        except (SafetensorError, OSError) as e:
+            raise ArtifactError(f"{str(path)!r} holds no readable weights.safetensors: {e}") from None
+        self._tasks = {**self._tasks, info.name: info}
+        return info
+
+    def remove(self, name: str) -> None:
+        """Unload task `name`; raises `KeyError` naming the loaded tasks if there is none."""
+        self.pool.remove(name)
+        self._tasks = {n: info for n, info in self._tasks.items() if n != name}
+
+    def tasks(self) -> list[TaskInfo]:
+        return list(self._tasks.values())
+
+    def task(self, name: str) -> TaskInfo:
+        """The loaded task `name`; raises `KeyError` naming the loaded tasks if there is none."""
+        tasks = self._tasks
+        if name not in tasks:
+            raise KeyError(f"no task named {name!r}; loaded: {sorted(tasks)}")
+        return tasks[name]
+
+    @property
+    def model_name(self) -> str | None:
+        return self.pool.backbone.name if self.pool.backbone is not None else None
+
+    # --- running --------------------------------------------------------------------------
+
+    def predict(self, items: list[tuple[str, dict]]) -> list[Prediction | Exception]:
+        """Predictions for (task, example) pairs of any tasks, in order, in one pool call; if that
+        fails, each item alone, so an item that fails (its task was removed) fails by itself."""
+        try:
+            return list(self.pool.predict_mixed(items))
+        except Exception as e:
+            if len(items) == 1:
+                return [e]
+        return [self._predict_one(item) for item in items]
+
+    def _predict_one(self, item: tuple[str, dict]) -> Prediction | Exception:
+        try:
+            return self.pool.predict_mixed([item])[0]
+        except Exception as e:
+            return e
+
+    def complete(self, name: str, examples: list[dict], sampling: Sampling) -> list[Completion]:
+        """Continue each example's prompt (the task's template up to `{mask}`)."""
+        task = self._generator(name)
+        return self._generate(task, [prompt_ids(task, ex) for ex in examples], sampling, field="prompt")
+
+    def chat(self, name: str, messages: list[dict], sampling: Sampling) -> Completion:
+        """Answer a conversation: rendered by the tokenizer's chat template (with the assistant's turn
+        opened), it takes the place of the task's one text field in its template."""
+        info, task = self.task(name), self._generator(name)
+        tokenizer = task.tokenizer
+        if tokenizer.chat_template is None:
+            raise InputError("model", f"task {name!r}: its tokenizer has no chat template; use /v1/completions")
+        if len(info.text_fields) != 1:
+            raise InputError("model", f"task {name!r} reads {len(info.text_fields)} text fields {info.text_fields}; "
+                                      "a chat takes the place of one")
+        try:
+            chat = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        except Exception as e:  # the template's own checks (jinja2 raise_exception: roles out of order, ...)
+            raise InputError("messages", f"the chat template of task {name!r} refused the messages: {e}") from None
+        return self._generate(task, [chat_prompt_ids(task, info.text_fields[0], chat["input_ids"])], sampling,
+                              field="messages")[0]
+
+    def _generator(self, name: str):
+        info = self.task(name)
+        if not info.generation:
+            raise InputError("model", f"task {name!r} classifies text: use POST /v1/tasks/{name}/predict")
+        check_generates(info.classifier)
+        return info.classifier
+
+    def _generate(self, task, prompts: list[list[int]], sampling: Sampling, *, field: str) -> list[Completion]:
+        room = context_size(task)
+        for i, ids in enumerate(prompts):
+            if room is not None and len(ids) + sampling.max_tokens > room:
+                where = field if len(prompts) == 1 else f"{field}[{i}]"
+                raise InputError(where, f"{where} is {len(ids)} tokens and max_tokens is {sampling.max_tokens}: together "
+                                        f"more than the {room} positions the model has for this task; shorten the "
+                                        "prompt or lower max_tokens")
+        new = generate_ids(task, prompts, **sampling.generate_kwargs(task.tokenizer))
+        out = []
+        for ids, generated in zip(prompts, new):
+            text = task.tokenizer.decode(generated, skip_special_tokens=True)
+            cut = min((i for i in (text.find(s) for s in sampling.stop) if i >= 0), default=-1)
+            ended = cut >= 0 or len(generated) < sampling.max_tokens
+            out.append(Completion(text[:cut] if cut >= 0 else text, len(ids), len(generated), "stop" if ended else "length"))
+        return out
+
+
+def context_size(task) -> int | None:
+    """Positions a prompt and its continuation may fill: the model's position table, less the deep
+    prompt's length (real tokens are numbered after it); None for relative positions (T5)."""
+    config = task.model.config
+    size = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if size is None or config.is_encoder_decoder:
+        return None
+    return size - (task.deep.length if getattr(task, "deep", None) is not None else 0)
