@@ -63,7 +63,7 @@ def save_task(directory: Path, model_dir: Path, method: str, template: str | Non
     whatever the task computes, trained or not."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        spec = TaskSpec(method=method, model=str(model_dir), text_fields=list(fields), labels=["0", "1"],
+        spec = TaskSpec(max_length=64, method=method, model=str(model_dir), text_fields=list(fields), labels=["0", "1"],
                         template=template, verbalizer=verbalizer if template else None, options=options)
         clf, fp = build_classifier(spec)
         with torch.no_grad():

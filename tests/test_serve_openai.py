@@ -47,14 +47,14 @@ def gpt2_chat_dir(tmp_path_factory, gpt2_dir) -> Path:
 def tasks(tmp_path_factory, gpt2_chat_dir) -> Path:
     """writer: prefix-tuning trained to write "good fun" after any text; judge: a zero-shot classifier."""
     root = tmp_path_factory.mktemp("openai_tasks")
-    spec = TaskSpec(method="prefix-tuning", model=str(gpt2_chat_dir), text_fields=["text"], labels=[],
+    spec = TaskSpec(max_length=64, method="prefix-tuning", model=str(gpt2_chat_dir), text_fields=["text"], labels=[],
                     template="{text} is {mask}", options={"prompt_length": 4, "reparam_hidden": 32}, generation=True)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         task, fp = build_classifier(spec)
         train(task, EXAMPLES, None, TrainConfig(epochs=60, lr=0.1, batch_size=5, progress=False))
     save_artifact(root / "writer", spec, task, fp)
-    spec = TaskSpec(method="zero-shot", model=str(gpt2_chat_dir), text_fields=["text"], labels=["0", "1"],
+    spec = TaskSpec(max_length=64, method="zero-shot", model=str(gpt2_chat_dir), text_fields=["text"], labels=["0", "1"],
                     template="{text} it was {mask}", verbalizer={"0": ["bad"], "1": ["good"]})
     save_artifact(root / "judge", spec, *build_classifier(spec))
     return root
@@ -150,7 +150,7 @@ def test_errors_reach_the_client_as_its_exceptions(client, url):
     with pytest.raises(openai.UnprocessableEntityError, match=r"prompt\[1\] '  ' has no text"):
         client.completions.create(model="writer", prompt=["a film", "  "])
     with pytest.raises(openai.BadRequestError, match="more than the 124 positions the model has for this task"):
-        client.completions.create(model="writer", prompt="a film " * 60, max_tokens=8)
+        client.completions.create(model="writer", prompt="a film " * 60, max_tokens=64)
     with pytest.raises(openai.UnprocessableEntityError, match="messages.0.role|messages\\[0\\].role"):
         client.chat.completions.create(model="writer", messages=[{"role": "robot", "content": "hi"}])
     for unoffered in ({"stream": True}, {"logprobs": 2}, {"echo": True}, {"presence_penalty": 0.5}):
@@ -170,12 +170,12 @@ def test_a_chat_needs_a_chat_template(client, writer, engine, monkeypatch):
 
 
 def test_a_chat_takes_the_place_of_the_text_field(gpt2_chat_dir):
-    spec = TaskSpec(method="prompt-tuning", model=str(gpt2_chat_dir), text_fields=["text"], labels=[],
+    spec = TaskSpec(max_length=64, method="prompt-tuning", model=str(gpt2_chat_dir), text_fields=["text"], labels=[],
                     template="{soft:2} {text} is {mask}", generation=True)
     task, _ = build_classifier(spec)
     soft, word = prompt_ids(task, {"text": "a"})[:2], prompt_ids(task, {"text": "a"})[-1]
     assert chat_prompt_ids(task, "text", [7, 8, 9]) == [*soft, 7, 8, 9, word]  # soft tokens and " is" stay
-    spec = TaskSpec(method="zero-shot", model=str(gpt2_chat_dir), text_fields=["text"], labels=[],
+    spec = TaskSpec(max_length=64, method="zero-shot", model=str(gpt2_chat_dir), text_fields=["text"], labels=[],
                     template="Answer: {mask} {text}", generation=True)
     with pytest.raises(ModelError, match=r"has no \{text\} before \{mask\}: a chat has no place in its prompt"):
         chat_prompt_ids(build_classifier(spec)[0], "text", [7, 8, 9])
