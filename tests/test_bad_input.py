@@ -61,16 +61,12 @@ train: {{epochs: 1, progress: false}}
 
 
 def one_error(capsys, *argv) -> str:
-    """Run the CLI, expect exit status 2 and exactly one error line on stderr, no traceback; return the line.
-    (argparse prints its usage before its one line; that usage is left out.)"""
+    """Run the CLI, expect exit status 2 and exactly one error line on stderr, no traceback; return the line."""
     try:
         code = main([str(a) for a in argv])
     except SystemExit as exit_:  # argparse's own errors
         code = exit_.code
         err = capsys.readouterr().err
-        usage, _, err = err.rpartition("\nprompttune ")
-        assert usage.startswith("usage: prompttune "), f"argparse should print its usage, then one line: {err}"
-        err = "prompttune " + err
     else:
         err = capsys.readouterr().err
     assert code == 2, f"expected exit status 2, got {code}; stderr: {err}"
@@ -140,6 +136,13 @@ DATA_CASES = {
                       ":4: label 'neutral' is not one of the task's labels ['0', '1']"),
     "jsonl row lacking the label": ("d.jsonl", '{"sentence": "good", "label": 1}\n{"sentence": "bad"}\n',
                                     ":2: the row has no column(s) ['label']"),
+    "lone surrogate in a text": ("d.jsonl", '{"sentence": "good", "label": 1}\n{"sentence": "bad \\ud800 film", "label": 0}\n',
+                                 ":2: column 'sentence' holds text that is not valid Unicode ('\\ud800' at character 4); "
+                                 "write it as UTF-8"),
+    "json nested too deeply": ("d.jsonl", "[" * 100_000 + "\n", ":1: JSON nested too deeply to read"),
+    "json number of 5,000 digits": ("d.jsonl", '{"sentence": "good", "label": ' + "9" * 5000 + "}\n",
+                                    ":1: not valid JSON (Exceeds the limit (4300 digits) for integer string conversion: "
+                                    "value has 5000 digits; use sys.set_int_max_str_digits() to increase the limit)"),
 }
 
 
@@ -280,7 +283,7 @@ def test_json_boolean_labels_match_a_verbalizer_written_with_quoted_true_and_fal
     ("method.adapter_kind=parallel", "method.adapter_kind must be one of ['houlsby', 'pfeiffer'], got 'parallel'"),
     ("method.reparam_hidden=0", "method.reparam_hidden must be ≥ 1, got 0"),
     ("method.transfer_epochs=0", "method.transfer_epochs must be ≥ 1, got 0"),
-    ("method.prompt_length=-1", "method.prompt_length must be ≥ 0, got -1"),
+    ("method.prompt_length=0", "method.prompt_length must be ≥ 1, got 0"),
     ("method.demonstrations=-1", "method.demonstrations must be ≥ 0, got -1"),
     ("method.context_examples=-1", "method.context_examples must be ≥ 0, got -1"),
     ("method.max_reasoning_tokens=0", "method.max_reasoning_tokens must be ≥ 1, got 0"),
@@ -317,7 +320,8 @@ FLAGS = [  # (argv before the flag, flag, bad value, expected)
 def test_a_bad_numeric_flag_is_refused_in_argparses_one_line(before, flag, value, expected, capsys):
     line = one_error(capsys, *before, flag, value)
     command = " ".join(before[:2]) if before[0] == "search" else before[0]
-    assert line == f"prompttune {command}: error: argument {flag}: expected a whole number {expected}, got '{value}'", line
+    assert line == (f"prompttune {command}: error: argument {flag}: expected a whole number {expected}, got '{value}' "
+                    f"(see prompttune {command} --help)"), line
 
 
 def test_fit_lm_head_with_fewer_texts_than_held_out_is_one_line(tmp_path, capsys, bert_dir):
@@ -329,6 +333,13 @@ def test_fit_lm_head_with_fewer_texts_than_held_out_is_one_line(tmp_path, capsys
 
 
 # --- 14. --text: empty inputs and JSON objects --------------------------------------------------
+
+
+def test_predict_refuses_a_text_that_is_not_valid_unicode(task, capsys):
+    """Bytes of another encoding on a command line reach Python as lone surrogates."""
+    line = one_error(capsys, "predict", task, "--text", "caf\udce9")
+    assert line == ("prompttune predict: error: --text 'caf\\udce9' holds text that is not valid Unicode ('\\udce9' at "
+                    "character 3); write it as UTF-8"), line
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n"])
@@ -435,3 +446,89 @@ def test_an_empty_config_file_is_read_as_no_keys_and_fails_in_one_line(tmp_path,
     path = write(tmp_path / "run.yaml", "")
     line = one_error(capsys, "train", path, "--out", tmp_path / "out")
     assert line == "prompttune train: error: method 'prompt-finetune' needs prompt.template and prompt.verbalizer", line
+
+
+# --- found by the review: artifacts edited by hand, models, methods, the command line ------------
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("labels", 5, "key 'labels' holds 5, expected a list of labels"),
+    ("labels", [], "key 'labels' is empty; a classification task needs its labels"),
+    ("text_fields", None, "key 'text_fields' holds null, expected a non-empty list of column names"),
+    ("max_length", "big", "key 'max_length' holds \"big\", expected a whole number ≥ 1"),
+    ("backbone", {}, "key 'backbone' holds {}, expected the backbone's fingerprint (name, kind, embedding_sha256...)"),
+    ("weights", None, "key 'weights' holds null, expected the weights file's sha256"),
+])
+def test_a_config_json_edited_by_hand_is_one_line_naming_the_key(key, value, expected, task, tmp_path, capsys):
+    import shutil
+
+    edited = tmp_path / "task"
+    shutil.copytree(task, edited)
+    config = json.loads((edited / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps({**config, key: value}))
+    line = one_error(capsys, "predict", edited, "--text", "a film")
+    assert line == f"prompttune predict: error: {edited / 'config.json'}: {expected}", line
+
+
+def test_a_max_length_beyond_the_models_positions_is_one_line_before_training(config, capsys):
+    line = one_error(capsys, "train", config, "--out", config.parent / "out", "--set", "train.max_length=1000")
+    assert line.endswith("train.max_length 1000 exceeds the 128 positions of model "
+                         f"'{load_config(config).model}'; set train.max_length to at most 128"), line
+
+
+def test_a_deep_prompt_counts_against_the_models_positions(config, capsys):
+    line = one_error(capsys, "train", config, "--out", config.parent / "out", "--set", "method.name=p-tuning-v2",
+                     "--set", "method.prompt_length=8", "--set", "train.max_length=128")
+    assert "train.max_length 128 with a deep prompt of 8 exceeds the 128 positions" in line and "at most 120" in line, line
+
+
+def test_a_method_whose_parameters_never_reach_the_loss_is_one_line(t5_dir, tmp_path, capsys):
+    """LoRA on T5's `shared` embedding: the encoder calls its own embedding module, so nothing trains."""
+    (tmp_path / "train.tsv").write_text(GOOD_TSV, encoding="utf-8")
+    (tmp_path / "run.yaml").write_text(f"""model: {t5_dir}
+task: {{train: {tmp_path / 'train.tsv'}, text_fields: [sentence]}}
+prompt: {{template: "{{sentence}} it was {{mask}} .", verbalizer: {{0: bad, 1: good}}}}
+method: {{name: lora, target_modules: [shared]}}
+train: {{epochs: 1, max_length: 64, progress: false, checkpoint: false}}
+""")
+    code = main(["train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    line = err.splitlines()[-1]  # after the run's own log line
+    assert line.startswith("prompttune train: error: the loss does not depend on any of the 2 trainable parameter(s)"), line
+
+
+@pytest.mark.parametrize(("item", "expected"), [
+    ("prompt.verbalizer={0: good, 1: good}", "label word 'good' is a word of both label '0' and label '1'; a label word "
+                                             "can stand for one label only"),
+    ("prompt.verbalizer={~: bad, 1: good}", "a verbalizer label is null (YAML reads an empty key or ~ as null); write the "
+                                            "label, e.g. {0: terrible, 1: great}"),
+    ("method.target_modules=[]", "method.target_modules is an empty list; name the modules to adapt, e.g. [query, value], "
+                                 "or leave it out for peft's default"),
+])
+def test_a_verbalizer_or_method_option_that_cannot_work_is_one_line(item, expected, config, capsys):
+    line = one_error(capsys, "train", config, "--out", config.parent / "out", "--set", item)
+    assert line == f"prompttune train: error: {expected}", line
+
+
+def test_unrecognized_arguments_are_named_by_their_command(config, capsys):
+    line = one_error(capsys, "train", config, "--out", config.parent / "out", "--bogus")
+    assert line == "prompttune train: error: unrecognized arguments: --bogus (see prompttune train --help)", line
+
+
+def test_resume_and_overwrite_together_are_refused(config, capsys):
+    line = one_error(capsys, "train", config, "--out", config.parent / "out", "--resume", "--overwrite")
+    assert line == ("prompttune train: error: argument --overwrite: not allowed with argument --resume "
+                    "(see prompttune train --help)"), line
+
+
+def test_a_message_quoting_a_librarys_lines_is_printed_on_one_line(task, capsys, monkeypatch):
+    from prompttune.errors import ModelError
+    import prompttune.artifacts
+
+    def fails(*args, **kwargs):
+        raise ModelError("cannot load model 'x': We couldn't connect.\nCheck your connection\n")
+
+    monkeypatch.setattr(prompttune.artifacts, "load_artifact", fails)
+    line = one_error(capsys, "predict", task, "--text", "a film")
+    assert line == "prompttune predict: error: cannot load model 'x': We couldn't connect. Check your connection", line

@@ -87,7 +87,7 @@ def test_an_unknown_nested_key_is_named_with_its_section_path():
         ({"model_kind": "diffusion"}, "model_kind must be one of"),
         ({"method": {"name": "p-tuning", "encoder": "gru"}}, "method.encoder must be one of ['lstm', 'mlp', 'none'], got 'gru'"),
         ({"method": {"name": "prompt-tuning", "init": "zeros"}}, "method.init must be one of ['vocab', 'random']"),
-        ({"method": {"name": "prefix-tuning", "prompt_length": -1}}, "method.prompt_length must be ≥ 0, got -1"),
+        ({"method": {"name": "prefix-tuning", "prompt_length": 0}}, "method.prompt_length must be ≥ 1, got 0"),
         ({"method": {"name": "prefix-tuning", "reparameterize": "maybe"}}, "config key 'method.reparameterize' expects bool"),
         ({"method": {"name": "prefix-tuning", "init_from": "most_similar"}}, "most_similar needs method.prompt_bank"),
         ({"method": {"name": "p-tuning-v2", "lenght": 3}}, "unknown config key(s) ['method.lenght']"),

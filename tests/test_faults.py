@@ -522,7 +522,7 @@ def test_a_checkpoint_records_its_tensors_checksum_and_a_mismatched_pair_is_refu
     ("train.lr=0.002", "train.lr: 0.001 → 0.002"),
     ("train.seed=7", "train.seed: 42 → 7"),
     ("train.epochs=3", "train.epochs: 2 → 3"),
-    ("task.shots=1", "task.shots: 2 → 1"),
+    ("task.shots=1", "task.shots: 2 → 1, data.train: \"4 examples"),
     ("prompt.template={sentence} so it was {mask} .",
      'prompt.template: "{sentence} it was {mask} ." → "{sentence} so it was {mask} ."'),
     ("method.name=p-tuning-v2", 'method.name: "prompt-finetune" → "p-tuning-v2"'),
@@ -534,7 +534,7 @@ def test_resuming_with_another_config_is_refused_naming_what_changed(override, n
     before = contents(out)
     no_model_loads(monkeypatch)
     code, _, err = run(capsys, "train", config_yaml, "--out", out, "--resume", "--set", override)
-    assert_one_line_error(code, err, "train", f"cannot resume {out / 'checkpoint'}: it was written by another run ({named})")
+    assert_one_line_error(code, err, "train", f"cannot resume {out / 'checkpoint'}: it was written by another run ({named}")
     assert contents(out) == before
 
 
@@ -703,3 +703,56 @@ def test_written_files_get_the_mode_any_new_file_of_the_user_gets(tmp_path):
         os.umask(old)
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "a").iterdir()}
     assert modes == {"w.safetensors": "0o644", "c.json": "0o644"}, f"expected 0644 under umask 022, got {modes}"
+
+
+# --- found by the review ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (lambda s: {k: v for k, v in s.items() if k != "epoch"}, "epoch (missing, expected int)"),
+    (lambda s: {**s, "result": "x"}, "result (str, expected dict)"),
+    (lambda s: {**s, "result": {k: v for k, v in s["result"].items() if k != "steps"}}, "result.steps (missing, expected int)"),
+])
+def test_a_checkpoint_state_edited_by_hand_is_one_line(edit, named, config_yaml, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "task"
+    interrupted_run(config_yaml, out, monkeypatch)
+    state_path = out / "checkpoint" / "state.json"
+    state_path.write_text(json.dumps(edit(json.loads(state_path.read_text()))))
+    for extra in (["--resume"], []):
+        code, _, err = run(capsys, "train", config_yaml, "--out", out, *extra)
+        assert_one_line_error(code, err, "train", f"{state_path} is malformed: {named}; it cannot be resumed: start over")
+
+
+def test_a_resume_with_other_data_is_refused_before_it_says_it_resumes(config_yaml, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "task"
+    interrupted_run(config_yaml, out, monkeypatch)
+    data = config_yaml.parent / "train.tsv"
+    data.write_text(data.read_text().replace("great", "grand"))
+    code, _, err = run(capsys, "train", config_yaml, "--out", out, "--resume")
+    assert_one_line_error(code, err, "train", "it was written by another run (data.")
+    assert "resuming" not in err, f"a refused resume must not first say it resumes: {err}"
+
+
+def test_staging_folders_a_killed_checkpoint_save_left_are_removed_by_the_next_run(config_yaml, tmp_path, capsys,
+                                                                                   monkeypatch):
+    out = tmp_path / "task"
+    interrupted_run(config_yaml, out, monkeypatch)
+    (out / "checkpoint" / f"{STAGING_PREFIX}killed").mkdir()
+    code, _, err = run(capsys, "train", config_yaml, "--out", out, "--resume")
+    assert code == 0, err
+    assert not leftovers(out), leftovers(out)
+
+
+def test_an_interrupted_train_says_where_its_checkpoint_is_and_how_to_resume(config_yaml, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "task"
+    save = prompttune.training._save_checkpoint
+
+    def save_then_ctrl_c(directory, done, *args):
+        save(directory, done, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prompttune.training, "_save_checkpoint", save_then_ctrl_c)
+    code, _, err = run(capsys, "train", config_yaml, "--out", out)
+    assert code == 130, err
+    assert err.splitlines()[-1] == (f"interrupted; the last finished epoch is kept in {out / 'checkpoint'}: continue with "
+                                    f"prompttune train {config_yaml} --out {out} --resume"), err

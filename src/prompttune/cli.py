@@ -39,15 +39,38 @@ SIGTERM or Ctrl-C: stop accepting, let in-flight requests finish (up to 30 s), e
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named after the command that got them, not the top-level parser
+        parser.subcommand(args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args) or 0
     except PromptTuneError as e:
-        print(f"prompttune {args.command}: error: {e}", file=sys.stderr)
+        # One line, even where a message quotes a library's text that has line breaks.
+        print(f"prompttune {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(message: str) -> str:
+    """`message` with its line breaks made spaces (a library's text quoted in an error may have some)."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other error of the command line:
+    "prompttune eval: error: argument --batch-size: ... (see prompttune eval --help)", exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+    def subcommand(self, name: str) -> argparse.ArgumentParser:
+        """The parser of command `name` (this parser if it has no such command)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+                return action.choices[name]
+        return self
 
 
 def whole_number(minimum: int, maximum: int | None = None):
@@ -73,7 +96,7 @@ def whole_number(minimum: int, maximum: int | None = None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="prompttune",
         description="Prompt learning and parameter-efficient tuning: one frozen model, many small tasks.",
     )
@@ -86,10 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for the task artifact")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=1e-5 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint an interrupted run left in --out "
-                   "(the same run: a changed setting is refused)")
-    p.add_argument("--overwrite", action="store_true", help="replace a task artifact in --out, or start over instead of "
-                   "resuming an interrupted run's checkpoint there")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue from the checkpoint an interrupted run left in --out "
+                       "(the same run: a changed setting is refused)")
+    start.add_argument("--overwrite", action="store_true", help="replace a task artifact in --out, or start over instead "
+                       "of resuming an interrupted run's checkpoint there")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a saved task on a labelled data file",
@@ -230,7 +254,14 @@ def cmd_train(args) -> int:
     from .recipes import run_training
 
     cfg = load_config(args.config, args.overrides)
-    summary = run_training(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    try:
+        summary = run_training(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        if (Path(args.out) / "checkpoint" / "state.json").is_file():
+            print(f"interrupted; the last finished epoch is kept in {Path(args.out) / 'checkpoint'}: continue with "
+                  f"prompttune train {args.config} --out {args.out} --resume", file=sys.stderr)
+            return 130
+        raise
     print(json.dumps({"artifact": str(args.out), **{k: summary[k] for k in ("method", "trainable_parameters", "best_dev")},
                       **({"eval": summary["eval"]} if "eval" in summary else {})}))
     return 0

@@ -289,7 +289,7 @@ def _check_type(key: str, value, annotation: str):
 
 
 _METHOD_RANGES = {  # numeric method keys: (what the value must be, the test); their types are checked in _build
-    "prompt_length": ("≥ 0", lambda v: v >= 0),
+    "prompt_length": ("≥ 1", lambda v: v >= 1),
     "reparam_hidden": ("≥ 1", lambda v: v >= 1),
     "transfer_epochs": ("≥ 1", lambda v: v >= 1),
     "lora_rank": ("≥ 1", lambda v: v >= 1),
@@ -320,6 +320,9 @@ def _validate(cfg: RunConfig) -> None:
         value = getattr(m, name)
         if not (math.isfinite(value) and within(value)):
             raise ConfigError(f"method.{name} must be {expected}, got {value!r}")
+    if m.target_modules is not None and not m.target_modules:
+        raise ConfigError("method.target_modules is an empty list; name the modules to adapt, e.g. [query, value], "
+                          "or leave it out for peft's default")
     if m.encoder not in ENCODERS:
         raise ConfigError(f"method.encoder must be one of {list(ENCODERS)}, got {m.encoder!r}")
     if m.init not in INITS:
@@ -356,6 +359,6 @@ def _validate(cfg: RunConfig) -> None:
 
         parse_template(cfg.prompt.template).check_fields(cfg.task.text_fields)
     if cfg.prompt.verbalizer is not None:
-        from .verbalizers import parse_verbalizer
+        from .verbalizers import parse_verbalizer, require_distinct_words
 
-        parse_verbalizer(cfg.prompt.verbalizer)
+        require_distinct_words(parse_verbalizer(cfg.prompt.verbalizer))

@@ -152,15 +152,26 @@ def _read_json(path: Path, text: str) -> list[Row]:
 def _is_one_json_object(text: str) -> bool:
     try:
         return isinstance(json.loads(text), dict)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return False
 
 
-def _read_json_array(path: Path, text: str) -> list[Row]:
+def parse_json(text: str, where: str, *, line: int | None = None):
+    """`json.loads(text)`, with every way JSON text can be refused as one `DataError` naming `where`
+    (`FILE:LINE` from the decoder's line unless `line` is given): bad syntax, numbers of more than
+    4,300 digits (Python's limit), nesting deeper than Python's recursion limit."""
     try:
-        items = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        raise DataError(f"{where}:{line or e.lineno}: not valid JSON ({e.msg})") from None
+    except ValueError as e:
+        raise DataError(f"{where}{f':{line}' if line else ''}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise DataError(f"{where}{f':{line}' if line else ''}: JSON nested too deeply to read") from None
+
+
+def _read_json_array(path: Path, text: str) -> list[Row]:
+    items = parse_json(text, str(path))
     return [Row(_json_object(item, f"{path}, item {n}"), f"{path}, item {n}") for n, item in enumerate(items, 1)]
 
 
@@ -168,10 +179,7 @@ def _read_json_lines(path: Path, text: str) -> list[Row]:
     rows = []
     for n, line in enumerate(io.StringIO(text, newline=None), 1):
         if line.strip():
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            value = parse_json(line, str(path), line=n)
             rows.append(Row(_json_object(value, f"{path}:{n}"), f"{path}:{n}"))
     return rows
 
@@ -250,14 +258,25 @@ def _text(value, what: str) -> str:
     """A text cell as a string: null is empty, a number becomes its digits, a list or object is an error."""
     if isinstance(value, (list, dict)):
         raise DataError(f"{what} holds {_json_kind(value)}, expected text")
-    return "" if value is None else str(value)
+    return unicode_text("" if value is None else str(value), what)
+
+
+def unicode_text(text: str, what: str) -> str:
+    """`text` if it is valid Unicode; raises `DataError` naming `what` for a lone surrogate (a JSON
+    escape like \\ud800 without its pair, or bytes of another encoding passed on a command line)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{what} holds text that is not valid Unicode ({text[e.start:e.end]!a} at character {e.start}); "
+                        "write it as UTF-8") from None
+    return text
 
 
 def _label(value, where: str, field: str, labels: list[str] | None) -> str:
     """A label cell as its key (`verbalizers.label_key`); empty, or not among `labels`, is an error."""
     if isinstance(value, (list, dict)):
         raise DataError(f"{where}: label column {field!r} holds {_json_kind(value)}, expected a label")
-    key = "" if value is None else label_key(value)
+    key = "" if value is None else unicode_text(label_key(value), f"{where}: label column {field!r}")
     if not key:
         raise DataError(f"{where}: label column {field!r} is empty")
     if labels is not None and key not in labels:
@@ -288,7 +307,7 @@ def _example_from_text(text: str, fields: list[str], name: str) -> dict:
     obj = _json_object_in(text)
     literal = len(fields) == 1 and (obj is None or fields[0] not in obj)
     if literal:
-        example = {fields[0]: text}
+        example = {fields[0]: unicode_text(text, what)}
     elif obj is None:
         shape = json.dumps({f: "..." for f in fields})
         raise DataError(f"{what} is not a JSON object; this task reads fields {fields}: give each input as '{shape}'")
@@ -309,7 +328,7 @@ def _json_object_in(text: str) -> dict | None:
         return None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 

@@ -24,13 +24,13 @@ from .config import RunConfig
 from .data import few_shot_split, load_examples, sample_per_class
 from .errors import ConfigError, DataError, OutputError
 from .evaluation import evaluate
-from .files import discard, write_json
+from .files import discard, remove_staging_leftovers, write_json
 from .methods import get_method, method_list
 from .outputs import claim_output, json_marked, require_free_space
 from .parameters import count_parameters, trainable_bytes
 from .task import TaskSpec, build_classifier
-from .training import (CHECKPOINT_FILES, check_same_run, checkpoint_bytes, epochs_done, read_checkpoint,
-                       resumable_checkpoint, train)
+from .training import (CHECKPOINT_FILES, CHECKPOINT_STATE, check_same_run, checkpoint_bytes, data_record, epochs_done,
+                       read_checkpoint, resumable_checkpoint, train)
 from .verbalizers import parse_verbalizer
 
 CHECKPOINT = "checkpoint"
@@ -115,18 +115,24 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
         generation=cfg.task.generation,
         demonstrations=_demonstrations(cfg, train_ex),
     )
-    with claim_output(out_dir, owned=() if resume else TRAIN_FILES, what="a task artifact", overwrite=overwrite,
+    # A resume replaces the artifact its run may have saved before; an interrupted run's checkpoint is
+    # refused below with its own message (pass --resume or --overwrite), which covers the artifact too.
+    interrupted = (Path(out_dir) / CHECKPOINT / CHECKPOINT_STATE).is_file()
+    with claim_output(out_dir, owned=TRAIN_FILES, what="a task artifact", overwrite=overwrite or resume or interrupted,
                       is_ours=is_artifact) as out:
-        _check_checkpoint(cfg, out / CHECKPOINT, resume=resume, overwrite=overwrite, log=log)
+        _check_checkpoint(cfg, out / CHECKPOINT, (train_ex, dev_ex), resume=resume, overwrite=overwrite, log=log)
         return _train_and_save(cfg, spec, out, (train_ex, dev_ex, test_ex), resume=resume, log=log)
 
 
-def _check_checkpoint(cfg: RunConfig, ckpt: Path, *, resume: bool, overwrite: bool, log) -> None:
-    """Before the model loads: `resume` needs a checkpoint of this very run (and says what it resumes);
-    otherwise an interrupted run's checkpoint is refused, or with `overwrite` discarded."""
+def _check_checkpoint(cfg: RunConfig, ckpt: Path, splits: tuple, *, resume: bool, overwrite: bool, log) -> None:
+    """Before the model loads: `resume` needs a checkpoint of this very run, config and data (and
+    says what it resumes); otherwise an interrupted run's checkpoint is refused, or with `overwrite`
+    discarded. Staging folders a killed checkpoint save left are removed (the run holds `ckpt`'s
+    parent, so no save into it is running)."""
+    remove_staging_leftovers(ckpt)
     if resume:
         state = resumable_checkpoint(ckpt)
-        check_same_run(state["run"], _run_config(cfg), ckpt)
+        check_same_run(state["run"], {**_run_config(cfg), "data": data_record(splits[0], splits[1])}, ckpt)
         log(f"resuming {ckpt}: {epochs_done(state)}")
     elif overwrite:
         discard(ckpt, CHECKPOINT_FILES)  # the replaced run's

@@ -166,6 +166,12 @@ def train(
             out = model(batch)
             # A classifier returns class scores; a text generator returns its LM loss (a scalar).
             loss = out if out.ndim == 0 else F.cross_entropy(out.float(), batch["labels"])
+            if not loss.requires_grad:
+                names = [n for n, p in classifier.named_parameters() if p.requires_grad]
+                raise ConfigError(f"the loss does not depend on any of the {len(names)} trainable parameter(s) "
+                                  f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): the method as configured "
+                                  "trains something the forward pass never uses (e.g. LoRA target_modules the model "
+                                  "does not call)")
             accelerator.backward(loss)
             if config.max_grad_norm:
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -212,10 +218,15 @@ def run_record(classifier: nn.Module, train_examples: list[dict], dev_examples: 
     record = {
         **(run or {}),
         "train": asdict(config),
-        "data": {"train": _digest(train_examples), "dev": _digest(dev_examples or [])},
+        "data": data_record(train_examples, dev_examples),
         "parameters": {n: list(p.shape) for n, p in classifier.named_parameters() if p.requires_grad},
     }
     return json.loads(json.dumps(record, default=str))  # as it reads back from state.json (tuples → lists...)
+
+
+def data_record(train_examples: list[dict], dev_examples: list[dict] | None) -> dict:
+    """The "data" section of a run's record: a digest of its train and dev examples."""
+    return {"train": _digest(train_examples), "dev": _digest(dev_examples or [])}
 
 
 def _digest(examples: list[dict]) -> str:

@@ -87,6 +87,9 @@ def parse_verbalizer(mapping) -> Verbalizer:
         )
     labels, words = [], []
     for label, value in mapping.items():
+        if label is None:
+            raise VerbalizerError("a verbalizer label is null (YAML reads an empty key or ~ as null); write the label, "
+                                  "e.g. {0: terrible, 1: great}")
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not items:
             raise VerbalizerError(f"label {label!r} needs at least one label word, got {value!r}")
@@ -101,6 +104,18 @@ def parse_verbalizer(mapping) -> Verbalizer:
         labels.append(key)
         words.append(tuple(clean))
     return Verbalizer(tuple(labels), tuple(words))
+
+
+def require_distinct_words(verbalizer: Verbalizer) -> None:
+    """Refuse a verbalizer in which one word stands for two labels (it could never tell them apart).
+
+    Raises `VerbalizerError`: "label word 'good' is a word of both label '0' and label '1'..."."""
+    owner: dict[str, str] = {}
+    for label, words in zip(verbalizer.labels, verbalizer.words):
+        for w in words:
+            if owner.setdefault(w, label) != label:
+                raise VerbalizerError(f"label word {w!r} is a word of both label {owner[w]!r} and label {label!r}; "
+                                      "a label word can stand for one label only")
 
 
 def tokenize_words(tokenizer, words: list[str], *, leading_space: bool) -> list[list[int]]:
