@@ -174,7 +174,7 @@ def _soft_prompt_export(clf, spec, kind: str):
     if lead:
         tokens = clf.tokenizer.convert_ids_to_tokens(list(lead))
         raise ExportError(
-            f"model {spec.model!r}'s tokenizer puts {tokens} in front of every input, so prompttune's soft tokens come "
+            f"the tokenizer of model {spec.model!r} puts {tokens} in front of every input, so prompttune's soft tokens come "
             f"after {tokens[0]!r}, while PEFT's prompt tuning puts its virtual tokens before the whole input, special "
             "tokens included: PEFT cannot represent this prompt (prefix-tuning or p-tuning-v2 tasks on this model export)"
         )

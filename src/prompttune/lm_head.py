@@ -309,7 +309,8 @@ def load_lm_head(model: nn.Module, directory: str | os.PathLike) -> dict:
     """
     directory = Path(directory)
     if not (directory / HEAD_WEIGHTS).is_file():
-        raise ModelError(f"no {HEAD_WEIGHTS} in {directory}")
+        raise ModelError(f"lm_head {directory} holds no {HEAD_WEIGHTS}; fit a head there first: prompttune fit-lm-head "
+                         f"--data FILE --text-field FIELD --out {directory}")
     info = _read_head_info(directory)
     data = (directory / HEAD_WEIGHTS).read_bytes()
     if "weights_sha256" in info and hashlib.sha256(data).hexdigest() != info["weights_sha256"]:
