@@ -69,22 +69,36 @@ def require_lm_head(backbone: Backbone) -> None:
         )
 
 
-def require_positions(classifier: nn.Module, spec: TaskSpec) -> None:
-    """Refuse a `max_length` the model has no positions for (an input that long would crash the
-    forward pass): with an absolute position table (BERT, RoBERTa, GPT-2), max_length plus a deep
-    prompt's length (real tokens are numbered after the prefix) must fit in it. Models with relative
-    or rotary positions (T5, Llama) have no such table and no hard limit.
+def positions_for_tokens(classifier: nn.Module) -> tuple[int, int] | None:
+    """(positions of the model's absolute position table, of which a deep prompt takes the first P):
+    a task's input plus anything generated after it must fit in positions − P tokens. None for models
+    with relative or rotary positions (T5, Llama), which have no such table and no hard limit.
 
-    Raises `ConfigError`: "train.max_length 1000 exceeds the 512 positions of model 'bert-base'...".
+    Example:
+        >>> positions_for_tokens(p_tuning_v2_task_on_bert_base)
+        (512, 20)
     """
     from .deep_prompts import position_embeddings
 
     table = position_embeddings(classifier.model)
     if table is None:
-        return
+        return None
     offset = table.padding_idx + 1 if table.padding_idx is not None else 0  # RoBERTa numbers from padding_idx + 1
-    positions = table.num_embeddings - offset
     prefix = classifier.deep.length if getattr(classifier, "deep", None) is not None else 0
+    return table.num_embeddings - offset, prefix
+
+
+def require_positions(classifier: nn.Module, spec: TaskSpec) -> None:
+    """Refuse a `max_length` the model has no positions for (an input that long would crash the
+    forward pass): max_length plus a deep prompt's length must fit the position table
+    (`positions_for_tokens`).
+
+    Raises `ConfigError`: "train.max_length 1000 exceeds the 512 positions of model 'bert-base'...".
+    """
+    found = positions_for_tokens(classifier)
+    if found is None:
+        return
+    positions, prefix = found
     if spec.max_length + prefix > positions:
         after = f" with a deep prompt of {prefix}" if prefix else ""
         raise ConfigError(f"train.max_length {spec.max_length}{after} exceeds the {positions} positions of model "

@@ -15,8 +15,8 @@ engine's own list of tasks, which only the model thread replaces, after each add
 
 What it adds to `TaskPool`: per-item failures (a batch that fails is run again item by item, so a
 task removed while its texts waited fails only its own requests), token-level generation with usage
-counts, stop strings and chat prompts (`generation.generate_ids`, `chat_prompt_ids`), and a corrupt
-weights file reported as an `ArtifactError`.
+counts, stop strings and chat prompts (`TaskPool.generate_ids`, `generation.chat_prompt_ids`), and
+an unreadable artifact reported as an `ArtifactError`.
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import SafetensorError
-
 from ..errors import ArtifactError, PromptTuneError
-from ..generation import chat_prompt_ids, check_generates, generate_ids, prompt_ids
+from ..generation import chat_prompt_ids, check_generates, prompt_ids
+from ..task import positions_for_tokens
 from .pool import Prediction, TaskInfo, TaskPool
 
 
@@ -97,8 +96,8 @@ class Engine:
         backbone, `ConfigError` for a name already taken; the loaded tasks are untouched then."""
         try:
             info = self.pool.add(path, name)
-        except (SafetensorError, OSError) as e:
-            raise ArtifactError(f"{str(path)!r} holds no readable weights.safetensors: {e}") from None
+        except OSError as e:
+            raise ArtifactError(f"cannot read the task artifact {str(path)!r}: {e.strerror or e}") from None
         self._tasks = {**self._tasks, info.name: info}
         return info
 
@@ -142,7 +141,7 @@ class Engine:
     def complete(self, name: str, examples: list[dict], sampling: Sampling) -> list[Completion]:
         """Continue each example's prompt (the task's template up to `{mask}`)."""
         task = self._generator(name)
-        return self._generate(task, [prompt_ids(task, ex) for ex in examples], sampling, field="prompt")
+        return self._generate(name, task, [prompt_ids(task, ex) for ex in examples], sampling, field="prompt")
 
     def chat(self, name: str, messages: list[dict], sampling: Sampling) -> Completion:
         """Answer a conversation: rendered by the tokenizer's chat template (with the assistant's turn
@@ -158,7 +157,7 @@ class Engine:
             chat = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
         except Exception as e:  # the template's own checks (jinja2 raise_exception: roles out of order, ...)
             raise InputError("messages", f"the chat template of task {name!r} refused the messages: {e}") from None
-        return self._generate(task, [chat_prompt_ids(task, info.text_fields[0], chat["input_ids"])], sampling,
+        return self._generate(name, task, [chat_prompt_ids(task, info.text_fields[0], chat["input_ids"])], sampling,
                               field="messages")[0]
 
     def _generator(self, name: str):
@@ -168,15 +167,16 @@ class Engine:
         check_generates(info.classifier)
         return info.classifier
 
-    def _generate(self, task, prompts: list[list[int]], sampling: Sampling, *, field: str) -> list[Completion]:
-        room = context_size(task)
+    def _generate(self, name: str, task, prompts: list[list[int]], sampling: Sampling, *, field: str) -> list[Completion]:
+        found = positions_for_tokens(task)
+        room = found[0] - found[1] if found is not None else None
         for i, ids in enumerate(prompts):
             if room is not None and len(ids) + sampling.max_tokens > room:
                 where = field if len(prompts) == 1 else f"{field}[{i}]"
                 raise InputError(where, f"{where} is {len(ids)} tokens and max_tokens is {sampling.max_tokens}: together "
                                         f"more than the {room} positions the model has for this task; shorten the "
                                         "prompt or lower max_tokens")
-        new = generate_ids(task, prompts, **sampling.generate_kwargs(task.tokenizer))
+        new = self.pool.generate_ids(name, prompts, **sampling.generate_kwargs(task.tokenizer))
         out = []
         for ids, generated in zip(prompts, new):
             text = task.tokenizer.decode(generated, skip_special_tokens=True)
@@ -185,12 +185,3 @@ class Engine:
             out.append(Completion(text[:cut] if cut >= 0 else text, len(ids), len(generated), "stop" if ended else "length"))
         return out
 
-
-def context_size(task) -> int | None:
-    """Positions a prompt and its continuation may fill: the model's position table, less the deep
-    prompt's length (real tokens are numbered after it); None for relative positions (T5)."""
-    config = task.model.config
-    size = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if size is None or config.is_encoder_decoder:
-        return None
-    return size - (task.deep.length if getattr(task, "deep", None) is not None else 0)

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..artifacts import WEIGHTS, load_artifact, read_config
+from ..artifacts import WEIGHTS, load_artifact, read_saved
 from ..backbones import Backbone, load_backbone
 from ..errors import ConfigError
 from ..evaluation import predict_scores
@@ -149,10 +149,10 @@ class TaskPool:
         with self._lock:
             if name in self._tasks:
                 raise ConfigError(f"a task named {name!r} is already loaded; remove it first or choose another name")
-            config = read_config(path)
+            config, weights = read_saved(path)  # checked against its checksum before anything is built
             if self.backbone is None:
                 self._load_backbone(config["model"], config.get("model_kind"), config.get("lm_head"))
-            shares = stores_none_of(path, self._own_names)
+            shares = self._own_names.isdisjoint(weights)
             classifier, config = load_artifact(path, self.backbone if shares else None)
             added = trainable_bytes(classifier) + _kept_bytes(classifier, self.backbone.model)
             classifier.to(self.device)
@@ -239,6 +239,14 @@ class TaskPool:
             info = self._task(name)
             return generate(info.classifier, examples, max_new_tokens=max_new_tokens, **generate_kwargs)
 
+    def generate_ids(self, name: str, prompts: list[list[int]], **generate_kwargs) -> list[list[int]]:
+        """New token ids after each prompt given as ids (`generation.prompt_ids`, `chat_prompt_ids`); see
+        `prompttune.generation.generate_ids`. Raises `KeyError` for an unknown task."""
+        from ..generation import generate_ids
+
+        with self._lock:
+            return generate_ids(self._task(name).classifier, prompts, **generate_kwargs)
+
 
 def _place(out: list, indices: list[int], scores: torch.Tensor) -> None:
     """Put the rows of `scores` (n, classes) at `indices` of `out`."""
@@ -249,16 +257,6 @@ def _place(out: list, indices: list[int], scores: torch.Tensor) -> None:
 def _prediction(labels: list[str], scores: torch.Tensor) -> Prediction:
     probs = scores.softmax(-1)
     return Prediction(labels[int(probs.argmax())], dict(zip(labels, probs.tolist())))
-
-
-def stores_none_of(path: Path, names: frozenset[str]) -> bool:
-    """Whether the artifact at `path` stores none of the weights `names` (a backbone's own), i.e. can
-    be built on the shared backbone. Methods that change the backbone's weights (prompt-finetune,
-    finetune, bitfit) store some; loading those onto a shared model would overwrite what every task reads."""
-    from safetensors import safe_open
-
-    with safe_open(str(path / WEIGHTS), framework="pt") as f:
-        return names.isdisjoint(f.keys())
 
 
 def _kept_bytes(classifier: nn.Module, shared: nn.Module) -> int:
