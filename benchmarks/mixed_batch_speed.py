@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_soft_prompts import ROOT, Variant, common_arguments, measure, prepare, print_tables, summarize, write_record  # noqa: E402
+from records import write_record  # noqa: E402
+from speed_soft_prompts import ROOT, Variant, common_arguments, measure, prepare, print_tables, summarize  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
 TEMPLATE, VERBALIZER = "{sentence} It was {mask}.", {"0": ["terrible"], "1": ["great"]}
@@ -108,7 +109,7 @@ def main() -> None:
     print("\n| variant | rows/s |\n|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {len(texts) / (r['median_ms'] / 1e3):.0f} |")
-    write_record(args, device, load_before, load_after, setup={
+    write_record(args, load_before, load_after, libraries=("peft",), device=device, setup={
         "model": MODEL, "lm_head": args.lm_head, "rows": len(texts), "max_batch_size": args.max_batch_size,
         "max_length": args.max_length, "tasks": {k: [m, t, o] for k, (m, t, o) in TASKS.items()},
         "reps": args.reps, "warmup": args.warmup, "seed": args.seed},

@@ -19,7 +19,10 @@ Set-up (under `--work`, default runs/bench_serve):
    `--allow-dir` on the tasks' folder; the other 7 are added with `POST /v1/tasks`. After the
    start and after each added task (plus one request to it, so lazily allocated memory counts),
    the server's resident memory (VmRSS, /proc) is read; its growth per task is compared with the
-   task's artifact size and with the model copy the pool states for it (`own_model_bytes`).
+   task's artifact size, with the tensors the pool says the task added (`added_bytes`) and with the
+   model copy the pool states for it (`own_model_bytes`). A second copy of each task is then added
+   under another name and measured the same way (the first task of a method also pays once for its
+   code paths: importing peft, a first forward pass of that shape), and removed again.
 
 Load: `--concurrency` clients (asyncio + httpx, closed loop: each sends its next request when its
 last one is answered) send `--requests` requests of `--texts-per-request` SST-2 dev sentences.
@@ -43,9 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import random
 import re
 import shlex
@@ -59,6 +60,9 @@ from pathlib import Path
 
 import httpx
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from records import write_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sst2"
@@ -122,7 +126,7 @@ def main() -> None:
         ratios.append(by_mode["mixed"]["texts_per_s"] / by_mode["single"]["texts_per_s"])
     summary = summarize(phases, ratios, memory)
     print_summary(summary, memory)
-    write_record(args, load_before, os.getloadavg(), setup={
+    write_record(args, load_before, os.getloadavg(), libraries=("fastapi",), setup={
         "model": MODEL, "lm_head_texts": args.head_texts, "tasks": {n: {"method": m, "template": t, "options": o}
                                                                    for n, (m, t, o) in TASKS.items()},
         "requests_per_phase": args.requests, "concurrency": args.concurrency,
@@ -230,20 +234,30 @@ class Server:
 
 
 def add_tasks(server: Server, tasks: list[Path]) -> list[dict]:
-    """RSS after the start (backbone + first task) and its growth after adding each other task."""
+    """RSS after the start (backbone + first task) and its growth after adding each other task; then,
+    after adding a second copy of it under another name, the growth again: the first task of a method
+    also pays for its code paths once (importing peft, a first forward pass of that shape), the second
+    only for itself. The copies are removed again before the load phases."""
     with httpx.Client(timeout=120) as c:
-        c.post(f"{server.url}/v1/tasks/{tasks[0].name}/predict", json={"texts": ["a warm-up sentence"]}).raise_for_status()
-        rows = [{"task": tasks[0].name, "rss_bytes": server.rss(), "rss_growth_bytes": None}]
-        for path in tasks[1:]:
+        def grow(path: Path, name: str) -> int:
             before = server.rss()
-            r = c.post(f"{server.url}/v1/tasks", json={"path": str(path)})
-            r.raise_for_status()
-            c.post(f"{server.url}/v1/tasks/{path.name}/predict", json={"texts": ["a warm-up sentence"]}).raise_for_status()
-            rows.append({"task": path.name, "rss_bytes": server.rss(), "rss_growth_bytes": server.rss() - before})
+            c.post(f"{server.url}/v1/tasks", json={"path": str(path), "name": name}).raise_for_status()
+            c.post(f"{server.url}/v1/tasks/{name}/predict", json={"texts": ["a warm-up sentence"]}).raise_for_status()
+            return server.rss() - before
+
+        c.post(f"{server.url}/v1/tasks/{tasks[0].name}/predict", json={"texts": ["a warm-up sentence"]}).raise_for_status()
+        rows = [{"task": tasks[0].name, "rss_bytes": server.rss(), "rss_growth_bytes": None, "rss_growth_second_copy_bytes": None}]
+        for path in tasks[1:]:
+            first = grow(path, path.name)
+            rows.append({"task": path.name, "rss_bytes": server.rss(), "rss_growth_bytes": first,
+                         "rss_growth_second_copy_bytes": grow(path, f"{path.name}-copy")})
         listed = {t["name"]: t for t in c.get(f"{server.url}/v1/tasks").json()["tasks"]}
+        for path in tasks[1:]:
+            c.delete(f"{server.url}/v1/tasks/{path.name}-copy").raise_for_status()
     for row in rows:
         info = listed[row["task"]]
-        row.update(method=info["method"], artifact_bytes=info["bytes"], own_model_bytes=info["own_model_bytes"])
+        row.update(method=info["method"], artifact_bytes=info["bytes"], own_model_bytes=info["own_model_bytes"],
+                   added_bytes=info["added_bytes"])
         if row["rss_growth_bytes"] is not None and info["bytes"]:
             row["growth_per_artifact_byte"] = round(row["rss_growth_bytes"] / info["bytes"], 1)
     return rows
@@ -344,6 +358,10 @@ def summarize(phases: list[dict], ratios: list[float], memory: list[dict]) -> di
         "rss_after_all_tasks_bytes": memory[-1]["rss_bytes"],
         "tasks_sharing_the_backbone_within_2x_of_artifact": sum(
             m["rss_growth_bytes"] <= 2 * max(m["artifact_bytes"], 1) for m in shared),
+        "second_copies_within_2x_of_artifact": sum(
+            m["rss_growth_second_copy_bytes"] <= 2 * max(m["artifact_bytes"], 1) for m in shared),
+        "tasks_whose_added_tensors_are_within_2x_of_artifact": sum(
+            m["added_bytes"] <= 2 * max(m["artifact_bytes"], 1) for m in shared),
         "tasks_sharing_the_backbone": len(shared),
     }
 
@@ -359,35 +377,15 @@ def print_phase(p: dict) -> None:
 def print_summary(s: dict, memory: list[dict]) -> None:
     print(f"\nmixed / single throughput: {s['throughput_ratio_mixed_over_single']} (median {s['throughput_ratio_median']})")
     print(f"failed requests: {s['failed_requests']}, not sent: {s['requests_not_sent']}")
-    print(f"\n{'task':18s} {'method':14s} {'artifact':>12s} {'RSS growth':>12s} {'own model':>12s}")
+    print(f"\n{'task':18s} {'method':14s} {'artifact':>12s} {'added tensors':>14s} {'RSS growth':>12s} "
+          f"{'2nd copy':>12s} {'own model':>12s}")
     for m in memory:
-        growth = "(start)" if m["rss_growth_bytes"] is None else f"{m['rss_growth_bytes'] / 1024:.0f} KiB"
-        print(f"{m['task']:18s} {str(m['method']):14s} {m['artifact_bytes'] / 1024:9.0f} KiB {growth:>12s} "
-              f"{m['own_model_bytes'] / 2**20:9.1f} MiB")
+        growth, second = ("(start)", "") if m["rss_growth_bytes"] is None else (
+            f"{m['rss_growth_bytes'] / 1024:.0f} KiB", f"{m['rss_growth_second_copy_bytes'] / 1024:.0f} KiB")
+        print(f"{m['task']:18s} {str(m['method']):14s} {m['artifact_bytes'] / 1024:9.0f} KiB "
+              f"{m['added_bytes'] / 1024:10.0f} KiB {growth:>12s} {second:>12s} {m['own_model_bytes'] / 2**20:9.1f} MiB")
     print(f"RSS after start {s['rss_after_start_bytes'] / 2**20:.0f} MiB, after all tasks "
           f"{s['rss_after_all_tasks_bytes'] / 2**20:.0f} MiB")
-
-
-def write_record(args, load_before, load_after, *, setup: dict, **results) -> None:
-    """The run's JSON record: the command, the machine and its load, library versions, set-up, results."""
-    import fastapi
-    import transformers
-
-    record = {
-        "command": "python " + shlex.join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:]),
-        "note": args.note,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in load_after]},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "fastapi": fastapi.__version__},
-        "setup": setup,
-        **results,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

@@ -60,10 +60,7 @@ benchmarks/results/speed_soft_prompts.json (per-variant medians, all samples, ra
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -74,6 +71,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from records import write_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "all-MiniLM-L6-v2"
@@ -441,38 +441,13 @@ def main() -> None:
     rows, ratios = summarize(variants, RATIOS, errors)
     print_tables(args, device, load_before, load_after, rows, ratios, errors)
 
-    write_record(args, device, load_before, load_after, setup={
+    write_record(args, load_before, load_after, libraries=("peft",), device=device, setup={
         "model": MODEL, "model_path": resolve_model_path(MODEL), "lm_head": args.lm_head,
         "batch_size": args.batch_size, "max_length": args.max_length, "template": TEMPLATE,
         "verbalizer": VERBALIZER, "soft_tokens": N_SOFT, "filler_for_bare_plus_20": FILLER,
         "reps": args.reps, "warmup": args.warmup, "seed": args.seed, "sentences": [e["sentence"] for e in examples]},
         variants=rows, errors=errors, ratios=ratios,
         seconds={"build": round(build_s, 1), "measure": round(measure_s, 1)})
-
-
-def write_record(args, device, load_before, load_after, *, setup: dict, **results) -> None:
-    """Write a speed run's JSON record to args.out: the command, the machine and its load, library
-    versions, the set-up, then the results."""
-    import peft
-    import transformers
-
-    result = {
-        "command": "python " + shlex.join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:]),
-        "note": args.note,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "device": str(device),
-                    "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in load_after]},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "peft": peft.__version__},
-        "setup": setup,
-        **results,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

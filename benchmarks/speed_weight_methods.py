@@ -59,7 +59,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_soft_prompts import Variant, common_arguments, measure, prepare, print_tables, summarize, to, training_step, write_record  # noqa: E402 - shared helpers
+from records import write_record  # noqa: E402
+from speed_soft_prompts import Variant, common_arguments, measure, prepare, print_tables, summarize, to, training_step  # noqa: E402 - shared helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "all-MiniLM-L6-v2"
@@ -225,7 +226,7 @@ def main() -> None:
     if merge_check:
         print(f"\nmerge check: {merge_check}")
 
-    write_record(args, device, load_before, load_after, setup={
+    write_record(args, load_before, load_after, libraries=("peft",), device=device, setup={
         "model": MODEL, "model_path": resolve_model_path(MODEL), "batch_size": args.batch_size,
         "max_length": args.max_length, "lora": LORA, "adapter": {"kind": "houlsby", "reduction_factor": 16},
         "reps": args.reps, "warmup": args.warmup, "seed": args.seed, "sentences": [e["sentence"] for e in examples]},

@@ -126,6 +126,18 @@ def interrupted_run(config_yaml: Path, out: Path, monkeypatch) -> None:
             run_training(load_config(config_yaml), out, log=lambda _: None)
 
 
+def fail_config_json_writes(monkeypatch) -> None:
+    """Writing an artifact's config.json (the second file of its pair) fails: the disk is full."""
+    dump = prompttune.files._dump_json
+
+    def full_for_the_artifact(path: Path, obj) -> None:
+        if path.name == "config.json":
+            raise no_space()
+        dump(path, obj)
+
+    monkeypatch.setattr(prompttune.files, "_dump_json", full_for_the_artifact)
+
+
 def fail_json_writes_in(monkeypatch, directory: Path) -> None:
     """Every JSON file written into `directory` (the second file of each pair) fails: the disk is full."""
     dump = prompttune.files._dump_json
@@ -660,14 +672,7 @@ def test_a_failed_save_keeps_the_old_artifacts_eval_json(config_yaml, tmp_path, 
     code, _, err = run(capsys, "train", config_yaml, "--out", out)
     assert code == 0, err
     before = {name: (out / name).read_bytes() for name in ("config.json", "weights.safetensors", "eval.json")}
-    dump = prompttune.files._dump_json
-
-    def full_for_the_artifact(path: Path, obj) -> None:
-        if path.name == "config.json":
-            raise no_space()
-        dump(path, obj)
-
-    monkeypatch.setattr(prompttune.files, "_dump_json", full_for_the_artifact)
+    fail_config_json_writes(monkeypatch)
     code, _, err = run(capsys, "train", config_yaml, "--out", out, "--overwrite", "--set", "train.checkpoint=false")
     assert code == 2, err
     assert {name: (out / name).read_bytes() for name in before} == before, "the old artifact and its eval.json must stay"
@@ -675,15 +680,8 @@ def test_a_failed_save_keeps_the_old_artifacts_eval_json(config_yaml, tmp_path, 
 
 def test_a_full_disk_at_the_final_save_keeps_the_checkpoint_to_resume_from(config_yaml, tmp_path, capsys, monkeypatch):
     out = tmp_path / "task"
-    dump = prompttune.files._dump_json
-
-    def full_for_the_artifact(path: Path, obj) -> None:
-        if path.name == "config.json":
-            raise no_space()
-        dump(path, obj)
-
     with monkeypatch.context() as m:
-        m.setattr(prompttune.files, "_dump_json", full_for_the_artifact)
+        fail_config_json_writes(m)
         code, _, err = run(capsys, "train", config_yaml, "--out", out)
     assert_one_line_error(code, err, "train", f"cannot write {out / 'config.json'}: No space left on device")
     assert sorted(contents(out)) == ["checkpoint/state.json", "checkpoint/state.safetensors"] and not leftovers(out)

@@ -25,7 +25,7 @@ from torch import nn
 from . import __version__
 from .backbones import Backbone, compare_fingerprints
 from .errors import ArtifactError, PromptTuneError
-from .files import file_sha256, json_writer, safetensors_writer, write_together
+from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
 from .model_parts import ModelPart, detach_parts
 from .parameters import count_parameters, trainable_state_dict
 from .task import TaskSpec, build_classifier
@@ -122,12 +122,7 @@ def read_config(directory: str | Path) -> dict:
     path = Path(directory) / CONFIG
     if not path.is_file():
         raise ArtifactError(f"{str(directory)!r} is not a task artifact: it has no {CONFIG}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise ArtifactError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise ArtifactError(f"{path} holds {type(config).__name__}, expected a JSON object; was it written by prompttune?")
+    config = read_json_object(path, ArtifactError)
     missing = [k for k in _REQUIRED if k not in config]
     if missing:
         raise ArtifactError(f"{path} lacks the key(s) {missing}; was it written by prompttune?")

@@ -182,6 +182,13 @@ def share_base_modules(model: nn.Module, shared: nn.Module) -> list[str]:
     prefix = next((f"{n}." for n, m in model.named_children() if m is model.base_model), "")
     walk(model.base_model, shared.base_model, prefix)
     share_registry(model, shared)
+    # What stays `model`'s own (the head, BERT's pooler) may be a view into the checkpoint file's
+    # memory map; a copy of its own lets that map, and the model-sized memory it pins, go.
+    theirs = {id(t) for t in (*shared.parameters(), *shared.buffers())}
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            if id(t) not in theirs:
+                t.data = t.data.clone()
     return replaced
 
 

@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from .errors import OutputError
+from .errors import OutputError, PromptTuneError
 
 STAGING_PREFIX = ".prompttune-staging-"
 
@@ -115,6 +115,23 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_json_object(path: str | Path, error: type[PromptTuneError] = OutputError) -> dict:
+    """The JSON object in the file `path` (one prompttune wrote: a config, a state, a head's info).
+
+    Raises `error` naming the file when it is unreadable, not UTF-8, not valid JSON (or nested too
+    deeply to read), or holds something other than an object.
+    """
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise error(f"{path} is not valid JSON: {e or 'nested too deeply'}") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path} holds {type(obj).__name__}, expected a JSON object; was it written by prompttune?")
+    return obj
 
 
 def write_json(path: str | Path, obj) -> None:

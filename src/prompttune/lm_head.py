@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import time
@@ -41,7 +40,7 @@ from tqdm.auto import tqdm
 from .backbones import lm_head_module
 from .errors import ModelError
 from . import __version__
-from .files import file_sha256, json_writer, safetensors_writer, write_together
+from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
 from .outputs import claim_output, json_marked
 from .scoring import pad
 from .templates import SpecialTokens, encode_text
@@ -339,15 +338,7 @@ def load_lm_head(model: nn.Module, directory: str | os.PathLike) -> dict:
 def _read_head_info(directory: Path) -> dict:
     """`head.json` as a dict ({} if absent: heads saved before it recorded a checksum load as they did)."""
     path = directory / HEAD_INFO
-    if not path.is_file():
-        return {}
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise ModelError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(info, dict):
-        raise ModelError(f"{path} holds {type(info).__name__}, expected a JSON object")
-    return info
+    return read_json_object(path, ModelError) if path.is_file() else {}
 
 
 def fit_and_save_lm_head(

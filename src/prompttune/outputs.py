@@ -20,7 +20,6 @@ trains. Errors are one `OutputError` line naming the directory.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import tempfile
@@ -29,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import OutputError
-from .files import make_dirs, remove_empty_dirs, remove_staging_leftovers
+from .files import make_dirs, read_json_object, remove_empty_dirs, remove_staging_leftovers
 
 LOCK = ".prompttune.lock"
 """Holds the pid of the run writing the directory, for the message a second run gets (the lock
@@ -133,10 +132,9 @@ def json_marked(path: Path, key: str) -> bool:
     """Whether `path` is a JSON object holding `key`: the mark prompttune puts in the file that
     describes each of its outputs (`prompttune_version` in an artifact's `config.json`...)."""
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return key in read_json_object(path)
+    except OutputError:
         return False
-    return isinstance(obj, dict) and key in obj
 
 
 def _write_pid(directory: Path) -> None:

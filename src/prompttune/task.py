@@ -168,7 +168,8 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
         if backbone is not None:
             share_base_modules(model, backbone.model)
         fp = fingerprint(model, spec.model, "classifier")
-        clf = HeadClassifier(model, load_tokenizer(spec.model), spec.text_fields, tuple(spec.labels), spec.max_length)
+        tokenizer = backbone.tokenizer if backbone is not None else load_tokenizer(spec.model)
+        clf = HeadClassifier(model, tokenizer, spec.text_fields, tuple(spec.labels), spec.max_length)
     else:
         if spec.template is None or (spec.verbalizer is None and not spec.generation):
             raise ConfigError(f"method {spec.method!r} needs prompt.template and prompt.verbalizer")

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .errors import ArtifactError, ConfigError
 from .evaluation import evaluate
-from .files import file_sha256, json_writer, safetensors_writer, write_together
+from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
 from .parameters import trainable_bytes, trainable_state_dict
 
 CHECKPOINT_TENSORS, CHECKPOINT_STATE = "state.safetensors", "state.json"
@@ -288,11 +288,8 @@ def read_checkpoint(directory: Path) -> dict | None:
     state_path, tensors_path = directory / CHECKPOINT_STATE, directory / CHECKPOINT_TENSORS
     if not state_path.is_file():
         return None
-    try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise ArtifactError(f"{state_path} is not valid JSON: {e}") from None
-    if not isinstance(state, dict) or "run" not in state or "tensors_sha256" not in state:
+    state = read_json_object(state_path, ArtifactError)
+    if "run" not in state or "tensors_sha256" not in state:
         raise ArtifactError(f"{state_path} does not record its run and tensors (written by an older prompttune?); "
                             "it cannot be resumed safely: start over (train --overwrite)")
     wrong = _shape_errors(state, _STATE_SHAPE) or _shape_errors(state["result"], _RESULT_SHAPE, "result.")

@@ -153,6 +153,7 @@ class TaskPool:
             if self.backbone is None:
                 self._load_backbone(config["model"], config.get("model_kind"), config.get("lm_head"))
             shares = self._own_names.isdisjoint(weights)
+            del weights  # load_artifact reads them again, checked the same way
             classifier, config = load_artifact(path, self.backbone if shares else None)
             added = trainable_bytes(classifier) + _kept_bytes(classifier, self.backbone.model)
             classifier.to(self.device)
@@ -163,7 +164,8 @@ class TaskPool:
                             bytes=(path / WEIGHTS).stat().st_size, classifier=classifier,
                             own_model_bytes=0 if shares else _model_bytes(classifier.model), added_bytes=added if shares else 0)
             self._tasks[name] = info
-            return info
+        release_freed_memory()
+        return info
 
     def remove(self, name: str) -> None:
         """Unload task `name`, freeing what it put on the shared model (e.g. its LoRA adapter name).
@@ -174,6 +176,7 @@ class TaskPool:
             if info.own_model_bytes == 0:
                 detach_parts(info.classifier)
                 bind_bare(self.backbone.model)  # nothing of the task stays bound
+        release_freed_memory()
 
     def tasks(self) -> list[TaskInfo]:
         with self._lock:
@@ -246,6 +249,22 @@ class TaskPool:
 
         with self._lock:
             return generate_ids(self._task(name).classifier, prompts, **generate_kwargs)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by a load back to the operating system. Building a head task reads a whole
+    classification model before keeping only its head, and glibc's allocator keeps what was freed
+    in the process (resident, unused) unless asked: `malloc_trim(0)`. A no-op where there is no glibc."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def _place(out: list, indices: list[int], scores: torch.Tensor) -> None:

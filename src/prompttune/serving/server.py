@@ -87,6 +87,8 @@ class TaskOut(BaseModel):
     bytes: int = Field(description="size of the artifact's weights file")
     own_model_bytes: int = Field(description="memory of the model copy this task needs because it changes the "
                                              "backbone's own weights; 0 = it shares the loaded model")
+    added_bytes: int = Field(description="memory the task adds beside the shared model (its stored numbers, an "
+                                         "in-context task's demonstration keys/values); 0 with a model copy of its own")
 
 
 class TasksOut(BaseModel):
