@@ -42,7 +42,7 @@ from ..backbones import Backbone, load_backbone
 from ..errors import ConfigError
 from ..evaluation import predict_scores
 from ..model_parts import bind_bare, detach_parts
-from ..parameters import freeze, trainable_bytes
+from ..parameters import freeze
 from .mixed_batch import Job, shared_pass
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -154,8 +154,9 @@ class TaskPool:
                 self._load_backbone(config["model"], config.get("model_kind"), config.get("lm_head"))
             shares = self._own_names.isdisjoint(weights)
             del weights  # load_artifact reads them again, checked the same way
+            held = _storages(self.backbone.model, *(info.classifier for info in self._tasks.values()))
             classifier, config = load_artifact(path, self.backbone if shares else None)
-            added = trainable_bytes(classifier) + _kept_bytes(classifier, self.backbone.model)
+            added = sum(size for ptr, size in _storages(classifier).items() if ptr not in held)
             classifier.to(self.device)
             freeze(classifier)  # served, never trained: and a later task's build must see nothing of it trainable
             info = TaskInfo(name=name, path=str(path.resolve()), method=config["method"], template=config.get("template"),
@@ -278,12 +279,13 @@ def _prediction(labels: list[str], scores: torch.Tensor) -> Prediction:
     return Prediction(labels[int(probs.argmax())], dict(zip(labels, probs.tolist())))
 
 
-def _kept_bytes(classifier: nn.Module, shared: nn.Module) -> int:
-    """Bytes of the tensors a task keeps that are not parameters and not the shared model's (e.g. an
-    in-context task's demonstration keys/values)."""
-    theirs = {t.data_ptr() for t in (*shared.parameters(), *shared.buffers())}
-    mine = {b.data_ptr(): b.numel() * b.element_size() for b in classifier.buffers() if b.data_ptr() not in theirs}
-    return sum(mine.values())
+def _storages(*modules: nn.Module) -> dict[int, int]:
+    """{data pointer: bytes} of the parameters and buffers of `modules`. A task adds the ones the pool
+    did not hold before it: what its artifact stores (LoRA matrices included, though peft puts them in
+    the shared model's modules), an in-context task's demonstration keys/values, a head task's pooler
+    (BERT's, from the checkpoint: a masked-LM backbone has none to share)."""
+    return {t.data_ptr(): t.numel() * t.element_size()
+            for m in modules for t in (*m.parameters(), *m.buffers())}
 
 
 def _model_bytes(model: nn.Module) -> int:
