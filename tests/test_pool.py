@@ -149,7 +149,33 @@ def test_a_task_for_another_backbone_is_refused_and_the_pool_keeps_serving(bert_
     assert not mismatches(pool, built, [(name, i) for i in range(len(EXAMPLES)) for name in ("lora", "prompt-tuning")])
 
 
+@pytest.mark.parametrize("method, options", [("finetune", {}), ("p-tuning-v2", {"head": True, "prompt_length": 2}),
+                                             ("prompt-finetune", {})])
+def test_a_task_of_another_checkpoint_is_refused_even_on_its_own_model_copy(method, options, bert_dir, gpt2_dir, tmp_path):
+    """Tasks with their own model copy, or a classification model, run on weights of their own: they are
+    still refused on a pool of another checkpoint (they would read its tokenizer's ids)."""
+    template = None if method != "prompt-finetune" else "{text} it was {mask} ."
+    spec = TaskSpec(max_length=64, method=method, model=str(bert_dir), text_fields=["text"], labels=["0", "1"],
+                    template=template, verbalizer={"0": ["bad"], "1": ["good"]} if template else None, options=options)
+    clf, fp = build_classifier(spec)
+    save_artifact(tmp_path / "bert-task", spec, clf, fp)
+    pool = TaskPool(str(gpt2_dir), device="cpu")
+    with pytest.raises(ModelError, match="model_type: artifact was made for 'bert', backbone has 'gpt2'"):
+        pool.add(tmp_path / "bert-task", "bert-task")
+    assert pool.tasks() == []
+
+
 # --- the rest of the API ------------------------------------------------------------------------------
+
+
+def test_an_input_may_be_a_string_as_on_the_command_line_and_names_are_checked(tasks):
+    built = tasks("bert")
+    pool = loaded_pool({k: built[k] for k in ("prompt-tuning",)})
+    as_text = pool.predict("prompt-tuning", [EXAMPLES[0]["text"], '{"text": "%s"}' % EXAMPLES[1]["text"]])
+    as_dicts = pool.predict("prompt-tuning", [{"text": EXAMPLES[0]["text"]}, {"text": EXAMPLES[1]["text"]}])
+    assert as_text == as_dicts
+    with pytest.raises(ConfigError, match="'has space' cannot be a task name"):
+        pool.add(built["prompt-tuning"].path, "has space")
 
 
 def test_generation_tasks_generate_on_the_shared_backbone_and_are_not_classified(gpt2_dir, tasks, tmp_path):

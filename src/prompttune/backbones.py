@@ -330,6 +330,11 @@ def head_digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+CHECKPOINT_KEYS = ("model_type", "vocab_size", "hidden_size", "num_layers", "embedding_sha256")
+"""The fingerprint fields that name a checkpoint whatever class it is loaded as (masked LM, causal
+LM, or the same weights under a classification head)."""
+
+
 def compare_fingerprints(expected: dict, got: dict) -> None:
     """Raise `ModelError` naming each field where a backbone differs from the one expected."""
     diffs = [f"{k}: artifact was made for {expected[k]!r}, backbone has {got.get(k)!r}"

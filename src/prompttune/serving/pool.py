@@ -30,6 +30,7 @@ All public methods are thread-safe: one lock serialises changes to the pool and 
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,14 +39,16 @@ import torch
 from torch import nn
 
 from ..artifacts import WEIGHTS, load_artifact, read_saved
-from ..backbones import Backbone, load_backbone
+from ..backbones import CHECKPOINT_KEYS, Backbone, compare_fingerprints, load_backbone
+from ..data import examples_from_texts
 from ..errors import ConfigError
 from ..evaluation import predict_scores
 from ..model_parts import bind_bare, detach_parts
 from ..parameters import freeze
 from .mixed_batch import Job, shared_pass
 
-DEVICES = ("auto", "cpu", "cuda")
+TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+"""What a task may be called (it is part of URLs: /v1/tasks/{task}/predict)."""
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -133,6 +136,7 @@ class TaskPool:
         backbone = load_backbone(model, kind=kind, lm_head=lm_head, dtype=self.dtype)
         backbone.model.to(self.device)
         self.backbone = backbone
+        self._checkpoint = backbone.fingerprint()
         # The backbone's own weights, by the names an artifact would store them under (before tasks wrap modules).
         self._own_names = frozenset(f"model.{n}" for n, _ in backbone.model.named_parameters())
 
@@ -146,12 +150,20 @@ class TaskPool:
         """
         path = Path(path)
         name = name or path.resolve().name
+        if not re.fullmatch(TASK_NAME, name):
+            raise ConfigError(f"{name!r} cannot be a task name: letters, digits, '.', '_', '-', '+', at most 64, starting "
+                              "with a letter or digit")
         with self._lock:
             if name in self._tasks:
                 raise ConfigError(f"a task named {name!r} is already loaded; remove it first or choose another name")
             config, weights = read_saved(path)  # checked against its checksum before anything is built
             if self.backbone is None:
                 self._load_backbone(config["model"], config.get("model_kind"), config.get("lm_head"))
+            # One checkpoint for every task, whatever class the task loads it as (a head task's
+            # fingerprint is of its classification model).
+            made_on = config["backbone"]
+            compare_fingerprints({k: made_on[k] for k in CHECKPOINT_KEYS if k in made_on} | {"name": made_on.get("name")},
+                                 self._checkpoint)
             shares = self._own_names.isdisjoint(weights)
             del weights  # load_artifact reads them again, checked the same way
             held = _storages(self.backbone.model, *(info.classifier for info in self._tasks.values()))
@@ -191,18 +203,19 @@ class TaskPool:
 
     # --- running --------------------------------------------------------------------------
 
-    def predict(self, name: str, examples: list[dict]) -> list[Prediction]:
-        """Label and probabilities for each example (a dict of the task's text fields)."""
+    def predict(self, name: str, examples: list[str | dict]) -> list[Prediction]:
+        """Label and probabilities for each example: a dict of the task's text fields, or a string (the
+        text of a one-field task, or a JSON object with the fields, as `prompttune predict --text`)."""
         return self.predict_mixed([(name, ex) for ex in examples])
 
-    def predict_mixed(self, items: list[tuple[str, dict]]) -> list[Prediction]:
+    def predict_mixed(self, items: list[tuple[str, str | dict]]) -> list[Prediction]:
         """Predictions for (task name, example) pairs of any tasks, in order (see `scores_mixed`)."""
         with self._lock:
             scores = self.scores_mixed(items)
             return [_prediction(self._tasks[name].labels, s) for (name, _), s in zip(items, scores)]
 
     @torch.no_grad()
-    def scores_mixed(self, items: list[tuple[str, dict]]) -> list[torch.Tensor]:
+    def scores_mixed(self, items: list[tuple[str, str | dict]]) -> list[torch.Tensor]:
         """Class scores (n_classes,) for (task name, example) pairs of any tasks, in order: what the task
         loaded on its own computes (`load_artifact(path)` + `predict_scores`), to float tolerance.
 
@@ -218,8 +231,9 @@ class TaskPool:
             out: list[torch.Tensor | None] = [None] * len(items)
             jobs, joined = [], []
             for name, indices in rows.items():
-                clf = self._tasks[name].classifier
-                examples = [{k: v for k, v in items[i][1].items() if k != "label"} for i in indices]
+                info = self._tasks[name]
+                clf = info.classifier
+                examples = [_example(items[i][1], info.text_fields) for i in indices]
                 if clf.model is self.backbone.model:
                     batch = {k: v.to(self.device) for k, v in clf.collate(examples).items()}
                     reads = clf.reads(batch)
@@ -266,6 +280,14 @@ def release_freed_memory() -> None:
         ctypes.CDLL(name).malloc_trim(0)
     except (OSError, AttributeError, TypeError):
         pass
+
+
+def _example(given: str | dict, fields: list[str]) -> dict:
+    """An input as the task reads it: a dict of its text fields (a "label" key is left out), or a
+    string, read as `prompttune predict --text` reads one (`data.examples_from_texts`)."""
+    if isinstance(given, str):
+        return examples_from_texts([given], fields, name="text")[0]
+    return {k: v for k, v in given.items() if k != "label"}
 
 
 def _place(out: list, indices: list[int], scores: torch.Tensor) -> None:

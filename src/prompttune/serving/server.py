@@ -49,13 +49,11 @@ from .completions import openai_routes
 from .engine import Engine
 from .limits import Limits
 from .metrics import ServerMetrics
-from .pool import TaskInfo, TaskPool
+from .pool import TASK_NAME, TaskInfo, TaskPool
 
 GRACEFUL_SHUTDOWN_S = 30
 """How long SIGTERM waits for in-flight requests before cancelling them."""
 RETRY_AFTER_S = 1
-TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-"""A task's name: its URL path segment and OpenAI model id."""
 
 log = logging.getLogger("uvicorn.error")  # uvicorn's server log: these lines show as its own do (--log-level)
 
@@ -271,7 +269,7 @@ def task_name(path: Path, *, loc: tuple | None = None) -> str:
     """The default name of the task in `path`: the directory's name, if it can be one."""
     name = path.name
     if not re.fullmatch(TASK_NAME, name):
-        message = (f"the directory name {name!r} cannot be a task name (letters, digits, '.', '_', '-'; "
+        message = (f"the directory name {name!r} cannot be a task name (letters, digits, '.', '_', '-', '+'; "
                    "at most 64, starting with a letter or digit)")
         if loc is None:
             raise ConfigError(message)
