@@ -498,3 +498,16 @@ def test_the_command_serves_and_sigterm_lets_an_in_flight_request_finish(root):
     reader.join(timeout=10)
     rest = "".join(lines.queue)
     assert "Traceback" not in rest and "ERROR" not in rest, rest
+
+
+def test_serve_names_a_task_name_equals_dir_or_after_its_directory(tmp_path):
+    from prompttune.errors import ConfigError
+    from prompttune.serving.server import named_dir
+
+    assert named_dir("sst2=runs/prompt_tuning") == ("sst2", "runs/prompt_tuning")
+    assert named_dir("runs/prompt_tuning") == ("prompt_tuning", "runs/prompt_tuning")
+    odd = tmp_path / "a=b"  # a directory whose name has '=' is named explicitly
+    odd.mkdir()
+    assert named_dir(f"odd={odd}") == ("odd", str(odd))
+    with pytest.raises(ConfigError, match="'has space' cannot be a task name"):
+        named_dir("has space=runs/x")

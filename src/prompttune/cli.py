@@ -30,9 +30,9 @@ EPILOG_SERVE = """endpoints:
   POST   /v1/tasks               {"path": DIR, "name": NAME}: load a task (only from an --allow-dir)
   DELETE /v1/tasks/TASK          unload it
   POST   /v1/completions, /v1/chat/completions, GET /v1/models: OpenAI-compatible, model = a generation task
-  GET    /health, /metrics (Prometheus), /docs (OpenAPI)
+  GET    /health, /metrics (Prometheus), /docs (OpenAPI; its page loads Swagger UI from a CDN), /openapi.json
 example:
-  prompttune serve runs/sst2 runs/agnews --port 8000
+  prompttune serve runs/sst2 news=runs/agnews-lora --port 8000      # tasks 'sst2' and 'news'
   curl -s localhost:8000/v1/tasks/sst2/predict -H 'content-type: application/json' -d '{"texts": ["a gripping film"]}'
 SIGTERM or Ctrl-C: stop accepting, let in-flight requests finish (up to 30 s), exit."""
 
@@ -162,11 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     limits = Limits()
     p = sub.add_parser("serve", help="serve saved tasks over HTTP, all on one loaded model",
-                       description="Load the tasks in DIR... on one backbone (they must share it) and serve them over "
+                       description="Load the tasks in DIR... on one backbone (they must be made on it) and serve them over "
                                    "HTTP (FastAPI + uvicorn). Texts of any tasks that arrive together are micro-batched: "
                                    "up to --max-batch-size texts, waiting at most --max-wait-ms for the batch to fill.",
                        epilog=EPILOG_SERVE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="task artifact directory, served under its directory's name")
+    p.add_argument("dirs", nargs="+", metavar="[NAME=]DIR",
+                   help="task artifact directory, served as NAME (default: the directory's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=whole_number(0, 65535), default=8000, help="port (default 8000; 0 = any free port)")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N (default auto)")

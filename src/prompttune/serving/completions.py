@@ -6,7 +6,7 @@
     POST /v1/chat/completions   messages rendered by the tokenizer's chat template (special tokens
                                 kept) in place of the task's text field; the rest of the template
                                 (soft tokens, prefixes) is the task's
-    GET  /v1/models             every loaded task, as OpenAI lists models
+    GET  /v1/models             the generation tasks, as OpenAI lists models
 
 A prompt is a text of the task's one text field (or, on a task with several, a JSON object of them),
 rendered with the task's template up to `{mask}`, as `prompttune generate` does. Each generation
@@ -148,9 +148,10 @@ def openai_routes(engine: Engine, batcher: MicroBatcher, limits: Limits) -> APIR
 
     @router.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
-        """Every loaded task; generation tasks can be used as `model` in the endpoints below."""
+        """The loaded generation tasks: what can be `model` in the endpoints below (classification tasks
+        answer on POST /v1/tasks/{task}/predict and are listed by GET /v1/tasks)."""
         now = int(time.time())
-        return ModelList(data=[ModelCard(id=info.name, created=now) for info in engine.tasks()])
+        return ModelList(data=[ModelCard(id=info.name, created=now) for info in engine.tasks() if info.generation])
 
     @router.post("/v1/completions", response_model=CompletionResponse)
     async def completions(body: CompletionRequest) -> CompletionResponse:

@@ -294,10 +294,11 @@ def serve(dirs: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, dev
         raise ConfigError(f"--max-texts {limits.max_texts} is more than --max-queue {limits.max_queue}: "
                           "such a request could never be admitted")
     with closing(listen(host, port)) as sock:  # before the model loads: a port in use fails at once
-        engine = Engine(TaskPool(device=device, dtype=dtype))
+        engine = Engine(TaskPool(device=device, dtype=dtype, max_batch_size=limits.max_batch_size))
         try:
-            for d in dirs:
-                engine.add(d, task_name(Path(d).resolve()))
+            for given in dirs:
+                name, d = named_dir(given)
+                engine.add(d, name)
             app = build_app(engine, limits=limits, allow_dirs=allowed)
             print(f"prompttune serve: {len(dirs)} task(s) on {engine.model_name} ({engine.pool.device}, "
                   f"{str(engine.pool.dtype).removeprefix('torch.')}) at http://{url_host(host)}:{sock.getsockname()[1]} "
@@ -306,6 +307,23 @@ def serve(dirs: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, dev
             uvicorn.Server(config).run(sockets=[sock])
         finally:
             engine.close()
+
+
+def named_dir(given: str) -> tuple[str, str]:
+    """A `serve` argument as (task name, directory): `NAME=DIR`, or `DIR` named after its directory.
+    (A directory whose own name holds '=' is given as `NAME=DIR` too.)
+
+    Example:
+        >>> named_dir("sst2=runs/prompt_tuning"), named_dir("runs/prompt_tuning")
+        (('sst2', 'runs/prompt_tuning'), ('prompt_tuning', 'runs/prompt_tuning'))
+    """
+    name, sep, d = given.partition("=")
+    if sep and re.fullmatch(TASK_NAME, name):
+        return name, d
+    if sep and not Path(given).exists():
+        raise ConfigError(f"{given!r}: {name!r} cannot be a task name (letters, digits, '.', '_', '-', '+'; at most 64, "
+                          "starting with a letter or digit)")
+    return task_name(Path(given).resolve()), given
 
 
 def checked_dir(path: str) -> Path:
