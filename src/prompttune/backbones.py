@@ -83,6 +83,16 @@ class Backbone:
         return fingerprint(self.model, self.name, self.kind, self.lm_head)
 
 
+def load_model_config(name: str):
+    """The model's `transformers` config (its config.json: kind, vocabulary size...), without its weights."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve_model_path(name))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load model {name!r}: {e}") from e
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
@@ -108,13 +118,8 @@ def load_backbone(
     `kind` overrides the detected kind; `lm_head` is a directory written by
     `prompttune fit-lm-head` for encoders that ship without an MLM head.
     """
-    from transformers import AutoConfig
-
     path = resolve_model_path(name)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load model {name!r}: {e}") from e
+    config = load_model_config(name)
     kind = kind or detect_kind(config)
     if kind not in KINDS:
         raise ModelError(f"model kind must be one of {KINDS}, got {kind!r}")

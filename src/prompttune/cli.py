@@ -1,4 +1,5 @@
-"""The `prompttune` command line: train, eval, predict, generate, export, serve, demo, fit-lm-head, methods.
+"""The `prompttune` command line: train, eval, predict, generate, export, serve, fit-lm-head, demo, search,
+render, methods (bare `prompttune` lists them; `prompttune --version`).
 
 Every command turns its arguments into plain objects and calls the library; errors from bad
 input print one line naming the problem and exit with status 2.
@@ -11,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import PromptTuneError
 
 EPILOG_TRAIN = """example:
@@ -22,6 +24,18 @@ config keys: model, model_kind, lm_head, task.{train,dev,eval,text_fields,label_
   calibrate,chain_of_thought,reasoning_field,cot_trigger,answer_trigger,max_reasoning_tokens},
   train.{epochs,lr,batch_size,eval_batch_size,max_length,weight_decay,warmup_ratio,max_grad_norm,seed,progress,
   checkpoint}"""
+
+
+EPILOG_PREDICT = """inputs:
+  on a one-field task a --text (or a line of --data -) is the text itself, or a JSON object with that field;
+  on several fields it is a JSON object with them, e.g. '{"premise": "...", "hypothesis": "..."}'
+a --data line: the row's text fields, the predicted label, every label's probability, and the row's
+  own label as "gold" where the file has the label column:
+  {"input": {"sentence": "a gripping film"}, "label": "1", "probabilities": {"0": 0.1, "1": 0.9}, "gold": "1"}
+examples:
+  prompttune predict runs/sst2 --text "a gripping film" --text "dull"
+  prompttune predict runs/sst2 --data test.tsv --out predictions.jsonl
+  printf 'a gripping film\\ndull\\n' | prompttune predict runs/sst2 --data -      # one input per line"""
 
 
 EPILOG_SERVE = """endpoints:
@@ -42,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # named after the command that got them, not the top-level parser
         parser.subcommand(args.command).error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command is None:  # bare `prompttune`: what there is to run
+        print(parser.commands())
+        return 0
     try:
         return args.func(args) or 0
     except PromptTuneError as e:
@@ -64,6 +81,14 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+    def commands(self) -> str:
+        """Its usage, then each command with its one-line help, and where to read more."""
+        (sub,) = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        width = max(len(c.dest) for c in sub._choices_actions)
+        listed = [f"  {c.dest:{width}s}  {c.help}" for c in sub._choices_actions]
+        return "\n".join([self.format_usage().strip(), "", "commands:", *listed, "",
+                          f"run `{self.prog} COMMAND --help` for a command's options and an example"])
 
     def subcommand(self, name: str) -> argparse.ArgumentParser:
         """The parser of command `name` (this parser if it has no such command)."""
@@ -100,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="prompttune",
         description="Prompt learning and parameter-efficient tuning: one frozen model, many small tasks.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"prompttune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a task from a YAML config and save its artifact",
                        description="Train a task from a YAML config; save config.json + weights.safetensors to --out.",
@@ -125,13 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='print {"accuracy": ..., "macro_f1": ..., "n": ...}')
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="predict labels for texts with a saved task",
-                       description="Predict the label of each --text. For a task with several text fields, "
-                                   'give each --text as a JSON object, e.g. \'{"premise": "...", "hypothesis": "..."}\'; '
-                                   "on a one-field task a --text is the text itself, or a JSON object with that field.")
+    p = sub.add_parser("predict", help="predict labels for texts or a data file with a saved task",
+                       description="Predict the label of each --text, or of each row of --data (one model load,\n"
+                                   "batched). --data writes JSON lines, one per row, in order.",
+                       epilog=EPILOG_PREDICT, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("artifact", help="task artifact directory")
-    p.add_argument("--text", action="append", required=True, help="an input (repeatable)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per input with label and probabilities")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--text", action="append", help="an input (repeatable)")
+    given.add_argument("--data", help="a .tsv/.csv/.json/.jsonl file or saved dataset directory with the task's text "
+                                      "columns (the label column is optional); - reads standard input: one input per "
+                                      "line, read as a --text is, blank lines skipped")
+    p.add_argument("--label-field", default=None, help="--data's label column (default: the one used in training, else "
+                                                       "'label'); read where the file has it")
+    p.add_argument("--batch-size", type=whole_number(1), default=32, help="inputs per forward pass (default 32)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per input with label and probabilities "
+                                                       "(always so with --data)")
+    p.add_argument("--out", default=None, help="write the lines to this file (atomically) instead of standard output")
+    p.add_argument("--overwrite", action="store_true", help="replace a file already at --out")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("generate", help="generate text from a saved task's prompt (causal or seq2seq models)",
@@ -245,6 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config key (repeatable)")
     p.set_defaults(func=cmd_search)
 
+    p = sub.add_parser("render", help="show a config's inputs as the model reads them: tokens, mask, soft slots, label ids",
+                       description="Render the first --n rows of task.train (or each --text) through the config's "
+                                   "template, as the model reads them: the text, its token pieces, the mask's position, "
+                                   "the soft-prompt slots, and each label's words with their token ids. Loads the "
+                                   "tokenizer and the model's config only: no weights, no training.",
+                       epilog="example:\n  prompttune render configs/sst2_prompt_tuning.yaml --n 2 --set "
+                              "'prompt.template={soft:4} {sentence} It was {mask}.'",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="YAML run config")
+    p.add_argument("--n", type=whole_number(1), default=3, help="training rows to render (default 3)")
+    p.add_argument("--text", action="append", default=None, help="render this input instead (repeatable; JSON object "
+                                                                  "for several fields)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the whole rendering as one JSON object")
+    p.set_defaults(func=cmd_render)
+
     p = sub.add_parser("methods", help="list the available methods")
     p.set_defaults(func=cmd_methods)
     return parser
@@ -288,24 +341,62 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .artifacts import load_artifact
-    from .data import examples_from_texts
+    from .artifacts import load_artifact, read_config
+    from .errors import ConfigError
     from .evaluation import predict_scores
+    from .outputs import check_output_file
 
-    clf, config = load_artifact(args.artifact)
+    config = read_config(args.artifact)
     if config.get("generation"):
-        from .errors import ConfigError
-
         raise ConfigError("this is a generation task: use `prompttune generate` to see its output text")
-    probs = predict_scores(clf, examples_from_texts(args.text, config["text_fields"], name="--text")).softmax(-1)
-    for text, p in zip(args.text, probs):
+    # Every input is read and checked, and --out claimed, before the model loads.
+    inputs, examples = predict_inputs(args, config)
+    if args.out is not None:
+        check_output_file(args.out, overwrite=args.overwrite)
+    clf, config = load_artifact(args.artifact)
+    progress = sys.stderr.isatty() and len(examples) > args.batch_size  # a bar on a terminal, never on stdout
+    probs = predict_scores(clf, examples, batch_size=args.batch_size, progress=progress, desc="predicting").softmax(-1)
+    lines = []
+    for given, ex, p in zip(inputs, examples, probs):
         label = config["labels"][int(p.argmax())]
-        if args.json:
-            print(json.dumps({"text": text, "label": label, "probabilities": dict(zip(config["labels"], p.tolist()))},
-                             ensure_ascii=False))
+        if args.json or args.data is not None:
+            row = {**given, "label": label, "probabilities": dict(zip(config["labels"], p.tolist()))}
+            lines.append(json.dumps({**row, "gold": ex["label"]} if "label" in ex else row, ensure_ascii=False))
         else:
-            print(f"{label}\t{float(p.max()):.3f}\t{text}")
+            lines.append(f"{label}\t{float(p.max()):.3f}\t{given['text']}")
+    text = "".join(line + "\n" for line in lines)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        from .files import text_writer, write_together
+
+        out = Path(args.out)
+        write_together(out.parent, {out.name: text_writer(text)})
     return 0
+
+
+def predict_inputs(args, config: dict) -> tuple[list[dict], list[dict]]:
+    """`predict`'s inputs as printed ({"text": ...} for a --text, {"input": {field: text}} for a --data
+    row) and as examples (a --data file's rows with their label where it has the label column)."""
+    from .data import examples_from_lines, examples_from_rows, examples_from_texts, read_rows
+    from .errors import DataError
+
+    fields = config["text_fields"]
+    if args.text is not None:
+        return [{"text": t} for t in args.text], examples_from_texts(args.text, fields, name="--text")
+    if args.data == "-":
+        from .data import decode_utf8
+
+        examples = examples_from_lines(decode_utf8(sys.stdin.buffer.read(), "<stdin>"), fields)
+        if not examples:
+            raise DataError("standard input (--data -) has no inputs: every line is blank")
+    else:
+        rows = read_rows(args.data)
+        label_field = args.label_field or config.get("label_field", "label")
+        has_label = bool(rows) and label_field in rows[0].values
+        examples = examples_from_rows(rows, str(args.data), fields, label_field if has_label else None,
+                                      labels=config["labels"])
+    return [{"input": {f: ex[f] for f in fields}} for ex in examples], examples
 
 
 def cmd_generate(args) -> int:
@@ -385,6 +476,98 @@ def cmd_search(args) -> int:
                                                                           if "dev_accuracy" in report else {})},
                      ensure_ascii=False))
     return 0
+
+
+def cmd_render(args) -> int:
+    from .config import load_config
+    from .data import examples_from_rows, examples_from_texts, read_rows
+    from .errors import ConfigError
+    from .methods import get_method
+    from .rendering import render_inputs
+
+    cfg = load_config(args.config, args.overrides)
+    fields = list(cfg.task.text_fields)
+    if args.text is not None:
+        examples = examples_from_texts(args.text, fields, name="--text")
+        where = [f"--text {n}" for n in range(1, len(examples) + 1)]
+    elif cfg.task.train:
+        rows = read_rows(cfg.task.train)[: args.n]
+        label_field = cfg.task.label_field if rows and cfg.task.label_field in rows[0].values else None
+        examples = examples_from_rows(rows, cfg.task.train, fields, label_field)
+        where = [row.where for row in rows]
+    else:
+        raise ConfigError("render needs inputs: set task.train or give --text")
+    head = get_method(cfg.method.name).uses_head(cfg.method)
+    report = render_inputs(cfg.model, examples, text_fields=fields, template=None if head else cfg.prompt.template,
+                           verbalizer=None if head else cfg.prompt.verbalizer, max_length=cfg.train.max_length,
+                           kind=cfg.model_kind)
+    for rendered, ex, place in zip(report["inputs"], examples, where):
+        rendered["where"] = place
+        if "label" in ex:
+            rendered["label"] = ex["label"]
+    report["notes"] = render_notes(cfg, head)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        print(format_rendering(report))
+    return 0
+
+
+def render_notes(cfg, head: bool) -> list[str]:
+    """What `render` does not show of a task's input."""
+    m, notes = cfg.method, []
+    if head:
+        notes.append("a classification-head method: the text fields are read as they are, no template or label words")
+    if cfg.task.generation:
+        notes.append("a generation task: the model writes the target text at the mask")
+    if m.demonstrations:
+        notes.append(f"each input is followed by {m.demonstrations} demonstration(s) per class (LM-BFF), not shown")
+    if "in-context" in ([m.name] if isinstance(m.name, str) else m.name):
+        notes.append(f"an instruction and {m.context_examples} demonstration(s) come before each input, not shown")
+    return notes
+
+
+def format_rendering(report: dict) -> str:
+    """`render`'s report as text: the model and template, the label words, then each input."""
+    kind, lines = report["kind"], [f"model {report['model']} ({report['kind']} LM)"]
+    if report["template"] is not None:
+        lines.append(f"template {report['template']!r}")
+    words = report.get("label_words", {})
+    if words:
+        lines.append("label words (token ids as read at the mask):")
+        for label, entries in words.items():
+            lines.append(f"  {label}: " + "   ".join(f"{e['word']} {e['ids']} {e['tokens']}" for e in entries))
+    multi = any(len(e["ids"]) > 1 for entries in words.values() for e in entries)
+    lines += [f"note: {note}" for note in report["notes"]]
+    for n, r in enumerate(report["inputs"], 1):
+        label = f", label {r['label']}" if "label" in r else ""
+        lines += [f"input {n} ({r['where']}{label})", f"  text:   {r['text']}",
+                  "  tokens: " + " ".join(f"{i}:{t}" for i, t in enumerate(r["tokens"]))]
+        if r["mask"] is not None:
+            lines.append(f"  mask:   position {r['mask']}{mask_reading(kind, r['tokens'], r['mask'], multi)}")
+        if r["soft"]:
+            lines.append(f"  soft:   positions {spans(r['soft'])} ({len(r['soft'])} vector(s))")
+    return "\n".join(lines)
+
+
+def spans(positions: list[int]) -> str:
+    """Positions as runs: [1, 2, 3, 7] → '1-3, 7'."""
+    runs: list[list[int]] = []
+    for p in positions:
+        if runs and p == runs[-1][-1] + 1:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+def mask_reading(kind: str, tokens: list[str], position: int, multi: bool) -> str:
+    """How a model of `kind` reads the label word at the mask's `position` (`multi`: some word has several tokens)."""
+    if kind == "causal":
+        return ": the label word is written here, continuing the text before it"
+    if kind == "seq2seq":
+        return f" ({tokens[position]}: the decoder writes the label word for it)"
+    return f" ({tokens[position]}" + ("; a word of k tokens is read at k masks from here)" if multi else ")")
 
 
 def cmd_methods(args) -> int:

@@ -44,16 +44,25 @@ def read_utf8(path: str | Path, error: type[PromptTuneError] = DataError) -> str
     """
     path = Path(path)
     try:
-        data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+        data = path.read_bytes()
     except OSError as e:
         raise error(f"cannot read {str(path)!r}: {e.strerror}") from None
+    return decode_utf8(data, str(path), error, fixed=str(path.with_suffix(".utf8" + path.suffix)))
+
+
+def decode_utf8(data: bytes, name: str, error: type[PromptTuneError] = DataError, *, fixed: str = "fixed.txt") -> str:
+    """`data` (the bytes of the file or stream `name`) as text, a leading byte-order mark dropped.
+
+    Raises `error` naming `name` and the line of the first byte that is not UTF-8, with the command
+    that re-encodes it (into `fixed`).
+    """
+    data = data.removeprefix(codecs.BOM_UTF8)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        fixed = path.with_suffix(".utf8" + path.suffix)
-        raise error(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); re-encode the file as UTF-8, "
-                    f"e.g. from Latin-1: iconv -f latin1 -t utf-8 {path} > {fixed}") from None
+        raise error(f"{name}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); re-encode the file as UTF-8, "
+                    f"e.g. from Latin-1: iconv -f latin1 -t utf-8 {name} > {fixed}") from None
 
 
 def read_rows(path: str | Path) -> list[Row]:
@@ -230,13 +239,18 @@ def load_examples(path: str | Path, text_fields: list[str], label_field: str | N
         >>> load_examples("bad.tsv", ["sentence"], "label", labels=["0", "1"])
         DataError: bad.tsv:7: label '2' is not one of the task's labels ['0', '1']
     """
-    rows = read_rows(path)
+    return examples_from_rows(read_rows(path), str(path), text_fields, label_field, labels=labels)
+
+
+def examples_from_rows(rows: list[Row], path: str, text_fields: list[str], label_field: str | None = "label", *,
+                       labels: list[str] | None = None) -> list[dict]:
+    """`load_examples` of rows already read (`read_rows(path)`); the same checks and errors."""
     if not rows:
-        raise DataError(f"data file {str(path)!r} has no rows")
+        raise DataError(f"data file {path!r} has no rows")
     wanted = list(text_fields) + ([label_field] if label_field else [])
     missing = [c for c in wanted if c not in rows[0].values]
     if missing:
-        raise DataError(f"data file {str(path)!r} has no column(s) {missing}; its columns are {list(rows[0].values)}")
+        raise DataError(f"data file {path!r} has no column(s) {missing}; its columns are {list(rows[0].values)}")
     return [_example(row, text_fields, label_field, labels, wanted) for row in rows]
 
 
@@ -300,6 +314,19 @@ def examples_from_texts(texts: list[str], fields: list[str], *, name: str = "inp
         DataError: --text '' has no text (empty or only whitespace)
     """
     return [_example_from_text(text, fields, name) for text in texts]
+
+
+def examples_from_lines(text: str, fields: list[str], *, source: str = "<stdin>") -> list[dict]:
+    """Inputs one per line (`prompttune predict --data -`), each read as `examples_from_texts` reads a
+    string: the text itself on a one-field task, a JSON object with the fields on several. Blank
+    lines are skipped; an error names the line as `source:LINE`.
+
+    Example:
+        >>> examples_from_lines('a gripping film\n\n{"sentence": "dull"}\n', ["sentence"])
+        [{'sentence': 'a gripping film'}, {'sentence': 'dull'}]
+    """
+    lines = enumerate(io.StringIO(text, newline=None), 1)
+    return [_example_from_text(line.rstrip("\n"), fields, f"{source}:{n}") for n, line in lines if line.strip()]
 
 
 def _example_from_text(text: str, fields: list[str], name: str) -> dict:

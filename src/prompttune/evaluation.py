@@ -8,14 +8,15 @@ from tqdm.auto import tqdm
 
 
 @torch.no_grad()
-def predict_scores(classifier: nn.Module, examples: list[dict], *, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
-    """(N, n_classes) class scores for `examples`, in order."""
+def predict_scores(classifier: nn.Module, examples: list[dict], *, batch_size: int = 32, progress: bool = False,
+                   desc: str = "evaluating") -> torch.Tensor:
+    """(N, n_classes) class scores for `examples`, in order; `progress` shows a bar named `desc` on stderr."""
     was_training = classifier.training
     classifier.eval()
     device = next(classifier.parameters()).device
     out = []
     starts = range(0, len(examples), batch_size)
-    for i in tqdm(starts, desc="evaluating", disable=not progress, leave=False):
+    for i in tqdm(starts, desc=desc, disable=not progress, leave=False):
         batch = classifier.collate([{k: v for k, v in ex.items() if k != "label"} for ex in examples[i : i + batch_size]])
         batch = {k: v.to(device) for k, v in batch.items()}
         out.append(classifier(batch).float().cpu())

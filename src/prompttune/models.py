@@ -113,11 +113,8 @@ class HeadClassifier(TaskModule):
         self.soft, self.deep = None, None
 
     def collate(self, examples: list[dict]) -> dict:
-        rows = []
-        for ex in examples:
-            texts = [str(ex[f]) for f in self.text_fields]
-            text, pair = texts if len(texts) == 2 else (" ".join(texts), None)
-            rows.append(encode_text(self.tokenizer, text, pair, max_length=self.max_length, specials=self.specials))
+        rows = [head_input_ids(self.tokenizer, self.text_fields, ex, max_length=self.max_length, specials=self.specials)
+                for ex in examples]
         ids, attn = pad(rows, self.tokenizer.pad_token_id)
         batch = {"ids": ids, "attn": attn}
         if all("label" in ex for ex in examples):
@@ -144,6 +141,14 @@ class HeadClassifier(TaskModule):
         base = {id(p) for p in self.model.base_model.parameters()}
         new = {id(p) for p in fresh_parameters(self.model)}
         return [p for p in self.model.parameters() if id(p) not in base or id(p) in new]
+
+
+def head_input_ids(tokenizer, text_fields: list[str], example: dict, *, max_length: int,
+                   specials: SpecialTokens | None = None) -> list[int]:
+    """The ids a `HeadClassifier` reads for `example`: one field alone, two as a pair, more joined with spaces."""
+    texts = [str(example[f]) for f in text_fields]
+    text, pair = texts if len(texts) == 2 else (" ".join(texts), None)
+    return encode_text(tokenizer, text, pair, max_length=max_length, specials=specials)
 
 
 def bind_prompts(classifier: TaskModule) -> None:

@@ -128,6 +128,27 @@ def _flock(path: Path, mode: int, claimed: Path) -> int:
     return fd
 
 
+def check_output_file(path: str | Path, *, overwrite: bool = False) -> Path:
+    """Before a model loads: refuse to write the file `path` where it cannot be written, or where a
+    file already is unless `overwrite` (the file itself is then written atomically, `files.write_together`).
+    Its folder need not exist yet: the nearest folder that does must take a write.
+
+    Raises `OutputError`: "preds.jsonl already exists; pass --overwrite to replace it".
+    """
+    path = Path(path)
+    if not path.name or path.is_dir():
+        raise OutputError(f"{path} is a directory; name a file to write, e.g. --out {path / 'predictions.jsonl'}")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} already exists; pass --overwrite to replace it")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {path}: {folder} is not a directory")
+    _probe_write(folder)
+    return path
+
+
 def json_marked(path: Path, key: str) -> bool:
     """Whether `path` is a JSON object holding `key`: the mark prompttune puts in the file that
     describes each of its outputs (`prompttune_version` in an artifact's `config.json`...)."""

@@ -253,7 +253,7 @@ class Seq2SeqLMScorer(_Scorer):
     def __init__(self, backbone, template, verbalizer, max_length):
         super().__init__(backbone, template, verbalizer, max_length)
         tok = self.tokenizer
-        sentinel = tok.convert_tokens_to_ids("<extra_id_0>") if "<extra_id_0>" in tok.get_vocab() else None
+        sentinel = first_sentinel(tok)
         self.slot = sentinel if sentinel is not None else tok.mask_token_id
         if self.slot is None:
             raise ModelError(f"seq2seq model {backbone.name!r} has neither a <extra_id_0> sentinel nor a mask token")
@@ -305,6 +305,23 @@ class Seq2SeqLMScorer(_Scorer):
         dec = torch.tensor([self.lead], device=device).expand(ids.shape[0], -1)
         logits = model(encoder_outputs=enc, attention_mask=attn, decoder_input_ids=dec).logits[:, -1]
         return F.log_softmax(logits.float(), dim=-1)
+
+
+def first_sentinel(tokenizer) -> int | None:
+    """The id of T5's `<extra_id_0>`, which stands for the mask in a seq2seq LM's input; None without sentinels."""
+    return tokenizer.get_vocab().get("<extra_id_0>")
+
+
+def mask_slot(kind: str, tokenizer) -> list[int]:
+    """What an input holds at `{mask}` as a model of `kind` reads a one-token label word there: [MASK]
+    on a masked LM (a k-token word gets k of them), the first sentinel on a seq2seq LM (the mask
+    token without sentinels), nothing on a causal LM (the word is written there, as the continuation)."""
+    if kind == "masked":
+        return [tokenizer.mask_token_id]
+    if kind == "seq2seq":
+        sentinel = first_sentinel(tokenizer)
+        return [sentinel if sentinel is not None else tokenizer.mask_token_id]
+    return []
 
 
 SCORERS = {"masked": MaskedLMScorer, "causal": CausalLMScorer, "seq2seq": Seq2SeqLMScorer}
