@@ -1,10 +1,13 @@
 """Task artifacts: a directory with `config.json` and `weights.safetensors`.
 
-`config.json` holds the task spec (method, template, verbalizer, labels...), the base
-backbone's fingerprint, the parameter counts and the weights' checksum; `weights.safetensors`
-holds only what the method trained (nothing for zero-shot). The two files are replaced together
-(`files.write_together`: weights, then the config that names their checksum), and reading them
-gives a consistent pair or an error. Saving is a read of the classifier: P-tuning's encoder and
+`config.json` holds the task spec (method, template, verbalizer, labels, the method options that
+differ from their defaults...), the base backbone's fingerprint, the parameter counts, the weights'
+checksum and, for a trained task, how it was trained (`training`); `weights.safetensors` holds only
+what the method trained (nothing for zero-shot). A task on a fitted MLM head carries a copy of it
+(`lm_head.safetensors` + `lm_head.json`), named in `config.json` relative to the artifact, so the
+folder is self-contained: it can be moved or copied and loads the same. The files are replaced
+together (`files.write_together`: the head, the weights, then the config that names their
+checksum), and reading them gives a consistent pair or an error. Saving is a read of the classifier: P-tuning's encoder and
 prefix-tuning's MLP are evaluated into the vectors they compute, and training can go on
 unchanged. Loading is strict (every saved key and shape must match what the method trains) and
 refuses a backbone other than the one the task was made for.
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import time
 from pathlib import Path
 
@@ -23,12 +28,15 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from . import __version__
-from .backbones import Backbone, compare_fingerprints
+from .backbones import KINDS, Backbone, compare_fingerprints
 from .errors import ArtifactError, PromptTuneError
 from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
+from .lm_head import COPY_INFO, COPY_WEIGHTS, head_copy
+from .methods import MethodOptions
 from .model_parts import ModelPart, detach_parts
 from .parameters import count_parameters, trainable_state_dict
 from .task import TaskSpec, build_classifier
+from .training import TrainConfig
 
 CONFIG, WEIGHTS = "config.json", "weights.safetensors"
 EVAL = "eval.json"
@@ -37,9 +45,12 @@ EVAL = "eval.json"
 
 def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, base_fingerprint: dict, extra: dict | None = None) -> Path:
     """Write the task to `directory` (created if needed), replacing a task saved there; return the
-    directory. The classifier is only read: it trains on unchanged after a save.
+    directory. The classifier is only read: it trains on unchanged after a save. A task on a fitted
+    head (`spec.lm_head`) gets a copy of the head's files, checked against its checksum, and
+    `config.json` names the copy (`lm_head.safetensors`), not the place it was copied from.
 
-    Raises `OutputError` if the files cannot be written (the previous ones then stay as they were).
+    Raises `OutputError` if the files cannot be written (the previous ones then stay as they were),
+    `ModelError` if the head's files cannot be read or do not match their checksum.
 
     Example:
         >>> clf, fp = build_classifier(spec)
@@ -49,9 +60,11 @@ def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, 
     weights = stored_state_dict(classifier)
     trainable, total = count_parameters(classifier)
     stored = sum(t.numel() for t in weights.values())
+    head = head_copy(spec.lm_head) if spec.lm_head is not None else {}
     config = {
         "prompttune_version": __version__,
         **spec.to_dict(),
+        "lm_head": COPY_WEIGHTS if head else None,
         "backbone": base_fingerprint,
         # Counted as a reload has them: the stored (folded) form, not P-tuning's encoder.
         "trainable_parameters": stored,
@@ -67,9 +80,23 @@ def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, 
                                            "tensors": len(weights)}})(path)
 
     # One metadata key: safetensors writes several in a varying order, and equal saves should be equal bytes.
-    write_together(directory, {WEIGHTS: safetensors_writer(weights, {"format": "pt"}), CONFIG: write_config},
-                   replaces=[EVAL])
+    # A replaced task's head copy goes when the new task has none.
+    write_together(directory, {**head, WEIGHTS: safetensors_writer(weights, {"format": "pt"}), CONFIG: write_config},
+                   replaces=[EVAL, *([] if head else [COPY_WEIGHTS, COPY_INFO])])
     return directory
+
+
+def lm_head_location(config: dict, directory: str | Path) -> str | None:
+    """Where the fitted head of the task saved in `directory` is: its copy inside the artifact (the
+    relative name `config.json` holds), or the absolute path older artifacts recorded (they load as
+    they did, while the head is still there). None for a task without a fitted head.
+
+    Example:
+        >>> lm_head_location(read_config("runs/sst2"), "runs/sst2")
+        'runs/sst2/lm_head.safetensors'
+    """
+    head = config.get("lm_head")
+    return None if head is None else str(Path(directory) / head)  # an absolute path stays as it is
 
 
 def stored_state_dict(classifier: nn.Module) -> dict[str, torch.Tensor]:
@@ -93,6 +120,31 @@ def _texts(value) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
+def _whole(value, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _train_settings(value) -> str | None:
+    """Why `training.train` cannot be the settings of a run (`TrainConfig`'s own checks), or None."""
+    if not isinstance(value, dict):
+        return "not an object"
+    unknown = sorted(set(value) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        return f"unknown key(s) {unknown}"
+    try:
+        TrainConfig(**value)
+    except PromptTuneError as e:
+        return str(e)
+    return None
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_OPTION_NAMES = frozenset(MethodOptions.__dataclass_fields__)
+
 # What each key of config.json must hold to rebuild the task: (check, what it should be).
 _CONFIG_KEYS = {
     "method": (lambda v: isinstance(v, str) or (_texts(v) and bool(v)), "a method name or a list of them"),
@@ -102,22 +154,58 @@ _CONFIG_KEYS = {
     "template": (lambda v: v is None or isinstance(v, str), "a template or null"),
     "verbalizer": (lambda v: v is None or (isinstance(v, dict) and all(_texts(w) for w in v.values())),
                    "an object of label → list of words, or null"),
-    "max_length": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number ≥ 1"),
-    "options": (lambda v: isinstance(v, dict), "an object of method options"),
+    "model_kind": (lambda v: v is None or v in KINDS, f"one of {', '.join(KINDS)}, or null"),
+    "lm_head": (lambda v: v is None or (isinstance(v, str) and bool(v)),
+                f"the fitted head's file in the artifact ({COPY_WEIGHTS!r}) or null"),
+    "max_length": (lambda v: _whole(v, 1), "a whole number ≥ 1"),
+    "options": (lambda v: isinstance(v, dict) and set(v) <= _OPTION_NAMES,
+                f"an object of method options ({', '.join(sorted(_OPTION_NAMES))})"),
     "generation": (lambda v: isinstance(v, bool), "true or false"),
     "demonstrations": (lambda v: v is None or (isinstance(v, list) and all(isinstance(d, dict) for d in v)),
                        "a list of examples or null"),
     "backbone": (lambda v: isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("name", "kind", "embedding_sha256")),
                  "the backbone's fingerprint (name, kind, embedding_sha256...)"),
     "weights": (lambda v: isinstance(v, dict) and isinstance(v.get("sha256"), str), "the weights file's sha256"),
+    "training": (lambda v: isinstance(v, dict), "an object recording how the task was trained"),
 }
 _REQUIRED = ("method", "model", "text_fields", "labels", "backbone", "weights")
+
+_DATA_KEYS = {
+    "path": (lambda v: v is None or isinstance(v, str), "the data file's absolute path or null"),
+    "sha256": (lambda v: v is None or (isinstance(v, str) and bool(_SHA256.fullmatch(v))), "64 hex digits or null"),
+    "examples": (lambda v: isinstance(v, str), "a digest of the examples ('8 examples, sha256 …')"),
+}
+# What each key of config.json's `training` must hold (`recipes.training_record`); those it lacks are
+# absent from artifacts written before it recorded them.
+_TRAINING_KEYS = {
+    "train": (lambda v: _train_settings(v) is None, lambda v: f"the train.* settings of a run ({_train_settings(v)})"),
+    "sample": (lambda v: isinstance(v, dict) and (v.get("shots") is None or _whole(v["shots"], 1)) and _whole(v.get("seed"), 0),
+               "an object {shots: a whole number ≥ 1 or null, seed: a whole number ≥ 0}"),
+    "data": (lambda v: isinstance(v, dict) and all(isinstance(d, dict) for d in v.values()),
+             "an object of train/dev/eval → {path, sha256, examples}"),
+    "versions": (lambda v: isinstance(v, dict) and all(x is None or isinstance(x, str) for x in v.values()),
+                 "an object of library → version"),
+    "wall_seconds": (lambda v: _number(v) and v >= 0, "a number of seconds ≥ 0"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of per-epoch records"),
+    "best_epoch": (lambda v: v is None or _whole(v, 1), "a whole number ≥ 1 or null"),
+    "best_dev": (lambda v: v is None or isinstance(v, dict), "an object of dev metrics or null"),
+}
+
+
+def _check_keys(path: Path, obj: dict, table: dict, where: str = "") -> None:
+    """Refuse the first key of `obj` named in `table` whose value fails its check, naming the dotted
+    key. `table`: key → (check, what it should be: text, or a function of the value giving it)."""
+    for key, (ok, what) in table.items():
+        if key in obj and not ok(obj[key]):
+            expected = what(obj[key]) if callable(what) else what
+            raise ArtifactError(f"{path}: key {where + key!r} holds {json.dumps(obj[key])[:80]}, expected {expected}")
 
 
 def read_config(directory: str | Path) -> dict:
     """An artifact's `config.json`, checked key by key (a hand-edited file is refused naming the key).
 
-    Raises `ArtifactError`: "runs/x/config.json: key 'labels' holds 5, expected a list of labels".
+    Raises `ArtifactError`: "runs/x/config.json: key 'labels' holds 5, expected a list of labels"
+    (nested keys by their dotted name: "key 'training.data.train.sha256' holds ...").
     """
     path = Path(directory) / CONFIG
     if not path.is_file():
@@ -126,17 +214,23 @@ def read_config(directory: str | Path) -> dict:
     missing = [k for k in _REQUIRED if k not in config]
     if missing:
         raise ArtifactError(f"{path} lacks the key(s) {missing}; was it written by prompttune?")
-    for key, (ok, what) in _CONFIG_KEYS.items():
-        if key in config and not ok(config[key]):
-            raise ArtifactError(f"{path}: key {key!r} holds {json.dumps(config[key])[:80]}, expected {what}")
+    _check_keys(path, config, _CONFIG_KEYS)
+    training = config.get("training", {})
+    _check_keys(path, training, _TRAINING_KEYS, "training.")
+    for split, record in training.get("data", {}).items():
+        _check_keys(path, record, _DATA_KEYS, f"training.data.{split}.")
     if not config["labels"] and not config.get("generation"):
         raise ArtifactError(f"{path}: key 'labels' is empty; a classification task needs its labels")
     return config
 
 
-def spec_from_config(config: dict) -> TaskSpec:
+def spec_from_config(config: dict, directory: str | Path) -> TaskSpec:
+    """The spec of the task saved in `directory` with this config, its fitted head located
+    (`lm_head_location`); method options it does not store take their defaults."""
     fields = TaskSpec.__dataclass_fields__
-    return TaskSpec(**{k: v for k, v in config.items() if k in fields})
+    spec = TaskSpec(**{k: v for k, v in config.items() if k in fields})
+    spec.lm_head = lm_head_location(config, directory)
+    return spec
 
 
 def load_artifact(directory: str | Path, backbone: Backbone | None = None) -> tuple[nn.Module, dict]:
@@ -153,7 +247,7 @@ def load_artifact(directory: str | Path, backbone: Backbone | None = None) -> tu
     """
     directory = Path(directory)
     config, weights = read_saved(directory)
-    spec = spec_from_config(config)
+    spec = spec_from_config(config, directory)
     try:
         classifier, fp = build_classifier(spec, backbone, folded=True)
     except PromptTuneError as e:

@@ -116,7 +116,8 @@ def load_backbone(
     """Load a pretrained LM by hub id or local path.
 
     `kind` overrides the detected kind; `lm_head` is a directory written by
-    `prompttune fit-lm-head` for encoders that ship without an MLM head.
+    `prompttune fit-lm-head` for encoders that ship without an MLM head, or the copy of such a head
+    a task artifact carries (`ARTIFACT/lm_head.safetensors`; see `lm_head.head_files`).
     """
     path = resolve_model_path(name)
     config = load_model_config(name)

@@ -17,7 +17,7 @@ import yaml
 from .backbones import DEFAULT_MODEL, KINDS
 from .data import read_utf8
 from .errors import ConfigError
-from .methods import MethodOptions, get_method, method_list
+from .methods import MethodOptions, get_method, method_list, non_default_options
 from .training import TrainConfig
 
 
@@ -58,8 +58,8 @@ class MethodConfig(MethodOptions):
     (e.g. [p-tuning, lora]); the other keys are their options."""
 
     def options(self) -> dict:
-        """The options as stored in a task spec (everything but the name)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
+        """The options as stored in a task spec: those that differ from their defaults (not the name)."""
+        return non_default_options({k: v for k, v in dataclasses.asdict(self).items() if k != "name"})
 
 
 @dataclass
@@ -78,7 +78,8 @@ class RunConfig:
     model_kind: str | None = None
     """masked | causal | seq2seq; detected from the model's config when null."""
     lm_head: str | None = None
-    """Directory from `prompttune fit-lm-head`, for encoders that ship without an MLM head."""
+    """Directory from `prompttune fit-lm-head`, for encoders that ship without an MLM head (or the
+    copy a task artifact carries, `ARTIFACT/lm_head.safetensors`); the artifact gets a copy of it."""
     task: TaskConfig = field(default_factory=TaskConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     method: MethodConfig = field(default_factory=MethodConfig)

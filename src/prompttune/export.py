@@ -35,10 +35,11 @@ trained), finetune and prompt-finetune (all weights trained) have no PEFT prompt
 Using the adapter: load the same base model the task names (`AutoModelForCausalLM`,
 `AutoModelForSeq2SeqLM`, or for masked LMs `AutoModelForMaskedLM`: PEFT's FEATURE_EXTRACTION
 task type forwards to it unchanged and returns its logits), put a fitted LM head on it first if
-the task has `lm_head` (`prompttune.lm_head.load_lm_head`), then `PeftModel.from_pretrained`.
-Feed the template rendered without its leading soft tokens (prompt tuning) or as is (prefix
-tuning). The export also writes `prompttune_task.json` (template, labels, verbalizer, model), which
-PEFT ignores.
+the task has one: the export carries a copy of the task's head (`lm_head.safetensors` +
+`lm_head.json`, named by `lm_head` in `prompttune_task.json`; `prompttune.lm_head.load_lm_head(base,
+"EXPORT_DIR/lm_head.safetensors")`), then `PeftModel.from_pretrained`. Feed the template rendered
+without its leading soft tokens (prompt tuning) or as is (prefix tuning). The export also writes
+`prompttune_task.json` (template, labels, verbalizer, model), which PEFT ignores.
 """
 
 from __future__ import annotations
@@ -56,13 +57,14 @@ from .artifacts import load_artifact, read_config, spec_from_config
 from .backbones import DEFAULT_MODEL, load_backbone
 from .errors import ExportError, PromptTuneError
 from .files import Writer, json_writer, safetensors_writer, write_together
+from .lm_head import COPY_INFO, COPY_WEIGHTS, head_copy
 from .methods import get_method
 from .models import bind_prompts
 from .outputs import claim_output, json_marked
 from .templates import Soft, SpecialTokens, Text
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS, TASK_FILE = "adapter_config.json", "adapter_model.safetensors", "prompttune_task.json"
-EXPORT_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, TASK_FILE)
+EXPORT_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, TASK_FILE, COPY_WEIGHTS, COPY_INFO)
 SOFT_METHODS = ("prompt-tuning", "p-tuning")
 DEEP_METHODS = ("prefix-tuning", "p-tuning-v2")
 SUPPORTED = (
@@ -93,7 +95,7 @@ def export_peft(artifact_dir: str | Path, out_dir: str | Path, *, verify: bool =
     if out_dir.resolve() == artifact_dir.resolve():
         raise ExportError(f"{str(out_dir)!r} is the task artifact itself; write the PEFT adapter to a directory of its own")
     config = read_config(artifact_dir)
-    spec = spec_from_config(config)
+    spec = spec_from_config(config, artifact_dir)
     _check_method(spec)
     with claim_output(out_dir, owned=EXPORT_FILES, what="a PEFT adapter", overwrite=overwrite,
                       is_ours=lambda d: json_marked(d / TASK_FILE, "exported_by")):
@@ -120,13 +122,14 @@ def _export(artifact_dir: Path, out_dir: Path, spec, verify: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="prompttune-peft-") as tmp:
             write_together(tmp, adapter)
             max_diff = _check_with_peft(clf, spec, kind, Path(tmp), n_virtual)
-    write_together(out_dir, {**adapter, TASK_FILE: json_writer({
+    head = head_copy(spec.lm_head) if spec.lm_head is not None else {}
+    write_together(out_dir, {**head, **adapter, TASK_FILE: json_writer({
         "exported_by": f"prompttune {__version__}",
         "source_artifact": str(artifact_dir),
         "method": spec.method,
         "model": spec.model,
         "model_kind": kind,
-        "lm_head": spec.lm_head,
+        "lm_head": COPY_WEIGHTS if head else None,
         "template": spec.template,
         "labels": spec.labels,
         "verbalizer": spec.verbalizer,
@@ -135,7 +138,7 @@ def _export(artifact_dir: Path, out_dir: Path, spec, verify: bool) -> None:
             if spec.method in SOFT_METHODS else "the template rendered as prompttune renders it (ids, with the task's LM head)"
         ),
         "verified_max_abs_logit_difference": max_diff,
-    })})
+    })}, replaces=[] if head else [COPY_WEIGHTS, COPY_INFO])
 
 
 def _check_method(spec) -> None:

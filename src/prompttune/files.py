@@ -55,6 +55,11 @@ def text_writer(text: str) -> Writer:
     return lambda path: _dump_text(path, text)
 
 
+def bytes_writer(data: bytes) -> Writer:
+    """A writer of `data` as it is (a copy of a file read beforehand, e.g. a fitted head's weights)."""
+    return lambda path: path.write_bytes(data)
+
+
 def safetensors_writer(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Writer:
     """A writer of `tensors` as a safetensors file (contiguous CPU copies: safetensors refuses views
     that share storage, and a copy taken now is what is saved even if training goes on)."""
@@ -205,3 +210,19 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def path_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (`file_sha256`); of a directory (a saved Hugging Face dataset),
+    the SHA-256 of the lines "relative/name<TAB>file's sha256" of every file inside, in name order.
+
+    Example:
+        >>> path_sha256("data/train.tsv") == hashlib.sha256(open("data/train.tsv", "rb").read()).hexdigest()
+        True
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return file_sha256(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    lines = "".join(f"{p.relative_to(path).as_posix()}\t{file_sha256(p)}\n" for p in files)
+    return hashlib.sha256(lines.encode()).hexdigest()

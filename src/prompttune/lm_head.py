@@ -21,6 +21,10 @@ Example:
     >>> masked_token_accuracy(model, tokenizer, held_out)          # doctest: +SKIP
     >>> save_lm_head(model, "heads/minilm", metrics)               # doctest: +SKIP
     >>> load_lm_head(fresh_model, "heads/minilm")                  # doctest: +SKIP
+
+A head is found by its directory (`head.safetensors` + `head.json`, what `fit-lm-head` writes) or
+by its weights file `X.safetensors` with `X.json` beside it: the copy a task artifact carries
+(`lm_head.safetensors` + `lm_head.json`, see `head_copy`), so an artifact needs nothing outside it.
 """
 
 from __future__ import annotations
@@ -40,13 +44,16 @@ from tqdm.auto import tqdm
 from .backbones import lm_head_module
 from .errors import ModelError
 from . import __version__
-from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
+from .files import Writer, bytes_writer, file_sha256, json_writer, read_json_object, safetensors_writer, write_together
 from .outputs import claim_output, json_marked
 from .scoring import pad
 from .templates import SpecialTokens, encode_text
 
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_INFO = "head.json"
+COPY_WEIGHTS, COPY_INFO = "lm_head.safetensors", "lm_head.json"
+"""A head's two files as copied into a task artifact or a PEFT export (`head_copy`), beside the
+task's own `weights.safetensors` and `config.json`, which names the copy by `COPY_WEIGHTS`."""
 
 
 def head_module(model: nn.Module) -> nn.Module:
@@ -296,8 +303,49 @@ def save_lm_head(model: nn.Module, directory: str | os.PathLike, metrics: dict |
     write_together(directory, {HEAD_WEIGHTS: safetensors_writer(state), HEAD_INFO: write_info})
 
 
-def load_lm_head(model: nn.Module, directory: str | os.PathLike) -> dict:
-    """Load a head saved by `save_lm_head` into `model`; return the saved `head.json`.
+def head_files(location: str | os.PathLike) -> tuple[Path, Path]:
+    """(weights file, info file) of the head at `location`: a directory from `save_lm_head`
+    (`head.safetensors`, `head.json`), or a weights file `X.safetensors` (`X.json` beside it: a
+    head copied into a task artifact).
+
+    Example:
+        >>> head_files("runs/sst2/lm_head.safetensors")
+        (PosixPath('runs/sst2/lm_head.safetensors'), PosixPath('runs/sst2/lm_head.json'))
+    """
+    location = Path(location)
+    if location.suffix == ".safetensors":
+        return location, location.with_suffix(".json")
+    return location / HEAD_WEIGHTS, location / HEAD_INFO
+
+
+def read_head(location: str | os.PathLike) -> tuple[bytes, dict]:
+    """(the weights file's bytes, the info) of the head at `location` (see `head_files`), the bytes
+    checked against the checksum the info records.
+
+    Raises `ModelError` for a missing or unreadable file, or weights from another save than the info.
+    """
+    weights_path, info_path = head_files(location)
+    if not weights_path.is_file():
+        if weights_path.name == HEAD_WEIGHTS:
+            raise ModelError(f"lm_head {location} holds no {HEAD_WEIGHTS}; fit a head there first: prompttune fit-lm-head "
+                             f"--data FILE --text-field FIELD --out {location}")
+        raise ModelError(f"lm_head {weights_path} does not exist (a task artifact carries its head in {COPY_WEIGHTS}; "
+                         "was the folder copied without it?)")
+    # Heads saved before head.json recorded a checksum have no info file: they load as they did.
+    info = read_json_object(info_path, ModelError) if info_path.is_file() else {}
+    try:
+        data = weights_path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"cannot read {weights_path}: {e.strerror or e}") from None
+    if "weights_sha256" in info and hashlib.sha256(data).hexdigest() != info["weights_sha256"]:
+        raise ModelError(f"{weights_path} does not match the checksum in {info_path.name}: the files come from "
+                         "different saves or were changed (fit the head again)")
+    return data, info
+
+
+def load_lm_head(model: nn.Module, location: str | os.PathLike) -> dict:
+    """Load a head saved by `save_lm_head` (or copied by `head_copy`) into `model`; return its info
+    (`head.json`).
 
     Strict: every head parameter of `model` must be in the file with the same shape,
     and the file must hold nothing else.
@@ -306,39 +354,41 @@ def load_lm_head(model: nn.Module, directory: str | os.PathLike) -> dict:
         >>> info = load_lm_head(model, "heads/minilm")   # doctest: +SKIP
         >>> info["metrics"]["masked_tokens"]             # doctest: +SKIP
     """
-    directory = Path(directory)
-    if not (directory / HEAD_WEIGHTS).is_file():
-        raise ModelError(f"lm_head {directory} holds no {HEAD_WEIGHTS}; fit a head there first: prompttune fit-lm-head "
-                         f"--data FILE --text-field FIELD --out {directory}")
-    info = _read_head_info(directory)
-    data = (directory / HEAD_WEIGHTS).read_bytes()
-    if "weights_sha256" in info and hashlib.sha256(data).hexdigest() != info["weights_sha256"]:
-        raise ModelError(f"{directory / HEAD_WEIGHTS} does not match the checksum in {HEAD_INFO}: the files come from "
-                         "different saves (fit the head again)")
+    data, info = read_head(location)
+    weights_path = head_files(location)[0]
     try:
         saved = safetensors.torch.load(data)
     except SafetensorError as e:
-        raise ModelError(f"{directory / HEAD_WEIGHTS} is not a readable safetensors file: {e}") from None
+        raise ModelError(f"{weights_path} is not a readable safetensors file: {e}") from None
     expected = lm_head_state_dict(model)
     for name, tensor in expected.items():
         if name not in saved:
-            raise ModelError(f"{directory / HEAD_WEIGHTS}: missing head parameter {name!r}")
+            raise ModelError(f"{weights_path}: missing head parameter {name!r}")
         if saved[name].shape != tensor.shape:
             raise ModelError(
-                f"{directory / HEAD_WEIGHTS}: {name!r} has shape {tuple(saved[name].shape)}, "
+                f"{weights_path}: {name!r} has shape {tuple(saved[name].shape)}, "
                 f"expected {tuple(tensor.shape)}"
             )
     unexpected = sorted(set(saved) - set(expected))
     if unexpected:
-        raise ModelError(f"{directory / HEAD_WEIGHTS}: unexpected parameters {unexpected}")
+        raise ModelError(f"{weights_path}: unexpected parameters {unexpected}")
     model.load_state_dict(saved, strict=False)
     return info
 
 
-def _read_head_info(directory: Path) -> dict:
-    """`head.json` as a dict ({} if absent: heads saved before it recorded a checksum load as they did)."""
-    path = directory / HEAD_INFO
-    return read_json_object(path, ModelError) if path.is_file() else {}
+def head_copy(location: str | os.PathLike) -> dict[str, Writer]:
+    """Writers of a copy of the head at `location` as `lm_head.safetensors` (its bytes, as they are)
+    and `lm_head.json` (its info, with the weights' checksum), for `files.write_together` beside the
+    files of a task artifact or an export. The files are read (and checked) now, not when written.
+
+    Raises `ModelError` as `read_head`.
+
+    Example:
+        >>> write_together("runs/sst2", {**head_copy("heads/minilm"), "config.json": json_writer(config)})  # doctest: +SKIP
+    """
+    data, info = read_head(location)
+    return {COPY_WEIGHTS: bytes_writer(data),
+            COPY_INFO: json_writer({**info, "weights_sha256": hashlib.sha256(data).hexdigest()})}
 
 
 def fit_and_save_lm_head(

@@ -14,28 +14,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 import sys
 from pathlib import Path
 
 from accelerate.utils import set_seed
 
+from . import __version__
 from .artifacts import CONFIG, EVAL, WEIGHTS, save_artifact
 from .config import RunConfig
 from .data import few_shot_split, load_examples, sample_per_class
 from .errors import ConfigError, DataError, OutputError
 from .evaluation import evaluate
-from .files import discard, remove_staging_leftovers, write_json
+from .files import discard, path_sha256, remove_staging_leftovers, write_json
+from .lm_head import COPY_INFO, COPY_WEIGHTS
 from .methods import get_method, method_list
 from .outputs import claim_output, json_marked, require_free_space
 from .parameters import count_parameters, trainable_bytes
 from .task import TaskSpec, build_classifier
-from .training import (CHECKPOINT_FILES, CHECKPOINT_STATE, check_same_run, checkpoint_bytes, data_record, epochs_done,
-                       read_checkpoint, resumable_checkpoint, train)
+from .training import (CHECKPOINT_FILES, CHECKPOINT_STATE, RESUME_TOLERATED, TrainResult, check_same_run, checkpoint_bytes,
+                       data_record, epochs_done, examples_digest, read_checkpoint, resumable_checkpoint, train)
 from .verbalizers import parse_verbalizer
 
 CHECKPOINT = "checkpoint"
-TRAIN_FILES = (CONFIG, WEIGHTS, EVAL)
-"""What `train` writes in its output directory, besides its checkpoint folder."""
+TRAIN_FILES = (CONFIG, WEIGHTS, EVAL, COPY_WEIGHTS, COPY_INFO)
+"""What `train` writes in its output directory, besides its checkpoint folder (the last two: the
+copy of a fitted head)."""
 
 
 def is_artifact(directory: Path) -> bool:
@@ -96,6 +100,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     train_ex, dev_ex, test_ex = splits if splits is not None else load_splits(cfg)
+    files = data_files(cfg) if splits is None else {}
     labels = [] if cfg.task.generation else task_labels(cfg, train_ex)
     for name, examples in (("train", train_ex), ("dev", dev_ex), ("eval", test_ex)) if labels else ():
         unknown = sorted({ex["label"] for ex in examples} - set(labels))
@@ -121,7 +126,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
     with claim_output(out_dir, owned=TRAIN_FILES, what="a task artifact", overwrite=overwrite or resume or interrupted,
                       is_ours=is_artifact) as out:
         _check_checkpoint(cfg, out / CHECKPOINT, (train_ex, dev_ex), resume=resume, overwrite=overwrite, log=log)
-        return _train_and_save(cfg, spec, out, (train_ex, dev_ex, test_ex), resume=resume, log=log)
+        return _train_and_save(cfg, spec, out, (train_ex, dev_ex, test_ex), resume=resume, log=log, files=files)
 
 
 def _check_checkpoint(cfg: RunConfig, ckpt: Path, splits: tuple, *, resume: bool, overwrite: bool, log) -> None:
@@ -141,8 +146,10 @@ def _check_checkpoint(cfg: RunConfig, ckpt: Path, splits: tuple, *, resume: bool
                           "to continue it, or --overwrite to start over")
 
 
-def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *, resume: bool, log) -> dict:
-    """Build, train (checkpointing into out/checkpoint), save the artifact, evaluate; return the summary."""
+def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *, resume: bool, log,
+                    files: dict[str, dict]) -> dict:
+    """Build, train (checkpointing into out/checkpoint), save the artifact, evaluate; return the summary.
+    `files`: the data files the splits were read from (`data_files`), for the training record."""
     method = get_method(cfg.method.name)
     train_ex, dev_ex, test_ex = splits
     set_seed(cfg.train.seed)  # soft prompts, LoRA and adapters are initialised here: make it repeatable
@@ -169,7 +176,8 @@ def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *,
                "best_epoch": result.best_epoch, "best_dev": result.best_dev, "history": result.history}
     if transfer is not None:
         summary["transfer"] = transfer
-    save_artifact(out, spec, classifier, fp, extra={"training": summary, "label_field": cfg.task.label_field})
+    record = {**summary, **training_record(cfg, splits, result, files)}
+    save_artifact(out, spec, classifier, fp, extra={"training": record, "label_field": cfg.task.label_field})
     # The run finished and its result is saved: the resume checkpoint (optimizer state, several
     # times the artifact's size) has no further use. Files of anyone else in the folder stay.
     discard(ckpt, CHECKPOINT_FILES)
@@ -178,6 +186,49 @@ def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *,
         write_json(out / EVAL, summary["eval"])
         log(f"eval: {json.dumps(summary['eval'])}")
     return summary
+
+
+def data_files(cfg: RunConfig) -> dict[str, dict]:
+    """Each of task.train/dev/eval the config names: {"path": absolute path, "sha256": `path_sha256`}.
+    Taken right after the files are read, so the checksums are of what was read."""
+    return {split: {"path": str(Path(path).resolve()), "sha256": path_sha256(path)}
+            for split in ("train", "dev", "eval") if (path := getattr(cfg.task, split))}
+
+
+def training_record(cfg: RunConfig, splits: tuple, result: TrainResult, files: dict[str, dict]) -> dict:
+    """How a task was trained, for its `config.json` (`training`, beside the summary and the per-epoch
+    `history`): the train.* settings that shape the weights (as a checkpoint records them, less those
+    `RESUME_TOLERATED` names), the few-shot sample (`task.shots`, `task.seed`), each split's file
+    (`files`, from `data_files`; path and sha256 null for examples given otherwise) and a digest of
+    its examples (as a checkpoint records train and dev), the library versions, and the wall-clock
+    seconds of training.
+
+    Example:
+        >>> training_record(cfg, (train_ex, dev_ex, test_ex), result, data_files(cfg))["data"]["train"]
+        {'path': '/data/sst2/train.tsv', 'sha256': '9c1e…', 'examples': '32 examples, sha256 1f0c…'}
+    """
+    examples = {**data_record(splits[0], splits[1]), "eval": examples_digest(splits[2])}
+    no_file = {"path": None, "sha256": None}
+    return {
+        "train": {k: v for k, v in dataclasses.asdict(cfg.train).items() if f"train.{k}" not in RESUME_TOLERATED},
+        "sample": {"shots": cfg.task.shots, "seed": cfg.task.seed},
+        "data": {split: {**files.get(split, no_file), "examples": examples[split]} for split in ("train", "dev", "eval")},
+        "versions": library_versions(),
+        "wall_seconds": result.seconds,
+    }
+
+
+def library_versions() -> dict[str, str | None]:
+    """The versions of Python and of the libraries a task's numbers depend on (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"prompttune": __version__, "python": platform.python_version()}
+    for name in ("torch", "transformers", "peft", "accelerate", "safetensors"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def _run_config(cfg: RunConfig) -> dict:

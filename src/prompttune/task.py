@@ -13,7 +13,7 @@ from torch import nn
 from .backbones import (FRESH_SEED, Backbone, Kind, fingerprint, fresh_parameters, load_backbone, load_head_model, load_tokenizer,
                         share_base_modules)
 from .errors import ConfigError, ModelError, TemplateError
-from .methods import MethodOptions, get_method, method_list
+from .methods import MethodOptions, get_method, method_list, non_default_options
 from .model_parts import detach_parts
 from .models import HeadClassifier, PromptClassifier
 from .parameters import freeze
@@ -42,7 +42,8 @@ class TaskSpec:
     lm_head: str | None = None
     max_length: int = 128
     options: dict = field(default_factory=dict)
-    """The method's options (`MethodOptions` fields), e.g. {"prompt_length": 20}."""
+    """The method's options (`MethodOptions` fields) that differ from their defaults, e.g.
+    {"prompt_length": 10}; those left out take their defaults."""
     generation: bool = False
     """A text task: the model writes the target text at `{mask}` (no labels, no verbalizer)."""
     demonstrations: list[dict] | None = None
@@ -50,7 +51,8 @@ class TaskSpec:
     (`options.demonstrations`), or the in-context method's K demonstrations, in order."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The spec as JSON values; `options` only where they differ from the defaults."""
+        return {**asdict(self), "options": non_default_options(self.options)}
 
     def method_options(self) -> MethodOptions:
         try:

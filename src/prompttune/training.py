@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -96,6 +97,8 @@ class TrainResult:
     best_dev: dict | None = None
     history: list[dict] = field(default_factory=list)
     steps: int = 0
+    seconds: float = 0.0
+    """Wall-clock seconds of the epochs run (training and dev evaluation), summed over a resumed run's parts."""
 
 
 def train(
@@ -152,6 +155,7 @@ def train(
     start_epoch, best_state = 0, None
     if saved is not None:
         start_epoch, best_state = _load_checkpoint(ckpt, saved, classifier, optimizer, scheduler, result)
+    started, seconds_before = time.perf_counter(), result.seconds
 
     for epoch in range(start_epoch, config.epochs):
         # The order and the dropout masks depend on (seed, epoch) only, so a resumed run sees the
@@ -192,6 +196,7 @@ def train(
                 result.best_epoch, result.best_dev = epoch + 1, dev
                 best_state = {k: v.clone() for k, v in trainable_state_dict(classifier).items()}
         result.history.append(record)
+        result.seconds = round(seconds_before + time.perf_counter() - started, 3)
         if config.progress and accelerator.is_main_process:
             tqdm.write("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         if ckpt is not None and config.checkpoint:
@@ -226,10 +231,10 @@ def run_record(classifier: nn.Module, train_examples: list[dict], dev_examples: 
 
 def data_record(train_examples: list[dict], dev_examples: list[dict] | None) -> dict:
     """The "data" section of a run's record: a digest of its train and dev examples."""
-    return {"train": _digest(train_examples), "dev": _digest(dev_examples or [])}
+    return {"train": examples_digest(train_examples), "dev": examples_digest(dev_examples or [])}
 
 
-def _digest(examples: list[dict]) -> str:
+def examples_digest(examples: list[dict]) -> str:
     """'8 examples, sha256 1f0c…': equal for equal examples in equal order."""
     text = json.dumps(examples, sort_keys=True, ensure_ascii=False, default=str)
     return f"{len(examples)} examples, sha256 {hashlib.sha256(text.encode()).hexdigest()[:16]}"
@@ -372,4 +377,6 @@ def _load_checkpoint(directory: Path, meta: dict, classifier, optimizer, schedul
     result.best_epoch, result.best_dev, result.history, result.steps = (
         saved["best_epoch"], saved["best_dev"], saved["history"], saved["steps"]
     )
+    seconds = saved.get("seconds")  # absent from checkpoints written before it was recorded: counted from 0
+    result.seconds = float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else 0.0
     return meta["epoch"], best

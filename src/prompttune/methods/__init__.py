@@ -9,7 +9,7 @@ Register your own with `register_method`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from torch import nn
 
@@ -71,6 +71,19 @@ class MethodOptions:
     answer_trigger: str = "Therefore, the answer is"
     max_reasoning_tokens: int = 64
     """Chain-of-thought: at most this many generated tokens of reasoning."""
+
+
+def non_default_options(options: dict) -> dict:
+    """`options` without those equal to their `MethodOptions` default: what a task's `config.json`
+    stores. `MethodOptions(**non_default_options(o)) == MethodOptions(**o)`; names that are not
+    options stay, for `MethodOptions` to refuse.
+
+    Example:
+        >>> non_default_options({"prompt_length": 20, "encoder": "mlp"})
+        {'encoder': 'mlp'}
+    """
+    defaults = asdict(MethodOptions())
+    return {k: v for k, v in options.items() if k not in defaults or v != defaults[k]}
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..artifacts import WEIGHTS, load_artifact, read_saved
+from ..artifacts import WEIGHTS, lm_head_location, load_artifact, read_saved
 from ..backbones import CHECKPOINT_KEYS, Backbone, compare_fingerprints, load_backbone
 from ..data import examples_from_texts
 from ..errors import ConfigError
@@ -158,7 +158,7 @@ class TaskPool:
                 raise ConfigError(f"a task named {name!r} is already loaded; remove it first or choose another name")
             config, weights = read_saved(path)  # checked against its checksum before anything is built
             if self.backbone is None:
-                self._load_backbone(config["model"], config.get("model_kind"), config.get("lm_head"))
+                self._load_backbone(config["model"], config.get("model_kind"), lm_head_location(config, path))
             # One checkpoint for every task, whatever class the task loads it as (a head task's
             # fingerprint is of its classification model).
             made_on = config["backbone"]
