@@ -33,6 +33,9 @@ from .task import TaskSpec, build_classifier
 CONFIG, WEIGHTS = "config.json", "weights.safetensors"
 EVAL = "eval.json"
 """An evaluation of the saved task (`train` writes it); a new save removes the one of the task it replaces."""
+PLOT = "training.png"
+"""The training run's loss and dev accuracy per epoch (`train` writes it); not part of the task (loading
+never reads it), and a new save removes the one of the task it replaces."""
 
 
 def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, base_fingerprint: dict, extra: dict | None = None) -> Path:
@@ -68,7 +71,7 @@ def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, 
 
     # One metadata key: safetensors writes several in a varying order, and equal saves should be equal bytes.
     write_together(directory, {WEIGHTS: safetensors_writer(weights, {"format": "pt"}), CONFIG: write_config},
-                   replaces=[EVAL])
+                   replaces=[EVAL, PLOT])
     return directory
 
 
