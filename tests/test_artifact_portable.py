@@ -103,7 +103,7 @@ def test_a_moved_artifact_whose_head_folder_is_gone_predicts_identically(made, t
     assert not made["head"].exists()
     config = read_config(moved)
     assert config["lm_head"] == "lm_head.safetensors"
-    assert sorted(p.name for p in moved.iterdir()) == sorted(["config.json", "eval.json", *HEAD_FILES, "weights.safetensors"])
+    assert sorted(p.name for p in moved.iterdir()) == sorted(["config.json", "eval.json", *HEAD_FILES, "training.png", "weights.safetensors"])
     assert str(made["head"]) not in (moved / "config.json").read_text(), "config.json still names the head's folder"
     clf, _ = load_artifact(moved)
     assert torch.equal(predict_scores(clf, PROBES), made["scores"])
@@ -226,7 +226,8 @@ def test_config_json_records_how_the_task_was_trained(made):
     training = read_config(made["artifact"])["training"]
     cfg, data = made["cfg"], made["data"]
     assert training["train"] == {"epochs": 2, "lr": 1e-2, "batch_size": 4, "max_length": 48, "weight_decay": 0.01,
-                                 "warmup_ratio": 0.1, "max_grad_norm": 0.5, "seed": 5}
+                                 "warmup_ratio": 0.1, "max_grad_norm": 0.5, "seed": 5,
+                                 "early_stopping_patience": None}
     assert training["sample"] == {"shots": 2, "seed": 3}
     sha = hashlib.sha256(data.read_bytes()).hexdigest()
     assert training["data"]["train"]["path"] == training["data"]["eval"]["path"] == str(data.resolve())
@@ -239,7 +240,7 @@ def test_config_json_records_how_the_task_was_trained(made):
                                     "transformers": transformers.__version__, "peft": peft.__version__,
                                     "accelerate": __import__("accelerate").__version__,
                                     "safetensors": __import__("safetensors").__version__}
-    assert training["wall_seconds"] > 0
+    assert training["seconds"] > 0
     assert [r["epoch"] for r in training["history"]] == [1, 2] and all("dev_loss" in r for r in training["history"])
     assert training["best_epoch"] in (1, 2) and cfg.train.epochs == 2
 
@@ -251,7 +252,7 @@ def test_config_json_records_how_the_task_was_trained(made):
     (lambda c: c["training"]["train"].update(lr=-1), "train.lr must be a finite number > 0, got -1"),
     (lambda c: c["training"]["train"].update(epoch=2), "unknown key(s) ['epoch']"),
     (lambda c: c["training"].update(sample={"shots": 0, "seed": 1}), "key 'training.sample' holds"),
-    (lambda c: c["training"].update(wall_seconds="long"), "key 'training.wall_seconds' holds \"long\""),
+    (lambda c: c["training"].update(seconds="long"), "key 'training.seconds' holds \"long\""),
     (lambda c: c["training"].update(versions=["torch"]), "key 'training.versions'"),
     (lambda c: c.update(training=[]), "key 'training' holds [], expected an object"),
     (lambda c: c.update(options={"promt_length": 3}), "key 'options' holds {\"promt_length\": 3}"),
@@ -267,7 +268,7 @@ def test_a_malformed_record_is_one_line_naming_the_key(made, tmp_path, edit, mes
 
 def test_an_artifact_without_the_newer_keys_still_reads(made, tmp_path):
     task = copy_of(made, tmp_path)
-    edit_config(task, lambda c: [c["training"].pop(k) for k in ("train", "sample", "data", "versions", "wall_seconds")])
+    edit_config(task, lambda c: [c["training"].pop(k) for k in ("train", "sample", "data", "versions", "seconds")])
     assert read_config(task)["training"]["history"]
 
 

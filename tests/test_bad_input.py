@@ -274,6 +274,11 @@ def test_json_boolean_labels_match_a_verbalizer_written_with_quoted_true_and_fal
     ("train.max_grad_norm=.nan", "train.max_grad_norm must be a finite number ≥ 0 (0 = no clipping), got nan"),
     ("train.batch_size=0", "train.batch_size must be a positive whole number, got 0"),
     ("train.seed=-1", "train.seed must be a whole number from 0 to 4294967, got -1"),
+    ("train.early_stopping_patience=0", "train.early_stopping_patience must be a positive whole number of epochs or null, "
+                                        "got 0"),
+    ("train.early_stopping_patience=2", "train.early_stopping_patience needs a dev set to tell an improvement: set "
+                                        "task.dev (or task.shots, which draws a dev set from train)"),
+    ("train.report_to=wandb", "train.report_to must be one of ['none', 'tensorboard'], got 'wandb'"),
     ("method.lora_rank=0", "method.lora_rank must be ≥ 1, got 0"),
     ("method.lora_alpha=0", "method.lora_alpha must be > 0, got 0"),
     ("method.lora_dropout=1.0", "method.lora_dropout must be a probability in [0, 1), got 1.0"),

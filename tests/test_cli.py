@@ -105,7 +105,8 @@ def test_methods_are_listed(capsys):
                           "p-tuning-v2"} <= listed, listed
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "generate", "export", "demo", "fit-lm-head", "render",
+@pytest.mark.parametrize("command", ["train", "eval", "compare", "predict", "generate", "export", "demo", "fit-lm-head",
+                                     "render",
                                      "methods"])
 def test_every_command_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as exit_:

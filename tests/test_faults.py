@@ -174,7 +174,7 @@ def test_train_refuses_to_replace_a_finished_artifact(config_yaml, tmp_path, cap
     before = contents(out)
     code, _, err = run(capsys, "train", config_yaml, "--out", out, "--set", "train.epochs=1")
     assert_one_line_error(code, err, "train", f"{out} already holds a task artifact (config.json, weights.safetensors, "
-                          "eval.json); pass --overwrite to replace it")
+                          "eval.json, training.png); pass --overwrite to replace it")
     assert contents(out) == before
 
 
@@ -187,7 +187,7 @@ def test_overwrite_replaces_the_artifact_and_no_stale_file_survives(config_yaml,
     assert code == 0, err
     assert json.loads((out / "config.json").read_text())["training"]["history"][-1]["epoch"] == 1
     assert not (out / "eval.json").exists(), "the replaced artifact's eval.json would describe the new one"
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "weights.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "training.png", "weights.safetensors"]
 
 
 def test_resume_with_nothing_to_resume_is_an_error(config_yaml, tmp_path, capsys):
@@ -217,9 +217,9 @@ def test_a_resume_says_what_it_resumes_and_ends_like_an_uninterrupted_run(config
     code, _, err = run(capsys, "train", config_yaml, "--out", resumed, "--resume")
     assert code == 0, err
     assert f"resuming {resumed / 'checkpoint'}: epoch 1 of 2 done" in err
-    a, b = (json.loads((d / "config.json").read_text()) for d in (straight, resumed))
-    assert a["training"].pop("wall_seconds") > 0 and b["training"].pop("wall_seconds") > 0  # the time it took differs
-    assert a["training"] == b["training"]
+    a, b = (json.loads((d / "config.json").read_text())["training"] for d in (straight, resumed))
+    assert a.pop("seconds") > 0 and b.pop("seconds") > 0, "the training time (of both parts of the resumed run)"
+    assert a == b
     # (safetensors writes its metadata in varying order: compare the tensors, not the files' checksums)
     weights = [load_file(str(d / "weights.safetensors")) for d in (straight, resumed)]
     assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
@@ -539,6 +539,7 @@ def test_a_checkpoint_records_its_tensors_checksum_and_a_mismatched_pair_is_refu
     ("prompt.template={sentence} so it was {mask} .",
      'prompt.template: "{sentence} it was {mask} ." → "{sentence} so it was {mask} ."'),
     ("method.name=p-tuning-v2", 'method.name: "prompt-finetune" → "p-tuning-v2"'),
+    ("train.early_stopping_patience=1", "train.early_stopping_patience: (none) → 1"),
 ])
 def test_resuming_with_another_config_is_refused_naming_what_changed(override, named, config_yaml, tmp_path, capsys,
                                                                     monkeypatch):
@@ -552,13 +553,16 @@ def test_resuming_with_another_config_is_refused_naming_what_changed(override, n
 
 
 def test_settings_that_cannot_change_what_is_trained_may_differ_on_resume(config_yaml, tmp_path, capsys, monkeypatch):
-    assert RESUME_TOLERATED == ("train.progress", "train.eval_batch_size", "train.checkpoint", "task.eval")
+    assert RESUME_TOLERATED == ("train.progress", "train.eval_batch_size", "train.checkpoint", "train.report_to",
+                                "task.eval")
     out = tmp_path / "task"
     interrupted_run(config_yaml, out, monkeypatch)
     code, _, err = run(capsys, "train", config_yaml, "--out", out, "--resume", "--set", "train.progress=true",
-                       "--set", "train.eval_batch_size=3", "--set", "train.checkpoint=false", "--set", "task.eval=null")
+                       "--set", "train.eval_batch_size=3", "--set", "train.checkpoint=false", "--set", "task.eval=null",
+                       "--set", "train.report_to=tensorboard")
     assert code == 0, err
     assert "resuming" in err and (out / "config.json").is_file() and not (out / "eval.json").exists()
+    assert list((out / "logs" / "train").glob("events.out.tfevents.*")), "the resumed part is logged"
 
 
 def prompt_tuning(bert_dir, template="{soft:2} {text} it was {mask} ."):
@@ -672,7 +676,7 @@ def test_a_failed_save_keeps_the_old_artifacts_eval_json(config_yaml, tmp_path, 
     out = tmp_path / "task"
     code, _, err = run(capsys, "train", config_yaml, "--out", out)
     assert code == 0, err
-    before = {name: (out / name).read_bytes() for name in ("config.json", "weights.safetensors", "eval.json")}
+    before = {name: (out / name).read_bytes() for name in ("config.json", "weights.safetensors", "eval.json", "training.png")}
     fail_config_json_writes(monkeypatch)
     code, _, err = run(capsys, "train", config_yaml, "--out", out, "--overwrite", "--set", "train.checkpoint=false")
     assert code == 2, err
@@ -688,7 +692,7 @@ def test_a_full_disk_at_the_final_save_keeps_the_checkpoint_to_resume_from(confi
     assert sorted(contents(out)) == ["checkpoint/state.json", "checkpoint/state.safetensors"] and not leftovers(out)
     code, _, err = run(capsys, "train", config_yaml, "--out", out, "--resume")
     assert code == 0 and "epoch 2 of 2 done" in err, err
-    assert sorted(contents(out)) == ["config.json", "eval.json", "weights.safetensors"]
+    assert sorted(contents(out)) == ["config.json", "eval.json", "training.png", "weights.safetensors"]
 
 
 def test_written_files_get_the_mode_any_new_file_of_the_user_gets(tmp_path):

@@ -41,6 +41,9 @@ from .training import TrainConfig
 CONFIG, WEIGHTS = "config.json", "weights.safetensors"
 EVAL = "eval.json"
 """An evaluation of the saved task (`train` writes it); a new save removes the one of the task it replaces."""
+PLOT = "training.png"
+"""The training run's loss and dev accuracy per epoch (`train` writes it); not part of the task (loading
+never reads it), and a new save removes the one of the task it replaces."""
 
 
 def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, base_fingerprint: dict, extra: dict | None = None) -> Path:
@@ -82,7 +85,7 @@ def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, 
     # One metadata key: safetensors writes several in a varying order, and equal saves should be equal bytes.
     # A replaced task's head copy goes when the new task has none.
     write_together(directory, {**head, WEIGHTS: safetensors_writer(weights, {"format": "pt"}), CONFIG: write_config},
-                   replaces=[EVAL, *([] if head else [COPY_WEIGHTS, COPY_INFO])])
+                   replaces=[EVAL, PLOT, *([] if head else [COPY_WEIGHTS, COPY_INFO])])
     return directory
 
 
@@ -185,7 +188,7 @@ _TRAINING_KEYS = {
              "an object of train/dev/eval → {path, sha256, examples}"),
     "versions": (lambda v: isinstance(v, dict) and all(x is None or isinstance(x, str) for x in v.values()),
                  "an object of library → version"),
-    "wall_seconds": (lambda v: _number(v) and v >= 0, "a number of seconds ≥ 0"),
+    "seconds": (lambda v: _number(v) and v >= 0, "a number of seconds ≥ 0"),
     "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of per-epoch records"),
     "best_epoch": (lambda v: v is None or _whole(v, 1), "a whole number ≥ 1 or null"),
     "best_dev": (lambda v: v is None or isinstance(v, dict), "an object of dev metrics or null"),

@@ -1,5 +1,5 @@
-"""The `prompttune` command line: train, eval, predict, generate, export, serve, fit-lm-head, demo, search,
-render, methods (bare `prompttune` lists them; `prompttune --version`).
+"""The `prompttune` command line: train, eval, compare, predict, generate, export, serve, fit-lm-head, demo,
+search, render, methods (bare `prompttune` lists them; `prompttune --version`).
 
 Every command turns its arguments into plain objects and calls the library; errors from bad
 input print one line naming the problem and exit with status 2.
@@ -23,7 +23,9 @@ config keys: model, model_kind, lm_head, task.{train,dev,eval,text_fields,label_
   merge,adapter_kind,reduction_factor,demonstrations,demo_selection,demo_encoder,context_examples,instruction,
   calibrate,chain_of_thought,reasoning_field,cot_trigger,answer_trigger,max_reasoning_tokens},
   train.{epochs,lr,batch_size,eval_batch_size,max_length,weight_decay,warmup_ratio,max_grad_norm,seed,progress,
-  checkpoint}"""
+  checkpoint,early_stopping_patience,report_to (none|tensorboard: OUT/logs)}
+writes: OUT/config.json + weights.safetensors (the task), eval.json (with task.eval), training.png (loss and dev
+  accuracy per epoch)"""
 
 
 EPILOG_PREDICT = """inputs:
@@ -143,13 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a saved task on a labelled data file",
-                       description="Evaluate a task artifact: accuracy, macro-F1 and the number of examples.")
+                       description="Evaluate a task artifact: accuracy, macro-F1, the number of examples, each class's "
+                                   "precision / recall / F1 / support, the confusion matrix and the majority-class "
+                                   "baseline (the majority of the training labels the artifact records; of the data "
+                                   "itself for an artifact that records none). A text task: loss and perplexity.")
     p.add_argument("artifact", help="task artifact directory")
     p.add_argument("--data", required=True, help="labelled .tsv/.csv/.json/.jsonl file or saved dataset directory")
     p.add_argument("--label-field", default=None, help="label column (default: the one used in training, else 'label')")
     p.add_argument("--batch-size", type=whole_number(1), default=32, help="examples per forward pass (default 32)")
-    p.add_argument("--json", action="store_true", help='print {"accuracy": ..., "macro_f1": ..., "n": ...}')
+    p.add_argument("--json", action="store_true", help='print {"accuracy", "macro_f1", "n", "loss", "labels", '
+                   '"per_class", "confusion_matrix", "majority"} as one JSON object')
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="compare saved runs in one table",
+                       description="One row per task artifact, from what `train` recorded: method, trained parameters, "
+                                   "stored numbers, artifact size (config.json + weights.safetensors), best epoch / epochs "
+                                   "run, best dev accuracy, eval accuracy and macro-F1 (its eval.json), training time. "
+                                   "A text task shows its losses. A folder that is not a task artifact gets one error "
+                                   "line (exit status 2); the others are still shown.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="task artifact directory")
+    p.add_argument("--json", action="store_true", help="print a JSON array of one object per run")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("predict", help="predict labels for texts or a data file with a saved task",
                        description="Predict the label of each --text, or of each row of --data (one model load,\n"
@@ -316,8 +332,11 @@ def cmd_train(args) -> int:
                   f"prompttune train {args.config} --out {args.out} --resume", file=sys.stderr)
             return 130
         raise
+    from .reports import headline
+
+    # The eval's headline numbers; OUT/eval.json holds them all (per class, confusion matrix, majority baseline).
     print(json.dumps({"artifact": str(args.out), **{k: summary[k] for k in ("method", "trainable_parameters", "best_dev")},
-                      **({"eval": summary["eval"]} if "eval" in summary else {})}))
+                      **({"eval": headline(summary["eval"])} if "eval" in summary else {})}))
     return 0
 
 
@@ -325,19 +344,36 @@ def cmd_eval(args) -> int:
     from .artifacts import load_artifact
     from .data import load_examples
     from .evaluation import evaluate
+    from .reports import eval_table
 
     clf, config = load_artifact(args.artifact)
     label_field = args.label_field or config.get("label_field", "label")
     labels = None if config.get("generation") else config["labels"]
     examples = load_examples(args.data, config["text_fields"], label_field, labels=labels)
-    result = evaluate(clf, examples, batch_size=args.batch_size, progress=not args.json)
-    if args.json:
-        print(json.dumps(result))
-    elif "accuracy" in result:
-        print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  n {result['n']}")
-    else:  # a generation task
-        print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  n {result['n']}")
+    training = config.get("training")
+    counts = training.get("train_label_counts") if isinstance(training, dict) else None
+    if not (isinstance(counts, dict) and all(isinstance(n, int) for n in counts.values()) and any(counts.values())):
+        counts = None  # not recorded (an older or a hand-made artifact): the majority of the data evaluated
+    result = evaluate(clf, examples, batch_size=args.batch_size, progress=not args.json, details=True, train_counts=counts)
+    print(json.dumps(result, ensure_ascii=False) if args.json else eval_table(result))
     return 0
+
+
+def cmd_compare(args) -> int:
+    from .reports import compare_table, run_summary
+
+    summaries, failed = [], False
+    for run in args.runs:
+        try:
+            summaries.append(run_summary(run))
+        except PromptTuneError as e:
+            print(f"prompttune compare: error: {one_line(str(e))}", file=sys.stderr)
+            failed = True
+    if args.json:
+        print(json.dumps(summaries, ensure_ascii=False))
+    elif summaries:
+        print(compare_table(summaries))
+    return 2 if failed else 0
 
 
 def cmd_predict(args) -> int:

@@ -311,6 +311,9 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"task.shots must be ≥ 1 or null, got {cfg.task.shots}")
     if not cfg.task.text_fields:
         raise ConfigError("task.text_fields must name at least one column")
+    if cfg.train.early_stopping_patience is not None and cfg.task.dev is None and cfg.task.shots is None:
+        raise ConfigError("train.early_stopping_patience needs a dev set to tell an improvement: set task.dev "
+                          "(or task.shots, which draws a dev set from train)")
     if cfg.method.init_from == "most_similar" and not cfg.method.prompt_bank:
         raise ConfigError("method.init_from: most_similar needs method.prompt_bank: a directory of task artifacts")
     from .prompt_encoders import ENCODERS

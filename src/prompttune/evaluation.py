@@ -1,4 +1,5 @@
-"""Evaluation: predictions, accuracy and macro-F1 of a classifier on examples."""
+"""Evaluation: predictions, accuracy and macro-F1 of a classifier on examples; on request the per-class
+numbers, the confusion matrix and the majority-class baseline (all computed by scikit-learn)."""
 
 from __future__ import annotations
 
@@ -24,21 +25,64 @@ def predict_scores(classifier: nn.Module, examples: list[dict], *, batch_size: i
     return torch.cat(out) if out else torch.empty(0, len(classifier.labels))
 
 
-def metrics(pred: list[int], gold: list[int], n_classes: int) -> dict:
-    """Accuracy, macro-F1 (mean of per-class F1, classes absent from both counted as 0) and n."""
+def metrics(pred: list[int], gold: list[int], labels: list[str], *, details: bool = False) -> dict:
+    """Accuracy, macro-F1 (mean of the per-class F1s, a class absent from both counted as 0) and n,
+    computed by scikit-learn. With `details`, also each class's precision, recall, F1 and support
+    ("per_class", in `labels`' order), the confusion matrix (rows: true class, columns: predicted,
+    in `labels`' order) and `labels` itself.
+
+    Example:
+        >>> metrics([0, 1, 1], [0, 1, 0], ["neg", "pos"], details=True)["per_class"]["neg"]
+        {'precision': 1.0, 'recall': 0.5, 'f1': 0.666..., 'support': 2}
+    """
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
+
     n = len(gold)
-    acc = sum(p == g for p, g in zip(pred, gold)) / n if n else 0.0
-    f1s = []
-    for c in range(n_classes):
-        tp = sum(p == c and g == c for p, g in zip(pred, gold))
-        fp = sum(p == c and g != c for p, g in zip(pred, gold))
-        fn = sum(p != c and g == c for p, g in zip(pred, gold))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return {"accuracy": acc, "macro_f1": sum(f1s) / n_classes, "n": n}
+    if not n:
+        return {"accuracy": 0.0, "macro_f1": 0.0, "n": 0}
+    classes = list(range(len(labels)))
+    # Keyed by class index, not by name: a label may be called "accuracy" or "macro avg".
+    report = classification_report(gold, pred, labels=classes, output_dict=True, zero_division=0)
+    result = {"accuracy": float(accuracy_score(gold, pred)), "macro_f1": float(report["macro avg"]["f1-score"]), "n": n}
+    if details:
+        result["labels"] = list(labels)
+        result["per_class"] = {label: {"precision": float(report[str(c)]["precision"]),
+                                       "recall": float(report[str(c)]["recall"]), "f1": float(report[str(c)]["f1-score"]),
+                                       "support": int(report[str(c)]["support"])}
+                               for c, label in enumerate(labels)}
+        result["confusion_matrix"] = confusion_matrix(gold, pred, labels=classes).tolist()
+    return result
 
 
-def evaluate(classifier: nn.Module, examples: list[dict], *, batch_size: int = 32, progress: bool = False) -> dict:
+def majority_baseline(gold: list[int], labels: list[str], train_counts: dict[str, int] | None = None) -> dict:
+    """What always answering the majority class scores on `gold`: that label, where it was taken
+    from ("train": the training labels' `train_counts`, label → examples; else "eval": `gold` itself),
+    and its accuracy and macro-F1 (scikit-learn). A tie goes to the label first in `labels`' order.
+
+    Example:
+        >>> majority_baseline([0, 0, 1], ["neg", "pos"], {"neg": 2, "pos": 5})
+        {'label': 'pos', 'from': 'train', 'accuracy': 0.333..., 'macro_f1': 0.25}
+    """
+    from sklearn.metrics import accuracy_score, f1_score
+
+    counts = ([train_counts.get(label, 0) for label in labels] if train_counts
+              else [gold.count(c) for c in range(len(labels))])
+    majority = counts.index(max(counts))
+    pred = [majority] * len(gold)
+    return {"label": labels[majority], "from": "train" if train_counts else "eval",
+            "accuracy": float(accuracy_score(gold, pred)) if gold else 0.0,
+            "macro_f1": float(f1_score(gold, pred, labels=list(range(len(labels))), average="macro", zero_division=0))
+            if gold else 0.0}
+
+
+def evaluate(classifier: nn.Module, examples: list[dict], *, batch_size: int = 32, progress: bool = False,
+             details: bool = False, train_counts: dict[str, int] | None = None) -> dict:
     """Accuracy, macro-F1, n and mean cross-entropy of `classifier` on labelled `examples`.
+
+    With `details`, also the per-class precision / recall / F1 / support, the confusion matrix and
+    `labels` (see `metrics`), and "majority": the majority-class baseline (see `majority_baseline`;
+    the majority of `train_counts`, the training labels' counts, when given, else of `examples`).
+    A text generator gives its loss, perplexity and n instead (`generation_loss`).
 
     Example:
         >>> evaluate(clf, dev_examples)
@@ -48,8 +92,11 @@ def evaluate(classifier: nn.Module, examples: list[dict], *, batch_size: int = 3
         return generation_loss(classifier, examples, batch_size=batch_size, progress=progress)
     scores = predict_scores(classifier, examples, batch_size=batch_size, progress=progress)
     gold = [classifier.label_index(ex["label"]) for ex in examples]
-    result = metrics(scores.argmax(-1).tolist(), gold, len(classifier.labels))
+    labels = list(classifier.labels)
+    result = metrics(scores.argmax(-1).tolist(), gold, labels, details=details)
     result["loss"] = torch.nn.functional.cross_entropy(scores, torch.tensor(gold)).item() if gold else 0.0
+    if details:
+        result["majority"] = majority_baseline(gold, labels, train_counts)
     return result
 
 

@@ -21,25 +21,31 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from . import __version__
-from .artifacts import CONFIG, EVAL, WEIGHTS, save_artifact
+from .artifacts import CONFIG, EVAL, PLOT, WEIGHTS, save_artifact
 from .config import RunConfig
 from .data import few_shot_split, load_examples, sample_per_class
 from .errors import ConfigError, DataError, OutputError
 from .evaluation import evaluate
-from .files import discard, path_sha256, remove_staging_leftovers, write_json
+from .files import discard, path_sha256, remove_empty_dirs, remove_staging_leftovers, write_json, write_together
 from .lm_head import COPY_INFO, COPY_WEIGHTS
 from .methods import get_method, method_list
 from .outputs import claim_output, json_marked, require_free_space
 from .parameters import count_parameters, trainable_bytes
+from .reports import headline, training_plot_writer
 from .task import TaskSpec, build_classifier
-from .training import (CHECKPOINT_FILES, CHECKPOINT_STATE, RESUME_TOLERATED, TrainResult, check_same_run, checkpoint_bytes,
-                       data_record, epochs_done, examples_digest, read_checkpoint, resumable_checkpoint, train)
+from .training import (CHECKPOINT_FILES, CHECKPOINT_STATE, RESUME_TOLERATED, TRACKER_RUN, TrainResult, check_same_run,
+                       checkpoint_bytes, data_record, epochs_done, examples_digest, read_checkpoint, resumable_checkpoint,
+                       train)
 from .verbalizers import parse_verbalizer
 
 CHECKPOINT = "checkpoint"
-TRAIN_FILES = (CONFIG, WEIGHTS, EVAL, COPY_WEIGHTS, COPY_INFO)
-"""What `train` writes in its output directory, besides its checkpoint folder (the last two: the
-copy of a fitted head)."""
+LOGS = "logs"
+"""Where `train.report_to` trackers write in the output directory (TensorBoard: logs/train/events.out.tfevents.*)."""
+TRAIN_FILES = (CONFIG, WEIGHTS, EVAL, PLOT, COPY_WEIGHTS, COPY_INFO)
+"""What `train` writes in its output directory, besides its checkpoint folder and its logs (the last
+two: the copy of a fitted head)."""
+TRACKER_FILES = "events.out.tfevents.*"
+"""TensorBoard's event files: a run started over (--overwrite) removes those of the run it replaces."""
 
 
 def is_artifact(directory: Path) -> bool:
@@ -141,6 +147,9 @@ def _check_checkpoint(cfg: RunConfig, ckpt: Path, splits: tuple, *, resume: bool
         log(f"resuming {ckpt}: {epochs_done(state)}")
     elif overwrite:
         discard(ckpt, CHECKPOINT_FILES)  # the replaced run's
+        logs = ckpt.parent / LOGS / TRACKER_RUN
+        discard(logs, [p.name for p in logs.glob(TRACKER_FILES)])
+        remove_empty_dirs([logs.parent])
     elif (state := read_checkpoint(ckpt)) is not None:
         raise OutputError(f"{ckpt.parent} holds the checkpoint of an interrupted run ({epochs_done(state)}): pass --resume "
                           "to continue it, or --overwrite to start over")
@@ -171,20 +180,26 @@ def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *,
         f"{len(train_ex)} train / {len(dev_ex)} dev / {len(test_ex)} eval examples")
     ckpt = out / CHECKPOINT
     result = train(classifier, train_ex, dev_ex, cfg.train, checkpoint_dir=ckpt, resume=resume,
-                   run={**_run_config(cfg), "backbone": fp})
+                   run={**_run_config(cfg), "backbone": fp}, log_dir=out / LOGS)
     summary = {"method": method.name, "trainable_parameters": trainable, "total_parameters": total,
-               "best_epoch": result.best_epoch, "best_dev": result.best_dev, "history": result.history}
+               "best_epoch": result.best_epoch, "best_dev": result.best_dev, "history": result.history,
+               "stopped_early": result.stopped_early, "seconds": round(result.seconds, 3)}
+    if not spec.generation:  # what `eval`'s majority baseline is the majority of
+        summary["train_label_counts"] = {label: sum(ex["label"] == label for ex in train_ex) for label in spec.labels}
     if transfer is not None:
         summary["transfer"] = transfer
     record = {**summary, **training_record(cfg, splits, result, files)}
     save_artifact(out, spec, classifier, fp, extra={"training": record, "label_field": cfg.task.label_field})
+    if result.history:
+        write_together(out, {PLOT: training_plot_writer(result.history, result.best_epoch)})
     # The run finished and its result is saved: the resume checkpoint (optimizer state, several
     # times the artifact's size) has no further use. Files of anyone else in the folder stay.
     discard(ckpt, CHECKPOINT_FILES)
     if test_ex:
-        summary["eval"] = evaluate(classifier, test_ex, batch_size=cfg.train.eval_batch_size, progress=cfg.train.progress)
+        summary["eval"] = evaluate(classifier, test_ex, batch_size=cfg.train.eval_batch_size, progress=cfg.train.progress,
+                                   details=True, train_counts=summary.get("train_label_counts"))
         write_json(out / EVAL, summary["eval"])
-        log(f"eval: {json.dumps(summary['eval'])}")
+        log(f"eval: {json.dumps(headline(summary['eval']))}")
     return summary
 
 
@@ -214,7 +229,6 @@ def training_record(cfg: RunConfig, splits: tuple, result: TrainResult, files: d
         "sample": {"shots": cfg.task.shots, "seed": cfg.task.seed},
         "data": {split: {**files.get(split, no_file), "examples": examples[split]} for split in ("train", "dev", "eval")},
         "versions": library_versions(),
-        "wall_seconds": result.seconds,
     }
 
 
@@ -254,7 +268,8 @@ def _start_from_most_similar(cfg: RunConfig, spec: TaskSpec, fp: dict, classifie
     """SPoT's retrieval: train briefly, find the closest stored prompt, restart from it."""
     from .prompt_bank import init_from_artifact, most_similar
 
-    brief = dataclasses.replace(cfg.train, epochs=cfg.method.transfer_epochs, checkpoint=False)
+    brief = dataclasses.replace(cfg.train, epochs=cfg.method.transfer_epochs, checkpoint=False,
+                                early_stopping_patience=None, report_to="none")
     train(classifier, train_ex, None, brief)
     found = most_similar(classifier, cfg.method.prompt_bank, fp)
     set_seed(cfg.train.seed)

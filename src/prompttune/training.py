@@ -2,8 +2,10 @@
 
 Built on `accelerate`, so the same loop runs on CPU, one GPU or several. Only parameters a
 method marked trainable are optimised. Each epoch ends with an evaluation on the dev set; the
-best epoch's parameters are kept. A checkpoint (safetensors + JSON, never pickle) after each epoch
-lets a run resume where it stopped, with the same data order.
+best epoch's parameters are kept, and with `early_stopping_patience` the run stops once that many
+epochs in a row have not improved on it. With `report_to: tensorboard`, loss, learning rate and dev
+numbers go to accelerate's TensorBoard tracker as they are computed. A checkpoint (safetensors +
+JSON, never pickle) after each epoch lets a run resume where it stopped, with the same data order.
 
 A checkpoint records what defines its run (`run_record`: the TrainConfig, a digest of the data,
 the trainable parameters' names and shapes, and what the caller adds – `prompttune train` adds
@@ -37,9 +39,14 @@ CHECKPOINT_TENSORS, CHECKPOINT_STATE = "state.safetensors", "state.json"
 CHECKPOINT_FILES = (CHECKPOINT_STATE, CHECKPOINT_TENSORS)
 """A checkpoint's files, in the order they are removed: without `state.json` there is no checkpoint,
 so a run killed between the two removals leaves none rather than a split pair."""
-RESUME_TOLERATED = ("train.progress", "train.eval_batch_size", "train.checkpoint", "task.eval")
+RESUME_TOLERATED = ("train.progress", "train.eval_batch_size", "train.checkpoint", "train.report_to", "task.eval")
 """Keys of a run's record that may differ when it is resumed: how it is shown, how dev batches are
-sized, whether more checkpoints are written, and the data evaluated after training."""
+sized, whether more checkpoints are written, where the numbers are logged, and the data evaluated
+after training."""
+REPORT_TO = ("none", "tensorboard")
+"""Where `train.report_to` sends the numbers of a run as it trains (through accelerate's trackers)."""
+TRACKER_RUN = "train"
+"""The run name under the logging directory: TensorBoard's event files go to LOG_DIR/train/."""
 
 
 @dataclass
@@ -65,6 +72,12 @@ class TrainConfig:
     checkpoint: bool = True
     """Write a resume checkpoint (weights + optimizer state) after each epoch; off saves disk I/O
     for large models in runs that will not be resumed."""
+    early_stopping_patience: int | None = None
+    """Stop after this many epochs in a row without a better dev score (the best epoch's weights
+    are kept either way); needs dev data. null = run every epoch."""
+    report_to: str = "none"
+    """none, or tensorboard: log loss, learning rate and dev numbers with accelerate's TensorBoard
+    tracker (`prompttune train` writes them to OUT/logs/train/; needs the tensorboard package)."""
 
     def __post_init__(self):
         """Refuse values the loop cannot train with, naming the key: whole numbers < 1, a learning rate
@@ -89,6 +102,18 @@ class TrainConfig:
         largest_seed = (2**32 - self.epochs) // 1000
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= largest_seed:
             raise ConfigError(f"train.seed must be a whole number from 0 to {largest_seed}, got {self.seed!r}")
+        patience = self.early_stopping_patience
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+            raise ConfigError(f"train.early_stopping_patience must be a positive whole number of epochs or null, "
+                              f"got {patience!r}")
+        if self.report_to not in REPORT_TO:
+            raise ConfigError(f"train.report_to must be one of {list(REPORT_TO)}, got {self.report_to!r}")
+        if self.report_to == "tensorboard":
+            try:
+                import tensorboard  # noqa: F401  (accelerate's tracker writes through torch.utils.tensorboard)
+            except ImportError:
+                raise ConfigError("train.report_to: tensorboard needs the tensorboard package: "
+                                  "pip install 'prompttune[tensorboard]'") from None
 
 
 @dataclass
@@ -97,8 +122,10 @@ class TrainResult:
     best_dev: dict | None = None
     history: list[dict] = field(default_factory=list)
     steps: int = 0
+    stopped_early: bool = False
+    """Whether `early_stopping_patience` ended the run before `epochs`."""
     seconds: float = 0.0
-    """Wall-clock seconds of the epochs run (training and dev evaluation), summed over a resumed run's parts."""
+    """Wall-clock seconds spent training and evaluating on dev, summed over the resumes of a run."""
 
 
 def train(
@@ -110,17 +137,22 @@ def train(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     run: dict | None = None,
+    log_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train the classifier's trainable parameters with cross-entropy over its class scores (or, for a
     text generator, its LM loss).
 
     The best epoch is the one with the highest dev accuracy (lowest dev loss among ties; a
-    generation task has only the loss). With `checkpoint_dir` and `config.checkpoint`, a checkpoint
-    is written there after each epoch; `resume` continues from the one there. `run` is what else
-    defines the run (JSON values), recorded in the checkpoint with the rest of `run_record`.
+    generation task has only the loss). With `config.early_stopping_patience` N, the run ends after N
+    epochs in a row that do not beat the best one (`result.stopped_early`). With `checkpoint_dir`
+    and `config.checkpoint`, a checkpoint is written there after each epoch; `resume` continues from
+    the one there. `run` is what else defines the run (JSON values), recorded in the checkpoint with
+    the rest of `run_record`. With `config.report_to: tensorboard`, each step's loss and learning
+    rate and each epoch's dev numbers are logged under `log_dir/train/`.
 
     Raises `ConfigError` when `resume` finds no checkpoint or one of another run (naming the keys that
-    differ, old → new); `ArtifactError` for a checkpoint whose two files do not belong together.
+    differ, old → new), for early stopping without dev examples and for a tracker without `log_dir`;
+    `ArtifactError` for a checkpoint whose two files do not belong together.
 
     Example:
         >>> clf, _ = build_classifier(TaskSpec(method="p-tuning-v2", ...))
@@ -131,6 +163,11 @@ def train(
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
+    if config.early_stopping_patience is not None and not dev_examples:
+        raise ConfigError("train.early_stopping_patience needs dev data to tell an improvement: set task.dev "
+                          "(or task.shots, which draws a dev set from train)")
+    if config.report_to != "none" and log_dir is None:
+        raise ConfigError(f"train.report_to: {config.report_to} needs a directory for its logs")
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     identity = run_record(classifier, train_examples, dev_examples, config, run) if ckpt is not None else None
     saved = None
@@ -141,7 +178,9 @@ def train(
     result = TrainResult()
     if not params or not train_examples:
         return result
-    accelerator = Accelerator()
+    started = time.perf_counter()
+    tracking = config.report_to != "none"
+    accelerator = Accelerator(log_with=config.report_to, project_dir=str(log_dir)) if tracking else Accelerator()
     decay = [p for p in params if p.ndim >= 2]  # no weight decay on biases and norms
     no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -155,9 +194,16 @@ def train(
     start_epoch, best_state = 0, None
     if saved is not None:
         start_epoch, best_state = _load_checkpoint(ckpt, saved, classifier, optimizer, scheduler, result)
+    if tracking:
+        accelerator.init_trackers(TRACKER_RUN)
     started, seconds_before = time.perf_counter(), result.seconds
 
     for epoch in range(start_epoch, config.epochs):
+        # `epoch` epochs are done; a resumed run that had already run out of patience stops here too.
+        patience = config.early_stopping_patience
+        if patience is not None and result.best_epoch is not None and epoch - result.best_epoch >= patience:
+            result.stopped_early = True
+            break
         # The order and the dropout masks depend on (seed, epoch) only, so a resumed run sees the
         # same batches and trains to the same weights as an uninterrupted one.
         set_seed(config.seed * 1000 + epoch)
@@ -185,6 +231,8 @@ def train(
             losses.append(loss.item())
             result.steps += 1
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if tracking:
+                accelerator.log({"train/loss": losses[-1], "train/lr": scheduler.get_last_lr()[0]}, step=result.steps)
         record = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses)}
         if dev_examples:
             dev = evaluate(classifier, dev_examples, batch_size=config.eval_batch_size)
@@ -196,12 +244,17 @@ def train(
                 result.best_epoch, result.best_dev = epoch + 1, dev
                 best_state = {k: v.clone() for k, v in trainable_state_dict(classifier).items()}
         result.history.append(record)
+        if tracking:
+            accelerator.log({"train/epoch_loss": record["train_loss"],
+                             **{f"dev/{k[4:]}": v for k, v in record.items() if k.startswith("dev_")}}, step=result.steps)
         result.seconds = round(seconds_before + time.perf_counter() - started, 3)
         if config.progress and accelerator.is_main_process:
             tqdm.write("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         if ckpt is not None and config.checkpoint:
             _save_checkpoint(ckpt, epoch + 1, classifier, optimizer, scheduler, result, best_state, identity)
 
+    if tracking:
+        accelerator.end_training()
     if best_state is not None:
         classifier.load_state_dict(best_state, strict=False)
     return result
