@@ -350,13 +350,13 @@ def test_predict_refuses_a_text_that_is_not_valid_unicode(task, capsys):
 @pytest.mark.parametrize("text", ["", "   ", "\n"])
 def test_predict_refuses_an_empty_text(text, task, capsys):
     line = one_error(capsys, "predict", task, "--text", "a good film", "--text", text)
-    assert line == f"prompttune predict: error: --text {text!r} has no text (empty or only whitespace)", line
+    assert line == f"prompttune predict: error: --text {text!r} has no text (empty, or only whitespace or invisible characters)", line
 
 
 def test_generate_refuses_an_empty_text(gpt2_dir, tmp_path, capsys):
     task = zero_shot_task(tmp_path / "gpt2", gpt2_dir)
     assert one_error(capsys, "generate", task, "--text", "") == \
-        "prompttune generate: error: --text '' has no text (empty or only whitespace)"
+        "prompttune generate: error: --text '' has no text (empty, or only whitespace or invisible characters)"
 
 
 def test_on_one_field_a_text_is_literal_unless_a_json_object_with_the_field():

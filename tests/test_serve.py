@@ -12,6 +12,7 @@ tiny BERT, checked over HTTP.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import re
@@ -92,6 +93,10 @@ def root(tmp_path_factory, bert_dir) -> Path:
     (spare / "not-a-task").mkdir()
     save_task(root / "outside" / "task", bert_dir, "zero-shot", TEMPLATE, {})
     (spare / "escape").symlink_to(root / "outside" / "task", target_is_directory=True)
+    shutil.copytree(spare / "late", spare / "unworded")  # a hand-edited config: label '1' lost its words
+    config = json.loads((spare / "unworded" / "config.json").read_text())
+    del config["verbalizer"]["1"]
+    (spare / "unworded" / "config.json").write_text(json.dumps(config))
     return root
 
 
@@ -253,6 +258,8 @@ def test_tasks_load_and_unload_while_requests_run(url, root):
     ({"path": "spare/late", "name": "prompt-tuning"}, 409, "a task named 'prompt-tuning' is already loaded"),
     ({"path": "spare/late", "name": "no spaces"}, 422, "String should match pattern"),
     ({"path": "spare/late", "nme": "x"}, 422, "Extra inputs are not permitted"),
+    ({"path": "spare/late\x00x", "name": "nul"}, 422, "is not a usable path"),
+    ({"path": "spare/unworded", "name": "u"}, 400, "every label needs its words"),
 ])
 def test_a_refused_load_says_why_and_the_loaded_tasks_keep_serving(url, root, body, status, reason):
     body = {**body, "path": str(root / body["path"])}
@@ -277,7 +284,9 @@ LONG = "x" * (Limits().max_text_chars + 1)
 @pytest.mark.parametrize(("body", "loc", "message"), [
     ({"texts": []}, ["body", "texts"], "at least 1 item"),
     ({"texts": [""]}, ["body", "texts", 0], "at least 1 character"),
-    ({"texts": ["ok", "   "]}, ["body", "texts", 1], "has no text (empty or only whitespace)"),
+    ({"texts": ["ok", "   "]}, ["body", "texts", 1], "has no text (empty, or only whitespace or invisible characters)"),
+    ({"texts": ["\x00", "ok"]}, ["body", "texts", 0], "has no text (empty, or only whitespace or invisible characters)"),
+    ({"texts": ["ok", "\u200b\u200b"]}, ["body", "texts", 1], "only whitespace or invisible characters"),
     ({"texts": [LONG]}, ["body", "texts", 0], f"at most {Limits().max_text_chars} characters"),
     ({"texts": ["a"] * (Limits().max_texts + 1)}, ["body", "texts"], f"at most {Limits().max_texts} items"),
     ({"texts": "a gripping film"}, ["body", "texts"], "a valid list"),
@@ -302,6 +311,32 @@ def test_not_json_an_unknown_task_and_a_body_too_long(url):
     r = httpx.post(f"{url}/v1/tasks/lora/predict", content=b" " * (Limits().max_body_bytes + 1),
                    headers={"content-type": "application/json"}, timeout=TIMEOUT)
     assert r.status_code == 413 and "longer than the server's limit" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("body", [b'{"texts": ["caf\xe9"]}', b"[" * 5000 + b"]" * 5000],
+                         ids=["latin-1 byte", "nested 5000 deep"])
+def test_a_body_that_cannot_be_parsed_is_422_saying_why(url, body):
+    r = httpx.post(f"{url}/v1/tasks/lora/predict", content=body, headers={"content-type": "application/json"},
+                   timeout=TIMEOUT)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body"] and "not UTF-8, or it is nested too deeply" in r.text
+
+
+def test_the_largest_valid_request_fits_the_body_limit_however_json_escapes_it():
+    limits = Limits()
+    emoji = json.dumps({"texts": ["\N{GRINNING FACE}" * limits.max_text_chars] * limits.max_texts})  # ensure_ascii: 12 bytes each
+    assert len(emoji) <= limits.max_body_bytes, "a valid request of non-BMP characters would be refused (413)"
+    nul = json.dumps({"texts": ["\x00" * limits.max_text_chars] * limits.max_texts})
+    assert len(nul) <= limits.max_body_bytes
+
+
+def test_a_413_decided_before_routing_is_counted_under_its_route(engine):
+    with running(build_app(engine)) as url:
+        r = httpx.post(f"{url}/v1/tasks/lora/predict", content=b" " * (Limits().max_body_bytes + 1),
+                       headers={"content-type": "application/json"}, timeout=TIMEOUT)
+        assert r.status_code == 413
+        samples = metric_samples(url)
+    assert samples["prompttune_requests_total", frozenset({"endpoint": "/v1/tasks/{task}/predict", "code": "413"}.items())] == 1
 
 
 class HeldPool:
@@ -458,7 +493,7 @@ def test_a_port_in_use_is_one_line_and_exit_2(root, capsys):
 
 
 def test_the_command_serves_and_sigterm_lets_an_in_flight_request_finish(root):
-    command = [sys.executable, "-m", "prompttune.cli", "serve", str(root / "served" / "lora"), str(root / "served" / "adapter"),
+    command = [sys.executable, "-m", "prompttune", "serve", str(root / "served" / "lora"), str(root / "served" / "adapter"),
                "--port", "0", "--device", "cpu", "--max-wait-ms", "2000", "--log-level", "warning"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
@@ -511,3 +546,28 @@ def test_serve_names_a_task_name_equals_dir_or_after_its_directory(tmp_path):
     assert named_dir(f"odd={odd}") == ("odd", str(odd))
     with pytest.raises(ConfigError, match="'has space' cannot be a task name"):
         named_dir("has space=runs/x")
+    with pytest.raises(ConfigError, match="'x=': no directory after '='; give NAME=DIR"):
+        named_dir("x=")
+
+
+def test_a_stopping_server_answers_what_it_cannot_finish_503_with_retry_after(engine, monkeypatch):
+    """SIGTERM (`app.state.stopping`): what has not started by the end of the graceful period is answered
+    503 with Retry-After (not cut off by uvicorn as a plain-text 500)."""
+    import prompttune.serving.server as server
+
+    monkeypatch.setattr(server, "GRACEFUL_SHUTDOWN_S", server.DRAIN_MARGIN_S + 0.3)
+    pool = HeldPool(engine.tasks())
+    held = Engine(pool)
+    app = build_app(held, limits=Limits(max_wait_ms=0, max_batch_size=1))
+    with running(app) as url, ThreadPoolExecutor(2) as clients:
+        first = clients.submit(predict, url, "lora", ["a"])  # in the model, held
+        wait_for_queue_depth(url, 1, first)
+        second = clients.submit(predict, url, "lora", ["b"])  # waits in the queue behind it
+        wait_for_queue_depth(url, 2, second)
+        app.state.stopping()
+        r = second.result(timeout=10)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "the server is stopping" in r.text, r.text
+        assert not first.done(), "the batch in the model finishes"
+        pool.release.set()
+        assert first.result(timeout=10).status_code == 200
+    held.close()

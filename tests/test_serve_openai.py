@@ -8,21 +8,25 @@ strings, max_tokens and sampling work; errors come back as the client's typed ex
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, StoppingCriteriaList
 
 from live_server import running
 from prompttune import TaskSpec, TrainConfig, build_classifier, generate, load_artifact, save_artifact, train
 from prompttune.errors import ModelError
 from prompttune.generation import chat_prompt_ids, generate_ids, prompt_ids
 from prompttune.serving import TaskPool
-from prompttune.serving.engine import Engine
+from prompttune.serving.engine import GENERATION_CHUNK, Engine, WhenSet
 from prompttune.serving.limits import Limits
 from prompttune.serving.server import build_app
 
@@ -156,6 +160,12 @@ def test_errors_reach_the_client_as_its_exceptions(client, url):
     for unoffered in ({"stream": True}, {"logprobs": 2}, {"echo": True}, {"presence_penalty": 0.5}):
         r = httpx.post(f"{url}/v1/completions", json={"model": "writer", "prompt": "a film", **unoffered}, timeout=30)
         assert r.status_code == 422 and r.json()["error"]["param"] == next(iter(unoffered)), r.text
+    for changes_the_text in ({"logit_bias": {"50": 10}}, {"max_tokens": "4"}, {"temperature": "0.5"}):
+        r = httpx.post(f"{url}/v1/completions", json={"model": "writer", "prompt": "a film", **changes_the_text}, timeout=30)
+        assert r.status_code == 422 and r.json()["error"]["param"] == next(iter(changes_the_text)), r.text
+    r = httpx.post(f"{url}/v1/chat/completions", json={"model": "writer", "messages": CHAT,
+                                                        "response_format": {"type": "json_object"}}, timeout=30)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "response_format", r.text
     r = httpx.post(f"{url}/v1/completions", json={"model": "writer", "prompt": "a film", "user": "u1", "max_tokens": 2,
                                                    "temperature": 0, "presence_penalty": 0}, timeout=30)
     assert r.status_code == 200, r.text  # fields of no consequence are accepted
@@ -179,3 +189,84 @@ def test_a_chat_takes_the_place_of_the_text_field(gpt2_chat_dir):
                     template="Answer: {mask} {text}", generation=True)
     with pytest.raises(ModelError, match=r"has no \{text\} before \{mask\}: a chat has no place in its prompt"):
         chat_prompt_ids(build_classifier(spec)[0], "text", [7, 8, 9])
+
+
+def test_a_seed_samples_the_same_text(client):
+    runs = [client.completions.create(model="writer", prompt=["a film", "it was"], max_tokens=6, temperature=2.0, seed=7)
+            for _ in range(2)]
+    assert [c.text for c in runs[0].choices] == [c.text for c in runs[1].choices]
+
+
+class CountedGeneration:
+    """Wraps a pool's `generate_ids`: counts the chunks run; each waits `delay` s (a slow model)."""
+
+    def __init__(self, pool, delay: float):
+        self.pool, self.generate_ids, self.delay = pool, pool.generate_ids, delay
+        self.chunks, self.started = 0, threading.Event()
+
+    def __call__(self, *args, **kwargs):
+        self.chunks += 1
+        self.started.set()
+        time.sleep(self.delay)
+        return self.generate_ids(*args, **kwargs)
+
+
+def test_predictions_run_between_the_chunks_of_a_long_generation(engine, url, monkeypatch):
+    counted = CountedGeneration(engine.pool, delay=0.3)
+    monkeypatch.setattr(engine.pool, "generate_ids", counted)
+    prompts = [f"film {i}" for i in range(8 * GENERATION_CHUNK)]
+    with ThreadPoolExecutor(1) as clients:
+        long = clients.submit(httpx.post, f"{url}/v1/completions", json={"model": "writer", "prompt": prompts,
+                                                                          "max_tokens": 2, "temperature": 0}, timeout=60)
+        assert counted.started.wait(10)
+        r = httpx.post(f"{url}/v1/tasks/judge/predict", json={"texts": ["a film"]}, timeout=30)
+        assert r.status_code == 200
+        assert not long.done() and counted.chunks < 8, "the prediction waited for the whole generation"
+        done = long.result(timeout=60)
+    assert done.status_code == 200 and len(done.json()["choices"]) == len(prompts) and counted.chunks == 8
+
+
+def test_a_client_that_goes_away_cancels_its_generation(engine, url, monkeypatch):
+    counted = CountedGeneration(engine.pool, delay=0.5)
+    monkeypatch.setattr(engine.pool, "generate_ids", counted)
+    prompts = [f"film {i}" for i in range(8 * GENERATION_CHUNK)]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/v1/completions", json={"model": "writer", "prompt": prompts, "max_tokens": 2, "temperature": 0},
+                   timeout=httpx.Timeout(30, read=0.2))
+    time.sleep(8 * 0.5 + 1)  # the whole request's time, had it gone on
+    assert counted.chunks <= 2, f"{counted.chunks} of 8 chunks ran after the client went away"
+    r = httpx.post(f"{url}/v1/tasks/judge/predict", json={"texts": ["a film"]}, timeout=30)
+    assert r.status_code == 200
+    assert httpx.get(f"{url}/metrics", timeout=30).text.count("prompttune_queue_depth 0.0") == 1
+
+
+def test_a_running_generation_stops_within_a_token_when_cancelled(engine):
+    from prompttune.serving.engine import Cancelled, Sampling
+
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        asyncio.run(engine.generate("writer", [[50, 51]], Sampling(max_tokens=8), cancel))
+    task = engine.task("writer").classifier
+    prompt = prompt_ids(task, {"text": "a film"})
+    stopped = engine.pool.generate_ids("writer", [prompt], max_new_tokens=8, stopping_criteria=StoppingCriteriaList([WhenSet(cancel)]))
+    assert len(stopped[0]) <= 1, "a set cancel event ends the generation after the token in progress"
+
+
+def test_a_stopping_server_ends_its_generations_503(engine, monkeypatch):
+    import prompttune.serving.server as server
+
+    monkeypatch.setattr(server, "GRACEFUL_SHUTDOWN_S", server.DRAIN_MARGIN_S + 0.3)
+    counted = CountedGeneration(engine.pool, delay=0.5)
+    monkeypatch.setattr(engine.pool, "generate_ids", counted)
+    app = build_app(engine, limits=Limits(max_new_tokens=64))
+    prompts = [f"film {i}" for i in range(8 * GENERATION_CHUNK)]
+    with running(app) as url, ThreadPoolExecutor(1) as clients:
+        long = clients.submit(httpx.post, f"{url}/v1/completions", json={"model": "writer", "prompt": prompts,
+                                                                          "max_tokens": 2, "temperature": 0}, timeout=60)
+        assert counted.started.wait(10)
+        app.state.stopping()
+        r = long.result(timeout=30)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    assert r.json()["error"]["message"] == "the server is stopping; retry later"
+    assert counted.chunks < 8

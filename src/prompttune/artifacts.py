@@ -224,6 +224,10 @@ def read_config(directory: str | Path) -> dict:
         _check_keys(path, record, _DATA_KEYS, f"training.data.{split}.")
     if not config["labels"] and not config.get("generation"):
         raise ArtifactError(f"{path}: key 'labels' is empty; a classification task needs its labels")
+    verbalizer = config.get("verbalizer")
+    if verbalizer is not None and config["labels"] and list(verbalizer) != config["labels"]:
+        raise ArtifactError(f"{path}: key 'verbalizer' has label words for {list(verbalizer)} but the task's labels are "
+                            f"{config['labels']}: every label needs its words, in the labels' order")
     return config
 
 

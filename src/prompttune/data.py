@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import random
+import unicodedata
 from collections import defaultdict
 from pathlib import Path
 from typing import NamedTuple
@@ -261,7 +262,7 @@ def _example(row: Row, text_fields: list[str], label_field: str | None, labels: 
     if lacking:  # JSON rows need not share the first row's keys
         raise DataError(f"{row.where}: the row has no column(s) {lacking}")
     example = {f: _text(row.values[f], f"{row.where}: column {f!r}") for f in text_fields}
-    if not any(example[f].strip() for f in text_fields):
+    if not any(has_text(example[f]) for f in text_fields):
         raise DataError(f"{row.where}: the text column(s) {list(text_fields)} are empty; fill in the row or remove it")
     if label_field:
         example["label"] = _label(row.values[label_field], row.where, label_field, labels)
@@ -311,7 +312,7 @@ def examples_from_texts(texts: list[str], fields: list[str], *, name: str = "inp
         >>> examples_from_texts(["a gripping film", '{"sentence": "{braces} too"}'], ["sentence"])
         [{'sentence': 'a gripping film'}, {'sentence': '{braces} too'}]
         >>> examples_from_texts([""], ["sentence"], name="--text")
-        DataError: --text '' has no text (empty or only whitespace)
+        DataError: --text '' has no text (empty, or only whitespace or invisible characters)
     """
     return [_example_from_text(text, fields, name) for text in texts]
 
@@ -343,10 +344,21 @@ def _example_from_text(text: str, fields: list[str], name: str) -> dict:
         if missing:
             raise DataError(f"{what} lacks field(s) {missing}; the task reads {fields}")
         example = {f: _text(obj[f], f"{what}: field {f!r}") for f in fields}
-    if not any(value.strip() for value in example.values()):
-        raise DataError(f"{what} has no text (empty or only whitespace)" if literal else
+    if not any(has_text(value) for value in example.values()):
+        raise DataError(f"{what} has no text (empty, or only whitespace or invisible characters)" if literal else
                         f"{what}: the field(s) {fields} are all empty or only whitespace; give text in at least one")
     return example
+
+
+def has_text(text: str) -> bool:
+    """Whether `text` has a visible character: not only whitespace, control characters (NUL...) and
+    invisible format characters (zero-width space, joiners, byte-order mark), which tokenizers drop.
+
+    Example:
+        >>> has_text(" \u200b\x00"), has_text("ok")
+        (False, True)
+    """
+    return any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf") for ch in text)
 
 
 def _json_object_in(text: str) -> dict | None:

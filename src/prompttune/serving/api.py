@@ -92,8 +92,19 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
     return JSONResponse({"detail": errors}, 422)
 
 
+BODY_NOT_PARSED = "There was an error parsing the body"
+"""FastAPI's 400 for a body that is neither JSON's syntax error nor valid: not UTF-8, or nested past
+Python's recursion limit."""
+
+
 async def http_error_handler(request: Request, exc: HTTPException) -> JSONResponse:
-    """Starlette's own errors (404 for an unknown URL, 405, 413 from `BodyLimit`) in the endpoint's shape."""
+    """Starlette's own errors (404 for an unknown URL, 405, 413 from `BodyLimit`) in the endpoint's shape;
+    a body FastAPI could not parse is a 422 that says why it may be."""
+    if exc.status_code == 400 and exc.detail == BODY_NOT_PARSED:
+        message = "the request body could not be read as JSON: it is not UTF-8, or it is nested too deeply"
+        if is_openai(request):
+            return openai_error(422, message, None)
+        return JSONResponse({"detail": [{"loc": ["body"], "msg": message, "type": "json_invalid"}]}, 422)
     if is_openai(request):
         return openai_error(exc.status_code, str(exc.detail), None, exc.headers)
     return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
@@ -129,10 +140,12 @@ class BodyLimit:
 
 
 class CountRequests:
-    """Count every HTTP response by route and status, and time it (`ServerMetrics`)."""
+    """Count every HTTP response by route and status, and time it (`ServerMetrics`). A request answered
+    before routing (a 413 by its Content-Length) is counted under the route its path matches, from
+    `routes` (the app's, read at each such request)."""
 
-    def __init__(self, app, metrics: ServerMetrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app, metrics: ServerMetrics, routes: list | None = None):
+        self.app, self.metrics, self.routes = app, metrics, routes or []
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -148,6 +161,11 @@ class CountRequests:
         try:
             await self.app(scope, receive, sent)
         finally:
-            route = scope.get("route")
+            route = scope.get("route") or self._matching(scope)
             endpoint = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
             self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
+
+    def _matching(self, scope):
+        from starlette.routing import Match
+
+        return next((r for r in self.routes if r.matches(scope)[0] is Match.FULL), None)

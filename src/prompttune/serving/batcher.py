@@ -81,6 +81,13 @@ class MicroBatcher:
             self._answer(item, QueueClosed("the server is stopping"))
         self._running, self._waiting = [], deque()
 
+    def fail_waiting(self, error: Exception) -> None:
+        """Answer every item still waiting (not yet in the model) with `error`; the batch in the model
+        finishes. For a server that is stopping and cannot wait for its whole queue."""
+        waiting, self._waiting = self._waiting, deque()
+        for item in waiting:
+            self._answer(item, error)
+
     @contextlib.contextmanager
     def admit(self, n: int) -> Iterator[None]:
         """Count `n` items in flight for work that does not go through the queue (a generation

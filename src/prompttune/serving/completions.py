@@ -9,9 +9,11 @@
     GET  /v1/models             the generation tasks, as OpenAI lists models
 
 A prompt is a text of the task's one text field (or, on a task with several, a JSON object of them),
-rendered with the task's template up to `{mask}`, as `prompttune generate` does. Each generation
-request runs alone on the model thread (no batching across requests yet); it counts toward the
-server's in-flight limit like the texts of prediction requests. What is not offered (streaming,
+rendered with the task's template up to `{mask}`, as `prompttune generate` does. A generation
+request runs on the model thread in chunks of `engine.GENERATION_CHUNK` prompts (no batching across
+requests yet), so prediction micro-batches run between its chunks; it counts toward the server's
+in-flight limit like the texts of prediction requests. A client that goes away cancels its
+generation within one token; a server that must stop answers it 503. What is not offered (streaming,
 logprobs, echo, n or best_of > 1, penalties, tools, token-id prompts) is refused by the request
 types (422 naming the field), not ignored; other fields OpenAI clients send (user, ...) are ignored.
 """
@@ -19,18 +21,20 @@ types (422 naming the field), not ignored; other fields OpenAI clients send (use
 # No `from __future__ import annotations`: request models are built from the server's limits in
 # `openai_routes`, and FastAPI reads handler annotations as objects.
 
+import asyncio
+import threading
 import time
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..data import examples_from_texts
 from ..errors import DataError, PromptTuneError
 from .api import APIError, by_json_type
 from .batcher import MicroBatcher, QueueFull
-from .engine import Completion, Engine, InputError, Sampling
+from .engine import Cancelled, Completion, Engine, InputError, Sampling
 from .limits import Limits
 from .pool import TaskInfo
 
@@ -90,14 +94,22 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def openai_routes(engine: Engine, batcher: MicroBatcher, limits: Limits) -> APIRouter:
-    """The OpenAI-compatible endpoints, with `limits` in their request types."""
+DISCONNECT_POLL_S = 0.25
+"""How often a generation request checks whether its client is still there."""
+
+
+def openai_routes(engine: Engine, batcher: MicroBatcher, limits: Limits, generations: set[threading.Event]) -> APIRouter:
+    """The OpenAI-compatible endpoints, with `limits` in their request types. Each running generation's
+    cancel event is in `generations` while it runs (the server sets them all when it must stop)."""
     Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_text_chars)]
     Stop = by_json_type(str=Text, list=Annotated[list[Text], Field(max_length=4)]) | None
     MaxTokens = Annotated[int, Field(ge=1, le=limits.max_new_tokens)]
 
     class Settings(BaseModel):
-        model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields this server has no use for (user, ...)
+        # Strict: "max_tokens": "4" is refused as OpenAI refuses it. Fields OpenAI clients send that
+        # change nothing here (user, metadata, ...) are ignored; those that would change the text are
+        # either done (seed) or refused below.
+        model_config = ConfigDict(extra="ignore", strict=True)
         model: str = Field(description="the name of a generation task (GET /v1/models)")
         temperature: float = Field(1.0, ge=0, le=2, description="0 = greedy decoding; above 0, sampling")
         top_p: float = Field(1.0, gt=0, le=1)
@@ -106,6 +118,8 @@ def openai_routes(engine: Engine, batcher: MicroBatcher, limits: Limits) -> APIR
         stream: Literal[False] = Field(False, description="streaming is not offered")
         presence_penalty: float = Field(0, ge=0, le=0, description="penalties are not offered")
         frequency_penalty: float = Field(0, ge=0, le=0, description="penalties are not offered")
+        seed: int | None = Field(None, description="the same seed and request sample the same text")
+        logit_bias: None = Field(None, description="not offered")
 
     class CompletionRequest(Settings):
         prompt: by_json_type(str=Text, list=Annotated[list[Text], Field(min_length=1, max_length=limits.max_texts)])
@@ -125,18 +139,29 @@ def openai_routes(engine: Engine, batcher: MicroBatcher, limits: Limits) -> APIR
         max_completion_tokens: MaxTokens | None = Field(None, description="the newer name of max_tokens")
         logprobs: Literal[False] = Field(False, description="not offered")
         tools: None = Field(None, description="tool calls are not offered")
+        response_format: None = Field(None, description="structured output is not offered")
 
     def sampling(body: Settings, tokens: int) -> Sampling:
         stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        return Sampling(max_tokens=tokens, temperature=body.temperature, top_p=body.top_p, stop=stops)
+        return Sampling(max_tokens=tokens, temperature=body.temperature, top_p=body.top_p, stop=stops, seed=body.seed)
 
-    async def run(n: int, fn, *args) -> list[Completion] | Completion:
-        """`fn` on the model thread, counted as `n` texts in flight; errors as OpenAI error responses."""
+    async def run(request: Request, n: int, fn, *args) -> list[Completion] | Completion:
+        """`await fn(*args, cancel)` (an engine generation), counted as `n` texts in flight; errors as
+        OpenAI error responses. A client that goes away cancels its generation (within a token)."""
+        cancel = threading.Event()
         try:
             with batcher.admit(n):
-                return await engine.run(fn, *args)
+                generations.add(cancel)
+                watch = asyncio.ensure_future(cancel_on_disconnect(request, cancel))
+                try:
+                    return await fn(*args, cancel)
+                finally:
+                    generations.discard(cancel)
+                    watch.cancel()
         except QueueFull as e:
             raise APIError(503, f"the server is busy: {e}; retry later", headers={"Retry-After": "1"}) from None
+        except Cancelled:  # the server is stopping (a client that went away reads no answer)
+            raise APIError(503, "the server is stopping; retry later", headers={"Retry-After": "1"}) from None
         except InputError as e:
             raise APIError(400, str(e), loc=("body", e.field)) from None
         except KeyError as e:  # unloaded meanwhile
@@ -154,28 +179,37 @@ def openai_routes(engine: Engine, batcher: MicroBatcher, limits: Limits) -> APIR
         return ModelList(data=[ModelCard(id=info.name, created=now) for info in engine.tasks() if info.generation])
 
     @router.post("/v1/completions", response_model=CompletionResponse)
-    async def completions(body: CompletionRequest) -> CompletionResponse:
+    async def completions(body: CompletionRequest, request: Request) -> CompletionResponse:
         """Continue each prompt with a generation task (OpenAI's legacy completions API)."""
         info = generation_task(engine, body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         examples = [prompt_example(p, info, None if isinstance(body.prompt, str) else i) for i, p in enumerate(prompts)]
-        done = await run(len(examples), engine.complete, body.model, examples, sampling(body, body.max_tokens))
+        done = await run(request, len(examples), engine.complete, body.model, examples, sampling(body, body.max_tokens))
         return CompletionResponse(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model,
                                   choices=[CompletionChoice(text=c.text, index=i, finish_reason=c.finish_reason)
                                            for i, c in enumerate(done)], usage=usage(done))
 
     @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
-    async def chat_completions(body: ChatRequest) -> ChatCompletionResponse:
+    async def chat_completions(body: ChatRequest, request: Request) -> ChatCompletionResponse:
         """Answer a conversation with a generation task whose tokenizer has a chat template."""
         generation_task(engine, body.model)
         messages = [m.model_dump() for m in body.messages]
         tokens = body.max_completion_tokens or body.max_tokens or 16
-        done = await run(1, engine.chat, body.model, messages, sampling(body, tokens))
+        done = await run(request, 1, engine.chat, body.model, messages, sampling(body, tokens))
         return ChatCompletionResponse(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model,
                                       choices=[ChatChoice(index=0, message=AssistantMessage(content=done.text),
                                                           finish_reason=done.finish_reason)], usage=usage([done]))
 
     return router
+
+
+async def cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:
+    """Set `cancel` once the client of `request` has gone away (checked every `DISCONNECT_POLL_S`)."""
+    while not cancel.is_set():
+        if await request.is_disconnected():
+            cancel.set()
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
 
 
 def generation_task(engine: Engine, name: str) -> TaskInfo:

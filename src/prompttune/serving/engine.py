@@ -15,7 +15,8 @@ engine's own list of tasks, which only the model thread replaces, after each add
 
 What it adds to `TaskPool`: per-item failures (a batch that fails is run again item by item, so a
 task removed while its texts waited fails only its own requests), token-level generation with usage
-counts, stop strings and chat prompts (`TaskPool.generate_ids`, `generation.chat_prompt_ids`), and
+counts, stop strings, seeds and chat prompts, run in chunks that prediction batches can come between
+and cancelled within a token (`generate`) (`TaskPool.generate_ids`, `generation.chat_prompt_ids`), and
 an unreadable artifact reported as an `ArtifactError`.
 """
 
@@ -23,14 +24,26 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..errors import ArtifactError, PromptTuneError
 from ..generation import chat_prompt_ids, check_generates, prompt_ids
 from ..task import positions_for_tokens
 from .pool import Prediction, TaskInfo, TaskPool
+
+
+GENERATION_CHUNK = 8
+"""Prompts per model-thread call of a generation request (`generation.generate_ids`' batch size)."""
+
+
+class Cancelled(PromptTuneError):
+    """A generation request given up before its text was done: its client went away, or the server is stopping."""
 
 
 class InputError(PromptTuneError):
@@ -50,6 +63,8 @@ class Sampling:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     """Strings that end the text; the first one found and what follows it are cut off."""
+    seed: int | None = None
+    """Seeds torch's generator before each chunk of prompts: the same request samples the same text."""
 
     def generate_kwargs(self, tokenizer) -> dict:
         kwargs: dict = {"max_new_tokens": self.max_tokens}
@@ -138,14 +153,42 @@ class Engine:
         except Exception as e:
             return e
 
-    def complete(self, name: str, examples: list[dict], sampling: Sampling) -> list[Completion]:
-        """Continue each example's prompt (the task's template up to `{mask}`)."""
-        task = self._generator(name)
-        return self._generate(name, task, [prompt_ids(task, ex) for ex in examples], sampling, field="prompt")
+    async def complete(self, name: str, examples: list[dict], sampling: Sampling,
+                       cancel: threading.Event | None = None) -> list[Completion]:
+        """Continue each example's prompt (the task's template up to `{mask}`). See `generate`."""
+        prompts = await self.run(self._completion_prompts, name, examples, sampling)
+        return await self.generate(name, prompts, sampling, cancel)
 
-    def chat(self, name: str, messages: list[dict], sampling: Sampling) -> Completion:
+    async def chat(self, name: str, messages: list[dict], sampling: Sampling,
+                   cancel: threading.Event | None = None) -> Completion:
         """Answer a conversation: rendered by the tokenizer's chat template (with the assistant's turn
-        opened), it takes the place of the task's one text field in its template."""
+        opened), it takes the place of the task's one text field in its template. See `generate`."""
+        prompt = await self.run(self._chat_prompt, name, messages, sampling)
+        return (await self.generate(name, [prompt], sampling, cancel))[0]
+
+    async def generate(self, name: str, prompts: list[list[int]], sampling: Sampling,
+                       cancel: threading.Event | None = None) -> list[Completion]:
+        """Continue `prompts` (token ids) with task `name`, `GENERATION_CHUNK` prompts per model-thread
+        call, so the micro-batches of prediction requests that arrive meanwhile run between the chunks
+        instead of after the whole request. Setting `cancel` (the client went away, the server is
+        stopping) ends the request within one generated token: raises `Cancelled`. Raises `KeyError` if
+        the task is unloaded meanwhile."""
+        out: list[Completion] = []
+        for start in range(0, len(prompts), GENERATION_CHUNK):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("the request was cancelled before its text was done")
+            out += await self.run(self._generate_chunk, name, prompts[start : start + GENERATION_CHUNK], sampling, cancel)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("the request was cancelled before its text was done")
+        return out
+
+    def _completion_prompts(self, name: str, examples: list[dict], sampling: Sampling) -> list[list[int]]:
+        task = self._generator(name)
+        prompts = [prompt_ids(task, ex) for ex in examples]
+        self._check_room(task, prompts, sampling, field="prompt")
+        return prompts
+
+    def _chat_prompt(self, name: str, messages: list[dict], sampling: Sampling) -> list[int]:
         info, task = self.task(name), self._generator(name)
         tokenizer = task.tokenizer
         if tokenizer.chat_template is None:
@@ -157,8 +200,9 @@ class Engine:
             chat = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
         except Exception as e:  # the template's own checks (jinja2 raise_exception: roles out of order, ...)
             raise InputError("messages", f"the chat template of task {name!r} refused the messages: {e}") from None
-        return self._generate(name, task, [chat_prompt_ids(task, info.text_fields[0], chat["input_ids"])], sampling,
-                              field="messages")[0]
+        prompt = chat_prompt_ids(task, info.text_fields[0], chat["input_ids"])
+        self._check_room(task, [prompt], sampling, field="messages")
+        return prompt
 
     def _generator(self, name: str):
         info = self.task(name)
@@ -167,7 +211,8 @@ class Engine:
         check_generates(info.classifier)
         return info.classifier
 
-    def _generate(self, name: str, task, prompts: list[list[int]], sampling: Sampling, *, field: str) -> list[Completion]:
+    @staticmethod
+    def _check_room(task, prompts: list[list[int]], sampling: Sampling, *, field: str) -> None:
         found = positions_for_tokens(task)
         room = found[0] - found[1] if found is not None else None
         for i, ids in enumerate(prompts):
@@ -176,7 +221,18 @@ class Engine:
                 raise InputError(where, f"{where} is {len(ids)} tokens and max_tokens is {sampling.max_tokens}: together "
                                         f"more than the {room} positions the model has for this task; shorten the "
                                         "prompt or lower max_tokens")
-        new = self.pool.generate_ids(name, prompts, **sampling.generate_kwargs(task.tokenizer))
+
+    def _generate_chunk(self, name: str, prompts: list[list[int]], sampling: Sampling,
+                        cancel: threading.Event | None) -> list[Completion]:
+        if cancel is not None and cancel.is_set():  # given up while it waited for the model thread
+            return []
+        task = self._generator(name)
+        kwargs = sampling.generate_kwargs(task.tokenizer)
+        if cancel is not None:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([WhenSet(cancel)])
+        if sampling.seed is not None:  # the model thread is the only user of torch's generator
+            torch.manual_seed(sampling.seed)
+        new = self.pool.generate_ids(name, prompts, **kwargs)
         out = []
         for ids, generated in zip(prompts, new):
             text = task.tokenizer.decode(generated, skip_special_tokens=True)
@@ -185,3 +241,12 @@ class Engine:
             out.append(Completion(text[:cut] if cut >= 0 else text, len(ids), len(generated), "stop" if ended else "length"))
         return out
 
+
+class WhenSet(StoppingCriteria):
+    """Stop every row of a generation once `event` is set (checked after each new token)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)

@@ -28,5 +28,6 @@ class Limits:
     @property
     def max_body_bytes(self) -> int:
         """Request bodies past this are refused (413) before they are read: every text at its longest,
-        at 6 bytes a character (a JSON `\\uXXXX` escape), plus 64 KiB for the rest."""
-        return 6 * self.max_texts * self.max_text_chars + 65536
+        at 12 bytes a character (a character beyond the BMP, e.g. an emoji, as JSON escapes it:
+        `\\ud83d\\ude00`), plus 64 KiB for the rest."""
+        return 12 * self.max_texts * self.max_text_chars + 65536

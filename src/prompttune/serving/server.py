@@ -23,16 +23,19 @@ never unpickled. SIGTERM stops accepting connections and lets in-flight requests
 # No `from __future__ import annotations`: request models are built from the limits inside
 # `build_app`, and FastAPI reads handler annotations as objects, not as names in this module.
 
+import asyncio
 import json
 import logging
 import re
 import socket
 import sys
+import threading
 from collections.abc import Sequence
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Annotated
 
+import uvicorn
 from fastapi import FastAPI
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -53,6 +56,10 @@ from .pool import TASK_NAME, TaskInfo, TaskPool
 
 GRACEFUL_SHUTDOWN_S = 30
 """How long SIGTERM waits for in-flight requests before cancelling them."""
+DRAIN_MARGIN_S = 5
+"""What a stopping server has not started `GRACEFUL_SHUTDOWN_S - DRAIN_MARGIN_S` after SIGTERM (texts
+still queued, generations still running) is answered 503 with Retry-After, so no request is cut off
+without an answer."""
 RETRY_AFTER_S = 1
 
 log = logging.getLogger("uvicorn.error")  # uvicorn's server log: these lines show as its own do (--log-level)
@@ -138,9 +145,20 @@ def build_app(engine: Engine, *, limits: Limits = Limits(), allow_dirs: Sequence
                            max_wait_s=limits.max_wait_ms / 1000, max_queue=limits.max_queue)
     metrics = ServerMetrics(queue_depth=lambda: batcher.in_flight, tasks=lambda: len(engine.tasks()))
     batcher.on_batch = metrics.observe_batch
+    generations: set[threading.Event] = set()  # the cancel events of the generations running
+
+    def drain() -> None:
+        """Answer what has not started 503 (texts in the queue) and end the generations running."""
+        batcher.fail_waiting(QueueClosed("the server is stopping"))
+        for cancel in list(generations):
+            cancel.set()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()
+        # Called by `serve`'s server on SIGTERM or Ctrl-C (from any thread): drain before uvicorn's
+        # graceful period ends and it cancels what is left.
+        app.state.stopping = lambda: loop.call_soon_threadsafe(loop.call_later, GRACEFUL_SHUTDOWN_S - DRAIN_MARGIN_S, drain)
         batcher.start()
         yield
         await batcher.stop()
@@ -152,7 +170,7 @@ def build_app(engine: Engine, *, limits: Limits = Limits(), allow_dirs: Sequence
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
-    app.add_middleware(CountRequests, metrics=metrics)
+    app.add_middleware(CountRequests, metrics=metrics, routes=app.router.routes)
 
     PredictRequest = predict_request(limits)
     TaskName = Annotated[str, PathParam(description="a loaded task's name (GET /v1/tasks)")]
@@ -170,7 +188,7 @@ def build_app(engine: Engine, *, limits: Limits = Limits(), allow_dirs: Sequence
         except QueueFull as e:
             raise APIError(503, f"the server is busy: {e}; retry later", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except QueueClosed as e:
-            raise APIError(503, str(e)) from None
+            raise APIError(503, f"{e}; retry later", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except KeyError as e:  # unloaded while its texts waited
             raise APIError(404, e.args[0]) from None
         except PromptTuneError as e:
@@ -221,7 +239,7 @@ def build_app(engine: Engine, *, limits: Limits = Limits(), allow_dirs: Sequence
         """Counters, histograms and gauges in Prometheus' text format (see `serving/metrics.py`)."""
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    app.include_router(openai_routes(engine, batcher, limits))
+    app.include_router(openai_routes(engine, batcher, limits, generations))
     return app
 
 
@@ -258,7 +276,10 @@ def allowed_path(path: str, allow_dirs: Sequence[Path]) -> Path:
     if not allow_dirs:
         raise APIError(403, "loading tasks at run time is off: start the server with --allow-dir DIR to allow "
                             "loading from DIR", loc=("body", "path"))
-    resolved = Path(path).resolve()
+    try:
+        resolved = Path(path).resolve()
+    except (ValueError, OSError) as e:  # a NUL byte, a symlink loop
+        raise APIError(422, f"{path!r} is not a usable path: {e}", loc=("body", "path")) from None
     if not any(resolved.is_relative_to(d) for d in allow_dirs):
         raise APIError(403, f"{path!r} resolves to {str(resolved)!r}, outside the directories tasks may be loaded from: "
                             f"{[str(d) for d in allow_dirs]}", loc=("body", "path"))
@@ -287,8 +308,6 @@ def serve(dirs: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, dev
     Everything that can be wrong at start (a directory that is not a task, tasks on different
     backbones, an --allow-dir that is not a directory, a port in use) raises `PromptTuneError`
     before the server listens."""
-    import uvicorn
-
     allowed = [checked_dir(d) for d in allow_dirs]
     if limits.max_texts > limits.max_queue:
         raise ConfigError(f"--max-texts {limits.max_texts} is more than --max-queue {limits.max_queue}: "
@@ -304,7 +323,7 @@ def serve(dirs: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, dev
                   f"{str(engine.pool.dtype).removeprefix('torch.')}) at http://{url_host(host)}:{sock.getsockname()[1]} "
                   f"(API docs: /docs)", file=sys.stderr, flush=True)
             config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
-            uvicorn.Server(config).run(sockets=[sock])
+            DrainingServer(config).run(sockets=[sock])
         finally:
             engine.close()
 
@@ -319,11 +338,24 @@ def named_dir(given: str) -> tuple[str, str]:
     """
     name, sep, d = given.partition("=")
     if sep and re.fullmatch(TASK_NAME, name):
+        if not d:
+            raise ConfigError(f"{given!r}: no directory after '='; give NAME=DIR")
         return name, d
     if sep and not Path(given).exists():
         raise ConfigError(f"{given!r}: {name!r} cannot be a task name (letters, digits, '.', '_', '-', '+'; at most 64, "
                           "starting with a letter or digit)")
     return task_name(Path(given).resolve()), given
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server that, on SIGTERM or Ctrl-C, also tells the app (`app.state.stopping`), which
+    answers 503 what it cannot finish within the graceful period (`DRAIN_MARGIN_S`)."""
+
+    def handle_exit(self, sig, frame) -> None:
+        stopping = getattr(self.config.app.state, "stopping", None)
+        if not self.should_exit and stopping is not None:
+            stopping()
+        super().handle_exit(sig, frame)
 
 
 def checked_dir(path: str) -> Path:
