@@ -28,6 +28,7 @@ from .errors import ArtifactError, PromptTuneError
 from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
 from .model_parts import ModelPart, detach_parts
 from .parameters import count_parameters, trainable_state_dict
+from .scoring import WORD_SCORES
 from .task import TaskSpec, build_classifier
 
 CONFIG, WEIGHTS = "config.json", "weights.safetensors"
@@ -102,6 +103,7 @@ _CONFIG_KEYS = {
     "template": (lambda v: v is None or isinstance(v, str), "a template or null"),
     "verbalizer": (lambda v: v is None or (isinstance(v, dict) and all(_texts(w) for w in v.values())),
                    "an object of label → list of words, or null"),
+    "word_score": (lambda v: v in WORD_SCORES, f"one of {list(WORD_SCORES)}"),
     "max_length": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number ≥ 1"),
     "options": (lambda v: isinstance(v, dict), "an object of method options"),
     "generation": (lambda v: isinstance(v, bool), "true or false"),
