@@ -274,8 +274,8 @@ def read_config_file(path: str | Path, overrides: list[str] = ()) -> dict:
     applied (theirs against the working directory): what `load_config` validates.
 
     Example:
-        >>> read_config_file("configs/sst2_zero_shot.yaml")["task"]["eval"]   # configs/../../shared/data/...
-        '/work/shared/data/sst2/dev.tsv'
+        >>> read_config_file("configs/sst2_zero_shot.yaml")["task"]["eval"]   # written ../../shared/data/sst2/dev.tsv
+        '/home/me/shared/data/sst2/dev.tsv'
     """
     raw = resolve_paths(read_raw(path), Path(path).parent)
     return resolve_paths(apply_overrides(raw, list(overrides)), Path.cwd())
