@@ -9,7 +9,7 @@ import pytest
 
 from prompttune import TaskSpec, build_classifier
 from prompttune.config import apply_overrides, load_config
-from prompttune.data import few_shot_split, load_examples, read_rows, sample_per_class
+from prompttune.data import few_shot_split, held_out_split, load_examples, read_rows, sample_per_class
 from prompttune.errors import ConfigError, DataError, TemplateError, VerbalizerError
 from prompttune.methods import method_names
 
@@ -315,6 +315,104 @@ def test_too_few_examples_of_a_class_is_an_error_naming_the_class():
         sample_per_class(labelled({"0": 10, "1": 3}), 4, seed=0)
     with pytest.raises(DataError, match="label '1' has 2 examples"):
         few_shot_split(labelled({"0": 10, "1": 6}), 4, seed=0)  # 4 go to train, 2 are left for dev
+
+
+# --- paths in a config file ------------------------------------------------------------------
+
+
+def test_paths_in_a_config_file_are_its_folders_and_set_paths_the_working_directorys(tmp_path, monkeypatch):
+    folder = tmp_path / "project" / "configs"
+    (folder / "models" / "mine").mkdir(parents=True)
+    (folder / "models" / "mine" / "config.json").write_text("{}")
+    (tmp_path / "elsewhere").mkdir()
+    (folder / "run.yaml").write_text(
+        "model: models/mine\nlm_head: heads/minilm\n"
+        "task: {train: ../data/train.tsv, dev: data/dev.tsv, eval: /abs/test.tsv, text_fields: [sentence]}\n"
+        "prompt: {template: '{sentence} It was {mask}.', verbalizer: {0: terrible, 1: great}}\n"
+        "method: {name: prompt-tuning, prompt_bank: bank, demo_encoder: all-MiniLM-L6-v2}\n")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = load_config("../project/configs/run.yaml", ["method.init_from=runs/prompt"])
+    assert cfg.model == str(folder / "models" / "mine"), "a model folder next to the config is the config's"
+    assert cfg.lm_head == str(folder / "heads" / "minilm")
+    assert (cfg.task.train, cfg.task.dev, cfg.task.eval) == (str(tmp_path / "project" / "data" / "train.tsv"),
+                                                           str(folder / "data" / "dev.tsv"), "/abs/test.tsv")
+    assert cfg.method.prompt_bank == str(folder / "bank")
+    assert cfg.method.demo_encoder == "all-MiniLM-L6-v2", "a name that is no folder there stays a name"
+    assert cfg.method.init_from == str(tmp_path / "elsewhere" / "runs" / "prompt"), "--set paths are the working directory's"
+    cfg = load_config(folder / "run.yaml", ["model=all-MiniLM-L6-v2", "method.init_from=most_similar"])
+    assert cfg.model == "all-MiniLM-L6-v2" and cfg.method.init_from == "most_similar"
+
+
+def test_the_shipped_configs_find_the_shared_data_from_any_directory(tmp_path, monkeypatch, shared_data):
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        for data in (cfg.task.train, cfg.task.eval):
+            assert data is None or Path(data).is_file(), f"{path.name}: {data} does not exist"
+
+
+# --- an evaluation set carved from train ----------------------------------------------------
+
+
+def test_eval_split_holds_out_a_seeded_share_of_each_label():
+    examples = labelled({"0": 50, "1": 30})
+    rest, held = held_out_split(examples, 0.2, seed=13)
+    assert sorted(ex["label"] for ex in held) == ["0"] * 10 + ["1"] * 6, "20% of each label"
+    assert len(rest) == 64 and not {id(ex) for ex in rest} & {id(ex) for ex in held}
+    assert held_out_split(examples, 0.2, seed=13) == (rest, held), "the same seed carves the same set"
+    assert held_out_split(examples, 0.2, seed=14)[1] != held
+
+
+def write_tsv(path, n_per_class: dict[str, int]):
+    rows = [f"{ex['label']}\t{ex['sentence']}" for ex in labelled(n_per_class)]
+    path.write_text("label\tsentence\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_eval_split_is_carved_before_dev_and_the_few_shot_sample_and_disjoint_from_both(tmp_path):
+    from prompttune.recipes import load_splits
+
+    data = write_tsv(tmp_path / "train.tsv", {"0": 40, "1": 60})
+    cfg = load_config(raw=config_with(task={"train": str(data), "eval_split": 0.25, "shots": 8, "seed": 3}))
+    train, dev, test = load_splits(cfg)
+    assert (len(train), len(dev), len(test)) == (16, 16, 25)
+    texts = [{ex["sentence"] for ex in split} for split in (train, dev, test)]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2]), "train, dev and eval overlap"
+    assert load_splits(cfg) == (train, dev, test), "the carve and the samples are seeded"
+    no_shots = load_config(raw=config_with(task={"train": str(data), "eval_split": 0.25, "seed": 3}))
+    all_train, _, same_test = load_splits(no_shots)
+    assert same_test == test and len(all_train) == 75, "the carve does not depend on the few-shot sample"
+
+
+@pytest.mark.parametrize("task, message", [
+    ({"eval_split": 0.2, "eval": "test.tsv"}, "set only one of them"),
+    ({"eval_split": 1.0}, "task.eval_split must be a fraction between 0 and 1"),
+    ({"eval_split": 0}, "task.eval_split must be a fraction between 0 and 1"),
+    ({"eval_split": 0.2, "train": None}, "set task.train"),
+])
+def test_a_bad_eval_split_is_refused_in_one_line(task, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(raw=config_with(task=task))
+
+
+def test_the_artifact_records_the_eval_split(tmp_path, bert_dir):
+    from prompttune.recipes import run_training
+
+    data = write_tsv(tmp_path / "train.tsv", {"0": 10, "1": 10})
+    cfg = load_config(raw={"model": str(bert_dir), "task": {"train": str(data), "eval_split": 0.2, "seed": 5},
+                           "method": {"name": "finetune"}, "train": {"epochs": 1, "progress": False}})
+    summary = run_training(cfg, tmp_path / "task", log=lambda _: None)
+    recorded = json.loads((tmp_path / "task" / "config.json").read_text())["training"]["eval_split"]
+    assert recorded == {"fraction": 0.2, "seed": 5, "from": str(data), "examples": 4} and summary["eval"]["n"] == 4
+
+
+@pytest.mark.parametrize("value", ["max", "SUM", 1])
+def test_word_score_is_sum_or_mean(value):
+    assert load_config(raw=config_with(prompt={"word_score": "mean"})).prompt.word_score == "mean"
+    with pytest.raises(ConfigError, match="prompt.word_score"):
+        load_config(raw=config_with(prompt={"word_score": value}))
 
 
 # --- labels the task does not know ---------------------------------------------------------

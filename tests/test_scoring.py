@@ -25,8 +25,8 @@ def word_ids(tok, word: str, space: bool = True) -> list[int]:
     return tok((" " if space else "") + word, add_special_tokens=False)["input_ids"]
 
 
-def score_words(backbone, template: str, verbalizer: dict, examples: list[dict]) -> torch.Tensor:
-    scorer = make_scorer(backbone, parse_template(template), parse_verbalizer(verbalizer))
+def score_words(backbone, template: str, verbalizer: dict, examples: list[dict], word_score: str = "sum") -> torch.Tensor:
+    scorer = make_scorer(backbone, parse_template(template), parse_verbalizer(verbalizer), word_score=word_score)
     with torch.no_grad():
         return scorer(backbone.model, scorer.encode(examples))
 
@@ -154,6 +154,63 @@ def test_t5_fast_path_equals_the_general_path_for_single_token_words(t5):
     mixed = score_words(t5, "{text} it was {mask} .", {"0": ["bad", "wonderful"], "1": ["good"]}, EXAMPLES)
     # Different sequence lengths, so allow float rounding (the two paths agree exactly on CPU today).
     torch.testing.assert_close(mixed[:, [0, 2]], fast, atol=1e-6, rtol=0)
+
+
+# --- word_score: mean -------------------------------------------------------------------
+# The sum is checked against the direct computations above; the mean is that sum over the number of
+# tokens scored, on every kind of model.
+
+
+def test_masked_lm_mean_word_score_is_the_per_token_average(bert):
+    got = score_words(bert, "{text} it was {mask} .", VERBALIZER, EXAMPLES, word_score="mean")
+    for i, ex in enumerate(EXAMPLES):
+        for w, word in enumerate(flat(VERBALIZER)):
+            ids = word_ids(bert.tokenizer, word)
+            want = direct_masked(bert, f"{ex['text']} it was {' '.join(['[MASK]'] * len(ids))} .", ids) / len(ids)
+            assert got[i, w].item() == pytest.approx(want, abs=ATOL), f"example {i}, word {word!r}"
+
+
+@pytest.mark.parametrize("after", [" .", ""], ids=["text-after-the-mask", "mask-at-the-end"])
+def test_causal_lm_mean_word_score_averages_the_tokens_scored_after_the_prefix(gpt2, after):
+    tok = gpt2.tokenizer
+    got = score_words(gpt2, "{text} it was {mask}" + after, VERBALIZER, EXAMPLES, word_score="mean")
+    for i, ex in enumerate(EXAMPLES):
+        for w, word in enumerate(flat(VERBALIZER)):
+            prefix = f"{ex['text']} it was"
+            n = len(tok(f"{prefix} {word}{after}")["input_ids"]) - len(tok(prefix)["input_ids"])
+            want = direct_causal(gpt2, prefix, f"{prefix} {word}{after}") / n
+            assert got[i, w].item() == pytest.approx(want, abs=ATOL), f"example {i}, word {word!r}"
+
+
+def test_t5_mean_word_score_is_the_per_token_average(t5):
+    got = score_words(t5, "{text} it was {mask} .", VERBALIZER, EXAMPLES, word_score="mean")
+    for i, ex in enumerate(EXAMPLES):
+        for w, word in enumerate(flat(VERBALIZER)):
+            ids = word_ids(t5.tokenizer, word)
+            want = direct_t5(t5, f"{ex['text']} it was <extra_id_0> .", ids) / len(ids)
+            assert got[i, w].item() == pytest.approx(want, abs=ATOL), f"example {i}, word {word!r}"
+
+
+@pytest.mark.parametrize("fixture", ["bert", "gpt2", "t5"])
+def test_single_token_words_score_the_same_under_sum_and_mean(fixture, request):
+    backbone = request.getfixturevalue(fixture)
+    # (A causal LM also scores template text after the mask, which the mean averages in: end at the mask.)
+    args = (backbone, "{text} it was {mask}", SINGLE_TOKEN_VERBALIZER, EXAMPLES)
+    assert torch.equal(score_words(*args, word_score="sum"), score_words(*args, word_score="mean"))
+
+
+def test_a_task_keeps_its_word_score_through_save_and_load(gpt2, gpt2_dir, tmp_path):
+    from prompttune import load_artifact, save_artifact
+
+    spec = TaskSpec(method="zero-shot", model=str(gpt2_dir), text_fields=["text"], labels=["0", "1"],
+                    template="{text} it was {mask} .", verbalizer=VERBALIZER, word_score="mean")
+    clf, fp = build_classifier(spec, gpt2)
+    save_artifact(tmp_path / "task", spec, clf, fp)
+    loaded, config = load_artifact(tmp_path / "task", gpt2)
+    assert config["word_score"] == "mean" and loaded.scorer.word_score == "mean"
+    with torch.no_grad():
+        want = score_words(gpt2, spec.template, VERBALIZER, EXAMPLES, word_score="mean")
+        torch.testing.assert_close(loaded.word_scores(loaded.collate(EXAMPLES)), want, atol=ATOL, rtol=0)
 
 
 # --- class scores -------------------------------------------------------------------------

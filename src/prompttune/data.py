@@ -397,6 +397,29 @@ def sample_per_class(examples: list[dict], k: int, seed: int, *, exclude: list[d
     return out
 
 
+def held_out_split(examples: list[dict], fraction: float, seed: int, *, by_class: bool = True) -> tuple[list[dict], list[dict]]:
+    """(rest, held out): `fraction` of the examples set aside, drawn with `seed`; per label when
+    `by_class` (each label keeps its share, rounded, at least one example of a label with two or
+    more), else over all of them (a generation task's targets are not classes). Both keep the
+    examples' order in the file.
+
+    Example:
+        >>> rest, held = held_out_split(load_examples("train.tsv", ["sentence"]), 0.2, seed=13)
+        >>> len(held) / (len(rest) + len(held))
+        0.2
+    """
+    rng = random.Random(seed)
+    groups = by_label(examples).values() if by_class else [examples]
+    held_ids = set()
+    for group in groups:
+        n = round(len(group) * fraction)
+        n = min(max(n, 1), len(group) - 1) if len(group) > 1 else 0
+        held_ids.update(id(ex) for ex in rng.sample(group, n))
+    if not held_ids:
+        raise DataError(f"task.eval_split {fraction} of {len(examples)} example(s) leaves no evaluation set")
+    return [ex for ex in examples if id(ex) not in held_ids], [ex for ex in examples if id(ex) in held_ids]
+
+
 def few_shot_split(examples: list[dict], k: int, seed: int) -> tuple[list[dict], list[dict]]:
     """K per class for training and another disjoint K per class for development (LM-BFF)."""
     train = sample_per_class(examples, k, seed)

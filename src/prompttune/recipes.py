@@ -23,7 +23,7 @@ from accelerate.utils import set_seed
 from . import __version__
 from .artifacts import CONFIG, EVAL, PLOT, WEIGHTS, save_artifact
 from .config import RunConfig
-from .data import few_shot_split, load_examples, sample_per_class
+from .data import few_shot_split, held_out_split, load_examples, sample_per_class
 from .errors import ConfigError, DataError, OutputError
 from .evaluation import evaluate
 from .files import discard, path_sha256, remove_empty_dirs, remove_staging_leftovers, write_json, write_together
@@ -67,6 +67,9 @@ def task_labels(cfg: RunConfig, train_examples: list[dict]) -> list[str]:
 def load_splits(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
     """(train, dev, eval) examples; with task.shots, K per class for train and for dev.
 
+    With task.eval_split, the evaluation set is carved from train first (`data.held_out_split`,
+    per label), and dev and the few-shot sample are drawn from the rest: the three are disjoint.
+
     Every row's label is checked as it is read, so an unknown one is named with its file and line
     before anything is sampled or trained: against the verbalizer's or task.labels' labels, else
     (a head method) dev's and eval's against those train has.
@@ -81,6 +84,9 @@ def load_splits(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
     if labels is None and train_all and not t.generation:
         labels = task_labels(cfg, train_all)
     dev, test = read(t.dev, t.text_fields, labels), read(t.eval, t.text_fields, labels)
+    if t.eval_split is not None:
+        train_all, test = held_out_split(train_all, t.eval_split, t.seed, by_class=not t.generation)
+        test = [{k: ex[k] for k in (*t.text_fields, "label") if k in ex} for ex in test]  # queries carry no reasoning
     if t.shots is None:
         return train_all, dev, test
     if dev:
@@ -119,6 +125,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
         labels=labels,
         template=cfg.prompt.template,
         verbalizer=parse_verbalizer(cfg.prompt.verbalizer).to_config() if cfg.prompt.verbalizer is not None else None,
+        word_score=cfg.prompt.word_score,
         model_kind=cfg.model_kind,
         lm_head=_absolute_if_local(cfg.lm_head),
         max_length=cfg.train.max_length,
@@ -188,6 +195,9 @@ def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *,
         summary["train_label_counts"] = {label: sum(ex["label"] == label for ex in train_ex) for label in spec.labels}
     if transfer is not None:
         summary["transfer"] = transfer
+    if cfg.task.eval_split is not None:
+        summary["eval_split"] = {"fraction": cfg.task.eval_split, "seed": cfg.task.seed, "from": cfg.task.train,
+                                 "examples": len(test_ex)}
     record = {**summary, **training_record(cfg, splits, result, files)}
     save_artifact(out, spec, classifier, fp, extra={"training": record, "label_field": cfg.task.label_field})
     if result.history:

@@ -7,17 +7,22 @@ share one forward pass (`serving.mixed_batch`): `reads(batch)` says which sequen
 log-probabilities to read off the output (`Reads`), and `word_scores(batch, logps)` turns what was
 read into label-word scores. `__call__` is those two around one `read_logprobs` per `Reads`.
 
-- masked LM: a k-token word is scored with k mask tokens in one forward pass, as the sum of
-  each token's log-probability at its mask (Schick & Schütze 2021, PET's multi-mask scoring
+- masked LM: a k-token word is scored with k mask tokens in one forward pass, from each token's
+  log-probability at its mask (Schick & Schütze 2021, PET's multi-mask scoring
   without its iterative decoding). Words of equal length share a pass, so when every word is a
   single token there is exactly one pass (the fast path).
-- causal LM: the word, and any template text after it, is appended to the prefix; its score is
-  the sum of log p of those tokens, i.e. log p(word, rest | prefix), which ranks labels exactly
-  as the LM's probability of the whole filled-in text does. If nothing follows the mask and all
+- causal LM: the word, and any template text after it, is appended to the prefix; its score comes
+  from log p of those tokens (their sum is log p(word, rest | prefix), which ranks labels exactly
+  as the LM's probability of the whole filled-in text does). If nothing follows the mask and all
   words are single tokens, one pass over the prefix scores them all (the fast path).
 - seq2seq LM (T5): the mask is a sentinel `<extra_id_0>` in the encoder input; the decoder is
   teacher-forced on `<extra_id_0> word` and the word's tokens are scored. Single-token words are
   read off one decoder step (the fast path).
+
+How a word's token log-probabilities become its score is `word_logprob` for every kind: their sum
+(`word_score: sum`, the joint log-probability) or their mean (`mean`, which does not penalise a
+word for being spelt with more tokens). On a causal LM the tokens are the word's and those of any
+template text after the mask. A single-token word with nothing after it scores the same either way.
 
 Logits are computed only at the scored positions where the LM head is a separate module
 (BERT's `cls`, GPT-2's `lm_head`): a full vocabulary projection at every token would cost as
@@ -33,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Backbone, lm_head_module
-from .errors import ModelError, TemplateError
+from .errors import ConfigError, ModelError, TemplateError
 from .templates import Mask, SpecialTokens, Template, encode_example, segment_texts
 from .verbalizers import Verbalizer, tokenize_words
 
@@ -78,6 +83,22 @@ def logprobs_at(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, rows: t
     return F.log_softmax(logits[rows, cols].float(), dim=-1)
 
 
+WORD_SCORES = ("sum", "mean")
+"""How a multi-token label word's token log-probabilities are combined (`prompt.word_score`)."""
+
+
+def word_logprob(token_logps: torch.Tensor, valid: torch.Tensor, word_score: str) -> torch.Tensor:
+    """(..., L) log-probs of a word's tokens, `valid` (..., L) 1 for its real tokens, 0 for padding →
+    (...) the word's score: their sum (the joint log-probability) or, for `mean`, their average.
+
+    Example:
+        >>> word_logprob(torch.tensor([[-1.0, -3.0, 0.0]]), torch.tensor([[1, 1, 0]]), "mean")
+        tensor([-2.])
+    """
+    total = (token_logps * valid).sum(-1)
+    return total if word_score == "sum" else total / valid.sum(-1)
+
+
 @dataclass
 class Reads:
     """The sequences of one forward pass and the log-probabilities to read from its output.
@@ -100,9 +121,12 @@ def read_logprobs(model: nn.Module, reads: Reads) -> torch.Tensor:
 
 
 class _Scorer:
-    def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int):
+    def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int,
+                 word_score: str = "sum"):
         template.require_mask()
-        self.template, self.verbalizer, self.max_length = template, verbalizer, max_length
+        if word_score not in WORD_SCORES:
+            raise ConfigError(f"word_score must be one of {list(WORD_SCORES)}, got {word_score!r}")
+        self.template, self.verbalizer, self.max_length, self.word_score = template, verbalizer, max_length, word_score
         self.tokenizer = backbone.tokenizer
         self.specials = SpecialTokens.of(self.tokenizer)
         self.word_ids = tokenize_words(self.tokenizer, verbalizer.flat_words, leading_space=mask_leading_space(template))
@@ -128,8 +152,8 @@ class _Scorer:
 class MaskedLMScorer(_Scorer):
     """Masked LMs (BERT, RoBERTa...): k mask tokens for a k-token word."""
 
-    def __init__(self, backbone, template, verbalizer, max_length):
-        super().__init__(backbone, template, verbalizer, max_length)
+    def __init__(self, backbone, template, verbalizer, max_length, word_score="sum"):
+        super().__init__(backbone, template, verbalizer, max_length, word_score)
         if self.tokenizer.mask_token_id is None:
             raise ModelError(f"model {backbone.name!r} has no mask token; use a masked LM or set model_kind")
         self.lengths = sorted({len(w) for w in self.word_ids})
@@ -161,8 +185,10 @@ class MaskedLMScorer(_Scorer):
         return out
 
     def word_scores(self, batch: dict, logps: list[torch.Tensor]) -> torch.Tensor:
-        """A word's score is the sum of its tokens' log-probs, each at its own mask."""
-        per_length = [logp.view(-1, k, logp.shape[-1]).sum(1) for k, logp in zip(self.lengths, logps)]  # (B, words of length k)
+        """A word's score combines its tokens' log-probs, each at its own mask (`word_logprob`)."""
+        per_length = [word_logprob(logp.view(-1, k, logp.shape[-1]).transpose(1, 2), logp.new_ones(k),
+                                   self.word_score)  # (B, words of length k, k) -> (B, words of length k)
+                      for k, logp in zip(self.lengths, logps)]
         return torch.cat(per_length, dim=1)[:, self._order.to(per_length[0].device)]
 
     def vocab_logprobs(self, model: nn.Module, examples: list[dict]) -> torch.Tensor:
@@ -179,8 +205,8 @@ class MaskedLMScorer(_Scorer):
 class CausalLMScorer(_Scorer):
     """Decoder-only LMs (GPT-2, Llama...): the word is a continuation of the text before the mask."""
 
-    def __init__(self, backbone, template, verbalizer, max_length):
-        super().__init__(backbone, template, verbalizer, max_length)
+    def __init__(self, backbone, template, verbalizer, max_length, word_score="sum"):
+        super().__init__(backbone, template, verbalizer, max_length, word_score)
         self.fast = all(len(w) == 1 for w in self.word_ids) and not text_after_mask(template)
 
     def encode(self, examples: list[dict]) -> dict:
@@ -227,12 +253,13 @@ class CausalLMScorer(_Scorer):
         return [Reads(ids, attn, rows, pos.reshape(-1), tok.reshape(-1, 1))]
 
     def word_scores(self, batch: dict, logps: list[torch.Tensor]) -> torch.Tensor:
-        """Fast path: the read is the words' scores; otherwise each word's valid token log-probs summed."""
+        """Fast path: the read is the words' scores; otherwise each word's valid token log-probs combined
+        (`word_logprob`: the word's tokens and the template text after it)."""
         (logp,) = logps
         if self.fast:
             return logp
         valid = batch["valid"]  # (B*W, L)
-        return (logp.view(valid.shape) * valid).sum(-1).view(-1, len(self.word_ids))
+        return word_logprob(logp.view(valid.shape), valid, self.word_score).view(-1, len(self.word_ids))
 
     def vocab_logprobs(self, model: nn.Module, examples: list[dict]) -> torch.Tensor:
         """(B, V) log-probs of the next token after the text before the mask. Column w is the score
@@ -250,8 +277,8 @@ class CausalLMScorer(_Scorer):
 class Seq2SeqLMScorer(_Scorer):
     """Encoder-decoder LMs (T5): the mask is the first sentinel; the decoder spells out the word."""
 
-    def __init__(self, backbone, template, verbalizer, max_length):
-        super().__init__(backbone, template, verbalizer, max_length)
+    def __init__(self, backbone, template, verbalizer, max_length, word_score="sum"):
+        super().__init__(backbone, template, verbalizer, max_length, word_score)
         tok = self.tokenizer
         sentinel = first_sentinel(tok)
         self.slot = sentinel if sentinel is not None else tok.mask_token_id
@@ -292,8 +319,8 @@ class Seq2SeqLMScorer(_Scorer):
         )
         logp = F.log_softmax(out.logits[:, n_lead - 1 :].float(), dim=-1)  # (B*W, L, V): predicts word tokens
         tok, valid = batch["tok"].repeat(n_b, 1), batch["valid"].repeat(n_b, 1)
-        token_logp = logp[:, : tok.shape[1]].gather(-1, tok[..., None]).squeeze(-1) * valid
-        return token_logp.sum(-1).view(n_b, n_w)
+        token_logp = logp[:, : tok.shape[1]].gather(-1, tok[..., None]).squeeze(-1)  # (B*W, L)
+        return word_logprob(token_logp, valid, self.word_score).view(n_b, n_w)
 
     def vocab_logprobs(self, model: nn.Module, examples: list[dict]) -> torch.Tensor:
         """(B, V) log-probs of the first decoder token after `<extra_id_0>`: column w is exactly the
@@ -327,11 +354,13 @@ def mask_slot(kind: str, tokenizer) -> list[int]:
 SCORERS = {"masked": MaskedLMScorer, "causal": CausalLMScorer, "seq2seq": Seq2SeqLMScorer}
 
 
-def make_scorer(backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int = 256) -> _Scorer:
-    """The label-word scorer for this backbone's kind.
+def make_scorer(backbone: Backbone, template: Template, verbalizer: Verbalizer, max_length: int = 256,
+                word_score: str = "sum") -> _Scorer:
+    """The label-word scorer for this backbone's kind; `word_score` (sum | mean) combines a multi-token
+    word's token log-probabilities (`word_logprob`).
 
     Example:
         >>> scorer = make_scorer(bb, parse_template("{text} It was {mask}."), parse_verbalizer({0: "bad", 1: "good"}))
         >>> word_logp = scorer(bb.model, scorer.encode([{"text": "Fun film."}]))   # (1, 2)
     """
-    return SCORERS[backbone.kind](backbone, template, verbalizer, max_length)
+    return SCORERS[backbone.kind](backbone, template, verbalizer, max_length, word_score)

@@ -38,6 +38,8 @@ class TaskSpec:
     labels: list[str]
     template: str | None = None
     verbalizer: dict[str, list[str]] | None = None
+    word_score: str = "sum"
+    """How a multi-token label word's token log-probabilities make its score: sum or mean (`scoring.word_logprob`)."""
     model_kind: Kind | None = None
     lm_head: str | None = None
     max_length: int = 128
@@ -136,7 +138,7 @@ def _prompt_classifier(spec: TaskSpec, backbone: Backbone, template, options: Me
             backbone, template, verbalizer, spec.max_length, spec.demonstrations or [], instruction=options.instruction,
             chain_of_thought=options.chain_of_thought, reasoning_field=options.reasoning_field,
             cot_trigger=options.cot_trigger, answer_trigger=options.answer_trigger,
-            max_reasoning_tokens=options.max_reasoning_tokens, calibrate=options.calibrate)
+            max_reasoning_tokens=options.max_reasoning_tokens, calibrate=options.calibrate, word_score=spec.word_score)
     demos = None
     if options.demonstrations:
         from .demonstrations import Demonstrations
@@ -146,7 +148,8 @@ def _prompt_classifier(spec: TaskSpec, backbone: Backbone, template, options: Me
                               "them from (task.train)")
         demos = Demonstrations(spec.demonstrations, verbalizer, spec.text_fields, per_class=options.demonstrations,
                                selection=options.demo_selection, encoder=options.demo_encoder)
-    return PromptClassifier(backbone, template, verbalizer, spec.max_length, demonstrations=demos)
+    return PromptClassifier(backbone, template, verbalizer, spec.max_length, demonstrations=demos,
+                            word_score=spec.word_score)
 
 
 def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded: bool = False,

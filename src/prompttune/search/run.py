@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..backbones import load_backbone
-from ..config import RunConfig, apply_overrides, load_config, read_raw
+from ..config import RunConfig, load_config, read_config_file
 from ..errors import ConfigError, TemplateError
 from ..files import json_writer, text_writer, write_together
 from ..outputs import claim_output, json_marked
@@ -45,7 +45,7 @@ def run_search(kind: str, config_path: str | Path, out: str | Path, *, overrides
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if kind not in KINDS:
         raise ConfigError(f"unknown search {kind!r}; one of {list(KINDS)}")
-    raw = apply_overrides(read_raw(config_path), list(overrides))
+    raw = read_config_file(config_path, overrides)  # paths absolute, so the config written to `out` works from there
     cfg: RunConfig = load_config(raw=copy.deepcopy(raw))
     train, dev, _ = load_splits(cfg)
     if not train:
