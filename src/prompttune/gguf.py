@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from .errors import ModelError
@@ -74,6 +75,7 @@ def packaged_model(package: str, name: str) -> Path:
     if (out / "config.json").is_file():
         return out
     gguf_file = packaged_gguf(package)
+    print(f"converting {name} from the {package} package into {out} (once, about 25 s)", file=sys.stderr, flush=True)
     staging = out.with_name(f".{name}.{os.getpid()}")
     try:
         convert_gguf(gguf_file, staging)
