@@ -434,3 +434,19 @@ def test_a_data_label_unknown_to_a_head_classifier_is_an_error_naming_the_label(
     clf, _ = build_classifier(spec)
     with pytest.raises(DataError, match=r"label '2' is not one of the task's labels \['0', '1'\]"):
         clf.collate([{"sentence": "fun", "label": "2"}])
+
+
+@pytest.mark.parametrize(("raw", "model"), [
+    ({"prompt": {"template": "{sentence} It was {mask}.", "verbalizer": {0: "bad", 1: "good"}}}, "SmolLM2-135M-Instruct"),
+    ({"method": {"name": "finetune"}}, "all-MiniLM-L6-v2"),
+    ({"method": {"name": "p-tuning-v2", "head": True}}, "all-MiniLM-L6-v2"),
+    ({"lm_head": "heads/minilm", "prompt": {"template": "{sentence} {mask}", "verbalizer": {0: "bad", 1: "good"}}},
+     "all-MiniLM-L6-v2"),
+    ({"task": {"text_fields": ["sentence"], "generation": True}, "prompt": {"template": "{sentence} {mask}"}},
+     "SmolLM2-135M-Instruct"),
+    ({"model": "my/model", "method": {"name": "finetune"}}, "my/model"),
+], ids=["label words", "finetune", "p-tuning-v2 head", "fitted head", "generation", "named"])
+def test_a_config_without_a_model_gets_the_one_that_reads_its_task(raw, model):
+    """Label words need a model with an LM head (SmolLM2's own); a classification head or a fitted MLM
+    head is read on the embedded MiniLM; a model named is kept."""
+    assert load_config(raw={"task": {"text_fields": ["sentence"]}, **raw}).model == model

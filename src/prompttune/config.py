@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .backbones import DEFAULT_MODEL, KINDS
+from .backbones import DEFAULT_MODEL, KINDS, SMOLLM2
 from .data import read_utf8
 from .errors import ConfigError
 from .methods import MethodOptions, get_method, method_list, non_default_options
@@ -83,6 +83,7 @@ class RunConfig:
     """
 
     model: str = DEFAULT_MODEL
+    """A hub id, a local folder, or a built-in name; a config without it gets `default_model`'s choice."""
     model_kind: str | None = None
     """masked | causal | seq2seq; detected from the model's config when null."""
     lm_head: str | None = None
@@ -300,8 +301,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), raw: 
     else:
         raw = resolve_paths(apply_overrides(copy.deepcopy(raw), list(overrides)), Path.cwd())
     cfg = _build(RunConfig, raw, "")
+    if "model" not in raw:
+        cfg.model = default_model(cfg)
     _validate(cfg)
     return cfg
+
+
+def default_model(cfg: RunConfig) -> str:
+    """The model of a config that names none: the embedded all-MiniLM-L6-v2 where a classification head
+    reads the task or a fitted LM head is given (an encoder, fast there); else SmolLM2-135M-Instruct,
+    whose own LM head reads label words and writes text with nothing to fit (MiniLM ships without
+    one: its zero-shot accuracy is at chance, benchmarks §1-2).
+
+    Example:
+        >>> default_model(load_config(raw={"method": {"name": "finetune"}}))
+        'all-MiniLM-L6-v2'
+    """
+    if cfg.lm_head is not None or get_method(cfg.method.name).uses_head(cfg.method):
+        return DEFAULT_MODEL
+    return SMOLLM2
 
 
 def _build(cls, raw: dict, where: str):
