@@ -20,6 +20,7 @@ from prompttune.data import load_examples
 from prompttune.errors import ConfigError
 from prompttune.evaluation import evaluate, metrics, predict_scores
 from prompttune.parameters import trainable_state_dict
+from test_faults import Interrupted, interrupt_after_epoch
 
 POS = ["this movie was great fun", "a very good film", "fun and good", "great film , very fun", "good fun movie",
        "good and great", "a fun film"]
@@ -156,10 +157,6 @@ def test_early_stopping_stops_after_patience_and_keeps_the_best_epochs_weights(b
     assert not all(torch.equal(final[k], snapshots[3][k]) for k in final), "the last epoch trained on"
 
 
-class Interrupted(Exception):
-    pass
-
-
 @pytest.mark.parametrize("interrupted_after", [3, 4])
 def test_a_resumed_run_stops_where_the_uninterrupted_one_would(interrupted_after, bert_dir, tmp_path, monkeypatch):
     """Dev accuracy 0.50, 0.75, 0.60, 0.70 with patience 2: killed after epoch 3 (one more epoch to go) or
@@ -174,17 +171,10 @@ def test_a_resumed_run_stops_where_the_uninterrupted_one_would(interrupted_after
         snapshots.append({k: v.clone() for k, v in trainable_state_dict(classifier).items()})
         return {"accuracy": accuracies[len(snapshots) - 1], "n": len(dev), "loss": 1.0}
 
-    save = prompttune.training._save_checkpoint
-
-    def save_then_stop(directory, done, *args):
-        save(directory, done, *args)
-        if done == interrupted_after:
-            raise Interrupted
-
     monkeypatch.setattr(prompttune.training, "evaluate", scripted_evaluate)
     config = TrainConfig(epochs=10, lr=1e-3, batch_size=4, progress=False, early_stopping_patience=2)
     with monkeypatch.context() as m, pytest.raises(Interrupted):
-        m.setattr(prompttune.training, "_save_checkpoint", save_then_stop)
+        interrupt_after_epoch(m, interrupted_after)
         train(build_classifier(spec)[0], examples, examples, config, checkpoint_dir=tmp_path)
     clf, _ = build_classifier(spec)
     result = train(clf, examples, examples, config, checkpoint_dir=tmp_path, resume=True)
