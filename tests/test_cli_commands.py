@@ -71,6 +71,7 @@ def test_predict_data_gives_what_predict_text_and_the_library_give(artifact, dat
     assert code == 0, err
     by_text = json_lines(out)
     assert [(r["label"], r["probabilities"]) for r in rows] == [(r["label"], r["probabilities"]) for r in by_text]
+    assert [r["input"] for r in by_text] == [r["input"] for r in rows], "one shape of input for --text and --data"
 
     clf, config = load_artifact(artifact)
     probs = predict_scores(clf, [{"sentence": s} for s in SENTENCES]).softmax(-1)
@@ -126,6 +127,7 @@ def test_predict_out_is_written_whole_and_never_replaced_unasked(artifact, data_
     out_file = tmp_path / "preds" / "test.jsonl"
     code, out, err = run(capsys, "predict", artifact, "--data", data_tsv, "--out", out_file)
     assert code == 0 and out == "", err
+    assert err == f"wrote {len(SENTENCES)} prediction(s) to {out_file}\n", "say what was written where"
     first = out_file.read_text()
     assert len(json_lines(first)) == len(SENTENCES)
     assert sorted(p.name for p in out_file.parent.iterdir()) == ["test.jsonl"], "no staging files left"
@@ -243,3 +245,19 @@ def test_bare_prompttune_lists_the_commands(capsys):
     (sub,) = [a for a in build_parser()._actions if a.dest == "command"]
     assert listed == list(sub.choices) and "render" in listed and "predict" in listed
     assert "prompttune COMMAND --help" in out
+
+
+def test_render_writes_each_input_on_one_line(tmp_path, gpt2_dir, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"model: {gpt2_dir}\nprompt: {{template: \"Review: {{sentence}}\\nSentiment: {{mask}}\", "
+                    "verbalizer: {0: bad, 1: good}}\nmethod: {name: zero-shot}\n")
+    code, out, err = run(capsys, "render", path, "--text", "a film")
+    assert code == 0, err
+    text = next(line for line in out.splitlines() if line.startswith("  text:"))
+    assert "Review: a film\\nSentiment:" in text, text
+
+
+def test_progress_bars_show_on_a_terminal_only():
+    from prompttune.progress import bar_off
+
+    assert bar_off(False) is True and bar_off(True) is None, "None: tqdm's own check that stderr is a terminal"

@@ -89,7 +89,7 @@ def test_eval_reports_sklearns_per_class_numbers_and_a_confusion_matrix_summing_
     assert sum(map(sum, result["confusion_matrix"])) == result["n"] == len(examples) == 12
     # The majority of the training labels the artifact records (0: 3 of 5), scored on the data (5 of 12 are 0).
     assert config["training"]["train_label_counts"] == {"0": 3, "1": 2}
-    assert result["majority"] == {"label": "0", "from": "train", "accuracy": 5 / 12, "macro_f1": pytest.approx((10 / 17) / 2)}
+    assert result["majority"] == {"label": "0", "from": "train", "tie": False, "accuracy": 5 / 12, "macro_f1": pytest.approx((10 / 17) / 2)}
 
 
 def test_eval_text_output_is_a_table(trained, capsys):
@@ -114,7 +114,7 @@ def test_eval_takes_the_majority_of_the_data_when_the_artifact_records_no_traini
     (old / "config.json").write_text(json.dumps(config))
     code, out, err = run(capsys, "eval", old, "--data", trained.parent / "all.tsv", "--json")
     assert code == 0, err
-    assert json.loads(out)["majority"] == {"label": "1", "from": "eval", "accuracy": 7 / 12,
+    assert json.loads(out)["majority"] == {"label": "1", "from": "eval", "tie": False, "accuracy": 7 / 12,
                                            "macro_f1": pytest.approx((14 / 19) / 2)}
 
 
@@ -302,3 +302,13 @@ def test_compare_shows_one_row_per_run_and_names_a_folder_that_is_not_one(traine
     code, out, err = run(capsys, "compare", trained, stray)
     assert code == 2 and len(out.splitlines()) == 2, "the artifacts are still shown"
     assert err == f"prompttune compare: error: {str(stray)!r} is not a task artifact: it has no config.json\n"
+
+
+def test_a_tie_in_the_training_labels_is_said_so():
+    from prompttune.evaluation import majority_baseline
+    from prompttune.reports import eval_table
+
+    m = majority_baseline([0, 1, 1], ["neg", "pos"], {"neg": 16, "pos": 16})
+    assert m["label"] == "neg" and m["tie"]
+    line = eval_table({"accuracy": 0.5, "macro_f1": 0.5, "n": 3, "majority": m}).splitlines()[1]
+    assert "(the classes of the training labels are equal: the first label)" in line, line

@@ -253,7 +253,7 @@ def test_tasks_load_and_unload_while_requests_run(url, root):
     ({"path": "spare/../outside/task"}, 403, "outside the directories tasks may be loaded from"),
     ({"path": "spare/escape"}, 403, "resolves to"),  # a symlink inside, pointing out
     ({"path": "spare/corrupt", "name": "c"}, 400, "does not match the checksum in config.json"),
-    ({"path": "spare/other-backbone"}, 400, "made for backbone"),
+    ({"path": "spare/other-backbone"}, 400, "other-backbone: this task artifact was made for backbone"),
     ({"path": "spare/not-a-task"}, 400, "is not a task artifact: it has no config.json"),
     ({"path": "spare/late", "name": "prompt-tuning"}, 409, "a task named 'prompt-tuning' is already loaded"),
     ({"path": "spare/late", "name": "no spaces"}, 422, "String should match pattern"),

@@ -413,18 +413,20 @@ def cmd_predict(args) -> int:
 
         out = Path(args.out)
         write_together(out.parent, {out.name: text_writer(text)})
+        print(f"wrote {len(lines)} prediction(s) to {out}", file=sys.stderr)
     return 0
 
 
 def predict_inputs(args, config: dict) -> tuple[list[dict], list[dict]]:
-    """`predict`'s inputs as printed ({"text": ...} for a --text, {"input": {field: text}} for a --data
-    row) and as examples (a --data file's rows with their label where it has the label column)."""
+    """`predict`'s inputs as printed ({"input": {field: text}}, and for a --text also {"text": ...} as
+    given) and as examples (a --data file's rows with their label where it has the label column)."""
     from .data import examples_from_lines, examples_from_rows, examples_from_texts, read_rows
     from .errors import DataError
 
     fields = config["text_fields"]
     if args.text is not None:
-        return [{"text": t} for t in args.text], examples_from_texts(args.text, fields, name="--text")
+        examples = examples_from_texts(args.text, fields, name="--text")
+        return [{"text": t, "input": {f: ex[f] for f in fields}} for t, ex in zip(args.text, examples)], examples
     if args.data == "-":
         from .data import decode_utf8
 
@@ -582,7 +584,8 @@ def format_rendering(report: dict) -> str:
     lines += [f"note: {note}" for note in report["notes"]]
     for n, r in enumerate(report["inputs"], 1):
         label = f", label {r['label']}" if "label" in r else ""
-        lines += [f"input {n} ({r['where']}{label})", f"  text:   {r['text']}",
+        text = r["text"].replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")  # one line, as the template writes it
+        lines += [f"input {n} ({r['where']}{label})", f"  text:   {text}",
                   "  tokens: " + " ".join(f"{i}:{t}" for i, t in enumerate(r["tokens"]))]
         if r["mask"] is not None:
             lines.append(f"  mask:   position {r['mask']}{mask_reading(kind, r['tokens'], r['mask'], multi)}")

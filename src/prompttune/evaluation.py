@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .progress import bar_off
+
 
 @torch.no_grad()
 def predict_scores(classifier: nn.Module, examples: list[dict], *, batch_size: int = 32, progress: bool = False,
@@ -17,7 +19,7 @@ def predict_scores(classifier: nn.Module, examples: list[dict], *, batch_size: i
     device = next(classifier.parameters()).device
     out = []
     starts = range(0, len(examples), batch_size)
-    for i in tqdm(starts, desc=desc, disable=not progress, leave=False):
+    for i in tqdm(starts, desc=desc, disable=bar_off(progress), leave=False):
         batch = classifier.collate([{k: v for k, v in ex.items() if k != "label"} for ex in examples[i : i + batch_size]])
         batch = {k: v.to(device) for k, v in batch.items()}
         out.append(classifier(batch).float().cpu())
@@ -69,7 +71,7 @@ def majority_baseline(gold: list[int], labels: list[str], train_counts: dict[str
               else [gold.count(c) for c in range(len(labels))])
     majority = counts.index(max(counts))
     pred = [majority] * len(gold)
-    return {"label": labels[majority], "from": "train" if train_counts else "eval",
+    return {"label": labels[majority], "from": "train" if train_counts else "eval", "tie": counts.count(max(counts)) > 1,
             "accuracy": float(accuracy_score(gold, pred)) if gold else 0.0,
             "macro_f1": float(f1_score(gold, pred, labels=list(range(len(labels))), average="macro", zero_division=0))
             if gold else 0.0}
@@ -107,7 +109,7 @@ def generation_loss(task: nn.Module, examples: list[dict], *, batch_size: int = 
     task.eval()
     device = next(task.parameters()).device
     total, tokens = 0.0, 0
-    for i in tqdm(range(0, len(examples), batch_size), desc="evaluating", disable=not progress, leave=False):
+    for i in tqdm(range(0, len(examples), batch_size), desc="evaluating", disable=bar_off(progress), leave=False):
         batch = {k: v.to(device) for k, v in task.collate(examples[i : i + batch_size]).items()}
         n = int((batch["target"] != -100).sum())
         total += float(task(batch)) * n

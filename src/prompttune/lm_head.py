@@ -46,6 +46,7 @@ from .errors import ModelError
 from . import __version__
 from .files import Writer, bytes_writer, file_sha256, json_writer, read_json_object, safetensors_writer, write_together
 from .outputs import claim_output, json_marked
+from .progress import bar_off
 from .scoring import pad
 from .templates import SpecialTokens, encode_text
 
@@ -139,7 +140,7 @@ def masked_features(
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     features, targets = [], []
     specials = SpecialTokens.of(tokenizer)
-    for start in tqdm(range(0, len(order), batch_size), desc="encode", disable=not progress):
+    for start in tqdm(range(0, len(order), batch_size), desc="encode", disable=bar_off(progress)):
         # Read literally: a "[MASK]" written in the text is text, not a position to predict.
         rows = [encode_text(tokenizer, texts[i], max_length=max_length, specials=specials) for i in order[start : start + batch_size]]
         input_ids, attn = pad(rows, tokenizer.pad_token_id)  # (B, T)
@@ -232,7 +233,7 @@ def fit_lm_head(
     tied_requires_grad = embeddings.weight.requires_grad
     embeddings.weight.requires_grad_(False)
     try:
-        for _ in tqdm(range(steps), desc="fit head", disable=not progress):
+        for _ in tqdm(range(steps), desc="fit head", disable=bar_off(progress)):
             batch = torch.randint(len(targets), (min(batch_size, len(targets)),), generator=generator)
             logits = head(features[batch])  # (batch, vocab): masked positions only
             loss = nn.functional.cross_entropy(logits, targets[batch])

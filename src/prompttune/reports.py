@@ -57,7 +57,8 @@ def eval_table(result: dict) -> str:
     if "majority" in result:
         m = result["majority"]
         whose = "the training labels" if m["from"] == "train" else "this data (the training labels are not recorded)"
-        lines.append(f"majority baseline: always {m['label']!r} (the majority of {whose}): "
+        why = f"the classes of {whose} are equal: the first label" if m.get("tie") else f"the majority of {whose}"
+        lines.append(f"majority baseline: always {m['label']!r} ({why}): "
                      f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
     if "per_class" in result:
         rows = [[label, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"])]

@@ -34,6 +34,7 @@ from .errors import ArtifactError, ConfigError
 from .evaluation import evaluate
 from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
 from .parameters import trainable_bytes, trainable_state_dict
+from .progress import bar_off
 
 CHECKPOINT_TENSORS, CHECKPOINT_STATE = "state.safetensors", "state.json"
 CHECKPOINT_FILES = (CHECKPOINT_STATE, CHECKPOINT_TENSORS)
@@ -210,7 +211,7 @@ def train(
         order = random.Random(config.seed * 1000 + epoch).sample(train_examples, len(train_examples))
         loader = accelerator.prepare_data_loader(DataLoader(order, batch_size=config.batch_size, collate_fn=classifier.collate))
         model.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (config.progress and accelerator.is_main_process))
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=bar_off(config.progress and accelerator.is_main_process))
         losses = []
         for batch in bar:
             out = model(batch)

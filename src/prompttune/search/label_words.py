@@ -27,6 +27,7 @@ from ..backbones import Backbone
 from ..errors import ConfigError, DataError, ModelError, TemplateError
 from ..evaluation import predict_scores
 from ..models import PromptClassifier, bind_prompts
+from ..progress import bar_off
 from ..scoring import mask_leading_space, text_after_mask
 from ..templates import Template
 from ..verbalizers import label_key, parse_verbalizer
@@ -198,7 +199,7 @@ def _vocab_logprobs(probe: PromptClassifier, examples: list[dict], columns: torc
     was_training = probe.model.training
     probe.model.eval()
     out = []
-    for i in tqdm(range(0, len(examples), batch_size), desc=desc, disable=not progress, leave=False):
+    for i in tqdm(range(0, len(examples), batch_size), desc=desc, disable=bar_off(progress), leave=False):
         logp = probe.scorer.vocab_logprobs(probe.model, examples[i : i + batch_size])  # (B, V)
         out.append(logp[:, columns.to(logp.device)].cpu())
     probe.model.train(was_training)

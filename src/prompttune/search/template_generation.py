@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..backbones import Backbone, load_backbone
 from ..errors import ConfigError, DataError, ModelError, PromptTuneError, TemplateError
 from ..scoring import pad
+from ..progress import bar_off
 from ..templates import SpecialTokens, encode_example, literal_ids, parse_template
 from ..verbalizers import Verbalizer
 from .common import zero_shot_accuracy
@@ -179,7 +180,7 @@ def propose_spans(t5: Backbone, inputs: list[list[int]], *, beams: int, max_new_
     # T5 begins every span-filling output with <extra_id_0>; starting it there spares beams.
     lead = [model.config.decoder_start_token_id, tok.convert_tokens_to_ids("<extra_id_0>")]
     pairs = []
-    for i in tqdm(range(0, len(inputs), batch_size), desc="templates: generating", disable=not progress, leave=False):
+    for i in tqdm(range(0, len(inputs), batch_size), desc="templates: generating", disable=bar_off(progress), leave=False):
         ids, attn = pad(inputs[i : i + batch_size], tok.pad_token_id)
         out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
                              decoder_input_ids=torch.tensor([lead], device=device).expand(len(ids), -1),
@@ -206,7 +207,7 @@ def score_spans(t5: Backbone, inputs: list[list[int]], spans: list[tuple[str, st
         ids, attn = (t.to(device) for t in pad(inputs[i : i + batch_size], tok.pad_token_id))
         encoded.append((model.get_encoder()(input_ids=ids, attention_mask=attn), attn))
     totals = []
-    for target in tqdm(targets, desc="templates: scoring", disable=not progress, leave=False):
+    for target in tqdm(targets, desc="templates: scoring", disable=bar_off(progress), leave=False):
         total = 0.0
         for enc, attn in encoded:
             labels = torch.tensor([target], device=device).repeat(len(attn), 1)  # (B, L): one target for all

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..backbones import Backbone
 from ..errors import ConfigError, DataError, TemplateError
 from ..models import PromptClassifier
+from ..progress import bar_off
 from ..soft_prompts import SoftPrompt, clear_soft
 from ..templates import Template, Trigger, encode_example, fill_triggers, parse_template, segment_texts
 from ..verbalizers import Verbalizer, tokenize_words
@@ -133,7 +134,7 @@ def search_triggers(backbone: Backbone, template: Template, verbalizer: Verbaliz
     history: list[dict] = []
     try:
         initial_loss = _mean_loss(clf, examples, batch_size)
-        bar = tqdm(range(steps), desc="trigger search", disable=not progress)
+        bar = tqdm(range(steps), desc="trigger search", disable=bar_off(progress))
         for step in bar:
             pick = torch.randperm(len(examples), generator=generator)[:batch_size]  # all of them if they fit one batch
             batch = _collate(clf, [examples[i] for i in pick.tolist()])

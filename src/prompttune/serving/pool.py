@@ -41,7 +41,7 @@ from torch import nn
 from ..artifacts import WEIGHTS, lm_head_location, load_artifact, read_saved
 from ..backbones import CHECKPOINT_KEYS, Backbone, compare_fingerprints, load_backbone
 from ..data import examples_from_texts
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from ..evaluation import predict_scores
 from ..model_parts import bind_bare, detach_parts
 from ..parameters import freeze
@@ -162,8 +162,11 @@ class TaskPool:
             # One checkpoint for every task, whatever class the task loads it as (a head task's
             # fingerprint is of its classification model).
             made_on = config["backbone"]
-            compare_fingerprints({k: made_on[k] for k in CHECKPOINT_KEYS if k in made_on} | {"name": made_on.get("name")},
-                                 self._checkpoint)
+            try:
+                compare_fingerprints({k: made_on[k] for k in CHECKPOINT_KEYS if k in made_on} | {"name": made_on.get("name")},
+                                     self._checkpoint)
+            except ModelError as e:  # named: the pool may be loading many
+                raise ModelError(f"{path}: {e}") from None
             shares = self._own_names.isdisjoint(weights)
             del weights  # load_artifact reads them again, checked the same way
             held = _storages(self.backbone.model, *(info.classifier for info in self._tasks.values()))
