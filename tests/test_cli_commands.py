@@ -261,3 +261,41 @@ def test_progress_bars_show_on_a_terminal_only():
     from prompttune.progress import bar_off
 
     assert bar_off(False) is True and bar_off(True) is None, "None: tqdm's own check that stderr is a terminal"
+
+
+def test_predict_out_never_replaces_a_file_that_appeared_while_the_model_ran(artifact, data_tsv, tmp_path, capsys,
+                                                                               monkeypatch):
+    import prompttune.artifacts
+
+    out_file = tmp_path / "preds.jsonl"
+    real = prompttune.artifacts.load_artifact
+
+    def another_run_writes_first(*args, **kwargs):
+        out_file.write_text("the other run's predictions\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prompttune.artifacts, "load_artifact", another_run_writes_first)
+    code, _, err = run(capsys, "predict", artifact, "--data", data_tsv, "--out", out_file)
+    assert code == 2 and err.count("\n") == 1 and "appeared while this run worked; pass --overwrite" in err, err
+    assert out_file.read_text() == "the other run's predictions\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.jsonl"], "no staging file left"
+
+
+def test_predict_out_into_a_folder_a_run_holds_is_refused(artifact, data_tsv, tmp_path, capsys):
+    import fcntl
+    import os
+
+    (tmp_path / "run").mkdir()
+    fd = os.open(tmp_path / "run", os.O_RDONLY | os.O_DIRECTORY)  # another run's lock (`claim_output`'s)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        code, _, err = run(capsys, "predict", artifact, "--data", data_tsv, "--out", tmp_path / "run" / "p.jsonl")
+    finally:
+        os.close(fd)
+    assert code == 2 and "another prompttune run" in err, err
+    assert not (tmp_path / "run" / "p.jsonl").exists()
+
+
+def test_predict_names_a_label_field_that_is_not_a_column(artifact, data_tsv, capsys):
+    code, _, err = run(capsys, "predict", artifact, "--data", data_tsv, "--label-field", "nope")
+    assert code == 2 and err.count("\n") == 1 and "--label-field 'nope' is not a column" in err, err

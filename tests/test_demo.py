@@ -70,5 +70,15 @@ def test_a_second_demo_into_the_same_folder_needs_overwrite(gpt2_dir, tmp_path, 
 def test_the_demo_says_where_to_put_its_data(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(demo, "__file__", str(tmp_path / "x" / "demo.py"))
+    monkeypatch.setattr(demo, "DATA_CANDIDATES", ("no-such-folder",))  # whatever this machine has above tmp_path
     with pytest.raises(demo.DataError, match="pass --data FOLDER"):
         demo.find_data(None)
+
+
+def test_too_few_long_sentences_name_the_file_and_what_the_demo_needs(tmp_path, small_rows):
+    data = sst2_folder(tmp_path / "sst2", per_class=10)  # 10 per class: fewer than 16 + 16
+    with pytest.raises(demo.DataError, match=r"train.tsv: the demo trains on 16 \+ 16 sentences of at least 10 words"):
+        demo.run_demo(data=str(data), out=tmp_path / "demo", model="unused", held_out_per_class=4, progress=False)
+    with pytest.raises(demo.DataError, match=r"dev.tsv: the demo scores 200 sentences per class"):
+        demo.run_demo(data=str(sst2_folder(tmp_path / "more", per_class=40)), out=tmp_path / "demo2", model="unused",
+                      progress=False)

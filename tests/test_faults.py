@@ -747,7 +747,6 @@ def test_staging_folders_a_killed_checkpoint_save_left_are_removed_by_the_next_r
 
 
 def test_an_interrupted_train_says_where_its_checkpoint_is_and_how_to_resume(config_yaml, tmp_path, capsys, monkeypatch):
-    out = tmp_path / "task"
     save = prompttune.training._save_checkpoint
 
     def save_then_ctrl_c(directory, done, *args):
@@ -755,7 +754,11 @@ def test_an_interrupted_train_says_where_its_checkpoint_is_and_how_to_resume(con
         raise KeyboardInterrupt
 
     monkeypatch.setattr(prompttune.training, "_save_checkpoint", save_then_ctrl_c)
-    code, _, err = run(capsys, "train", config_yaml, "--out", out)
+    out = tmp_path / "my task"  # the command printed must run as printed: quoted, with the run's --set options
+    code, _, err = run(capsys, "train", config_yaml, "--out", out, "--set", "train.lr=0.02")
     assert code == 130, err
     assert err.splitlines()[-1] == (f"interrupted; the last finished epoch is kept in {out / 'checkpoint'}: continue with "
-                                    f"prompttune train {config_yaml} --out {out} --resume"), err
+                                    f"prompttune train {config_yaml} --out '{out}' --set train.lr=0.02 --resume"), err
+    monkeypatch.undo()
+    code, _, err = run(capsys, "train", config_yaml, "--out", out, "--set", "train.lr=0.02", "--resume")
+    assert code == 0, err

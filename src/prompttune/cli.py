@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -333,8 +334,10 @@ def cmd_train(args) -> int:
         summary = run_training(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     except KeyboardInterrupt:
         if (Path(args.out) / "checkpoint" / "state.json").is_file():
+            again = ["prompttune", "train", str(args.config), "--out", str(args.out),
+                     *(a for o in args.overrides for a in ("--set", o)), "--resume"]
             print(f"interrupted; the last finished epoch is kept in {Path(args.out) / 'checkpoint'}: continue with "
-                  f"prompttune train {args.config} --out {args.out} --resume", file=sys.stderr)
+                  f"{shlex.join(again)}", file=sys.stderr)
             return 130
         raise
     from .reports import headline
@@ -382,18 +385,26 @@ def cmd_compare(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .artifacts import load_artifact, read_config
+    from .artifacts import read_config
     from .errors import ConfigError
-    from .evaluation import predict_scores
-    from .outputs import check_output_file
+    from .outputs import check_output_file, hold_file_output
 
     config = read_config(args.artifact)
     if config.get("generation"):
         raise ConfigError("this is a generation task: use `prompttune generate` to see its output text")
     # Every input is read and checked, and --out claimed, before the model loads.
     inputs, examples = predict_inputs(args, config)
-    if args.out is not None:
-        check_output_file(args.out, overwrite=args.overwrite)
+    if args.out is None:
+        return write_predictions(args, inputs, examples)
+    check_output_file(args.out, overwrite=args.overwrite)
+    with hold_file_output(args.out):
+        return write_predictions(args, inputs, examples)
+
+
+def write_predictions(args, inputs: list[dict], examples: list[dict]) -> int:
+    from .artifacts import load_artifact
+    from .evaluation import predict_scores
+
     clf, config = load_artifact(args.artifact)
     progress = sys.stderr.isatty() and len(examples) > args.batch_size  # a bar on a terminal, never on stdout
     probs = predict_scores(clf, examples, batch_size=args.batch_size, progress=progress, desc="predicting").softmax(-1)
@@ -410,9 +421,13 @@ def cmd_predict(args) -> int:
         sys.stdout.write(text)
     else:
         from .files import text_writer, write_together
+        from .outputs import publish_new_file
 
         out = Path(args.out)
-        write_together(out.parent, {out.name: text_writer(text)})
+        if args.overwrite:
+            write_together(out.parent, {out.name: text_writer(text)})
+        else:  # never over a file that appeared while the model ran
+            publish_new_file(out, text)
         print(f"wrote {len(lines)} prediction(s) to {out}", file=sys.stderr)
     return 0
 
@@ -437,6 +452,9 @@ def predict_inputs(args, config: dict) -> tuple[list[dict], list[dict]]:
         rows = read_rows(args.data)
         label_field = args.label_field or config.get("label_field", "label")
         has_label = bool(rows) and label_field in rows[0].values
+        if args.label_field and rows and not has_label:
+            raise DataError(f"{args.data}: --label-field {args.label_field!r} is not a column; its columns are "
+                            f"{list(rows[0].values)}")
         examples = examples_from_rows(rows, str(args.data), fields, label_field if has_label else None,
                                       labels=config["labels"])
     return [{"input": {f: ex[f] for f in fields}} for ex in examples], examples

@@ -20,6 +20,7 @@ label-word prior to show (benchmarks §1-2: zero-shot at chance); SmolLM2's real
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -38,6 +39,8 @@ DATA_CANDIDATES = ("../shared/data", "shared/data")
 HELD_OUT_PER_CLASS = 200
 """Held-out validation sentences per class the rows are scored on."""
 SHOTS = 16
+MIN_WORDS = 10
+"""Training and in-context examples are sentences of at least this many words."""
 
 TEMPLATE, VERBALIZER = "Review: {sentence}\nSentiment: {mask}", {0: "negative", 1: "positive"}
 ROWS = {  # output folder: (what the table calls it, method and its options, train settings)
@@ -83,11 +86,18 @@ def run_demo(data: str | None = None, out: Path = Path("runs/demo"), *, model: s
         start = time.perf_counter()
         folder = find_data(data)
         pool = load_examples(folder / "train.tsv", ["sentence"], "label")
-        test = sample_per_class(load_examples(folder / "dev.tsv", ["sentence"], "label"), held_out_per_class, seed=0)
+        try:
+            test = sample_per_class(load_examples(folder / "dev.tsv", ["sentence"], "label"), held_out_per_class, seed=0)
+        except DataError as e:
+            raise DataError(f"{folder / 'dev.tsv'}: the demo scores {held_out_per_class} sentences per class: {e}") from None
         # Whole sentences for training and demonstrations (SST-2's train file is mostly phrases, which
         # move a small model's label prior more than they teach it the task: benchmarks §9).
-        sentences = [ex for ex in pool if len(ex["sentence"].split()) >= 10]
-        train, dev = few_shot_split(sentences, SHOTS, seed=13)
+        sentences = [ex for ex in pool if len(ex["sentence"].split()) >= MIN_WORDS]
+        try:
+            train, dev = few_shot_split(sentences, SHOTS, seed=13)
+        except DataError as e:
+            raise DataError(f"{folder / 'train.tsv'}: the demo trains on {SHOTS} + {SHOTS} sentences of at least "
+                            f"{MIN_WORDS} words per class: {e}") from None
         print(f"SST-2: {len(test)} held-out validation sentences ({held_out_per_class} per class); "
               f"{SHOTS} training sentences per class (+{SHOTS} per class to pick the epoch) from {folder / 'train.tsv'}")
 
@@ -123,6 +133,6 @@ def print_table(results: dict, model: str, n: int, seconds: float, out: Path) ->
         print(f"{title:38s} {m['accuracy']:9.3f} {m['macro_f1']:9.3f} {f'{trained:,}{share}':>19s}")
     zero, context, lora = (results[r]["accuracy"] for r in ROWS)
     print(f"\nReading it: the frozen model already knows sentiment through its label words (zero-shot "
-          f"{zero - majority['accuracy']:+.3f} over the majority class, nothing trained); 16 examples in its context "
-          f"give {context - zero:+.3f} more, and LoRA on {SHOTS} examples per class {lora - zero:+.3f} over zero-shot. "
-          f"({seconds:.0f} s; tasks in {out}: try `prompttune predict {out / 'lora'} --text \"a gripping film\"`)")
+          f"{zero - majority['accuracy']:+.3f} over the majority class, nothing trained); against zero-shot, 16 examples "
+          f"in its context move it {context - zero:+.3f}, and LoRA on {SHOTS} examples per class {lora - zero:+.3f}. "
+          f"({seconds:.0f} s; tasks in {out}: try `{shlex.join(['prompttune', 'predict', str(out / 'lora'), '--text', 'a gripping film'])}`)")

@@ -149,6 +149,47 @@ def check_output_file(path: str | Path, *, overwrite: bool = False) -> Path:
     return path
 
 
+@contextmanager
+def hold_file_output(path: str | Path) -> Iterator[None]:
+    """While a command works towards writing the file `path`: a shared lock on the nearest folder of it
+    that exists and on that folder's ancestors, so a run that holds one of them (`claim_output`) refuses
+    it, and it refuses such a run, in one line; other file writers share them."""
+    folder = Path(path).resolve().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    fds: list[int] = []
+    try:
+        for held in (*reversed(folder.parents), folder):
+            if held not in _HELD:
+                fds.append(_flock(held, fcntl.LOCK_SH, folder))
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def publish_new_file(path: str | Path, text: str) -> None:
+    """Write `text` to the file `path`, which must not exist: written beside it and linked into place
+    in one step, so a file that appeared meanwhile (another run, the user) is never replaced.
+
+    Raises `OutputError`: "preds.jsonl appeared while this run worked; pass --overwrite to replace it".
+    """
+    from .files import text_writer, write_together
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.new")
+    write_together(path.parent, {staging.name: text_writer(text)})
+    try:
+        os.link(staging, path)
+    except FileExistsError:
+        raise OutputError(f"{path} appeared while this run worked; pass --overwrite to replace it") from None
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        staging.unlink(missing_ok=True)
+
+
 def json_marked(path: Path, key: str) -> bool:
     """Whether `path` is a JSON object holding `key`: the mark prompttune puts in the file that
     describes each of its outputs (`prompttune_version` in an artifact's `config.json`...)."""
