@@ -161,13 +161,19 @@ def test_t5_fast_path_equals_the_general_path_for_single_token_words(t5):
 # tokens scored, on every kind of model.
 
 
-def test_masked_lm_mean_word_score_is_the_per_token_average(bert):
-    got = score_words(bert, "{text} it was {mask} .", VERBALIZER, EXAMPLES, word_score="mean")
+@pytest.mark.parametrize("kind", ["bert", "t5"])
+def test_masked_and_t5_mean_word_score_is_the_per_token_average(kind, request):
+    """BERT: the word's tokens at as many [MASK]s; T5: the word as the span after <extra_id_0>."""
+    model = request.getfixturevalue(kind)
+    got = score_words(model, "{text} it was {mask} .", VERBALIZER, EXAMPLES, word_score="mean")
     for i, ex in enumerate(EXAMPLES):
         for w, word in enumerate(flat(VERBALIZER)):
-            ids = word_ids(bert.tokenizer, word)
-            want = direct_masked(bert, f"{ex['text']} it was {' '.join(['[MASK]'] * len(ids))} .", ids) / len(ids)
-            assert got[i, w].item() == pytest.approx(want, abs=ATOL), f"example {i}, word {word!r}"
+            ids = word_ids(model.tokenizer, word)
+            if kind == "bert":
+                want = direct_masked(model, f"{ex['text']} it was {' '.join(['[MASK]'] * len(ids))} .", ids)
+            else:
+                want = direct_t5(model, f"{ex['text']} it was <extra_id_0> .", ids)
+            assert got[i, w].item() == pytest.approx(want / len(ids), abs=ATOL), f"{kind}: example {i}, word {word!r}"
 
 
 @pytest.mark.parametrize("after", [" .", ""], ids=["text-after-the-mask", "mask-at-the-end"])
@@ -182,13 +188,6 @@ def test_causal_lm_mean_word_score_averages_the_tokens_scored_after_the_prefix(g
             assert got[i, w].item() == pytest.approx(want, abs=ATOL), f"example {i}, word {word!r}"
 
 
-def test_t5_mean_word_score_is_the_per_token_average(t5):
-    got = score_words(t5, "{text} it was {mask} .", VERBALIZER, EXAMPLES, word_score="mean")
-    for i, ex in enumerate(EXAMPLES):
-        for w, word in enumerate(flat(VERBALIZER)):
-            ids = word_ids(t5.tokenizer, word)
-            want = direct_t5(t5, f"{ex['text']} it was <extra_id_0> .", ids) / len(ids)
-            assert got[i, w].item() == pytest.approx(want, abs=ATOL), f"example {i}, word {word!r}"
 
 
 @pytest.mark.parametrize("fixture", ["bert", "gpt2", "t5"])
