@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import OutputError
-from .files import make_dirs, read_json_object, remove_empty_dirs, remove_staging_leftovers
+from .files import make_dirs, read_json_object, remove_empty_dirs, remove_staging_leftovers, text_writer, write_together
 
 LOCK = ".prompttune.lock"
 """Holds the pid of the run writing the directory, for the message a second run gets (the lock
@@ -89,9 +89,7 @@ def _locked(directory: Path) -> Iterator[None]:
     real = directory.resolve()
     fds: list[int] = []
     try:
-        for ancestor in reversed(real.parents):
-            if ancestor not in _HELD:
-                fds.append(_flock(ancestor, fcntl.LOCK_SH, real))
+        _lock_shared(real.parents, real, fds)
         fds.append(_flock(real, fcntl.LOCK_EX, real))
         _HELD[real] = fds[-1]
         _write_pid(real)
@@ -103,6 +101,22 @@ def _locked(directory: Path) -> Iterator[None]:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _lock_shared(folders: Sequence[Path], claimed: Path, fds: list[int]) -> None:
+    """Lock `folders` shared, outermost first, adding each descriptor to `fds` (the caller closes them);
+    folders this process holds itself (`_HELD`) are skipped."""
+    for folder in reversed(folders):
+        if folder not in _HELD:
+            fds.append(_flock(folder, fcntl.LOCK_SH, claimed))
+
+
+def _nearest_folder(path: Path) -> Path:
+    """The nearest of `path`'s ancestors that exists."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def _flock(path: Path, mode: int, claimed: Path) -> int:
@@ -140,9 +154,7 @@ def check_output_file(path: str | Path, *, overwrite: bool = False) -> Path:
         raise OutputError(f"{path} is a directory; name a file to write, e.g. --out {path / 'predictions.jsonl'}")
     if path.exists() and not overwrite:
         raise OutputError(f"{path} already exists; pass --overwrite to replace it")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = _nearest_folder(path)
     if not folder.is_dir():
         raise OutputError(f"cannot write {path}: {folder} is not a directory")
     _probe_write(folder)
@@ -154,14 +166,10 @@ def hold_file_output(path: str | Path) -> Iterator[None]:
     """While a command works towards writing the file `path`: a shared lock on the nearest folder of it
     that exists and on that folder's ancestors, so a run that holds one of them (`claim_output`) refuses
     it, and it refuses such a run, in one line; other file writers share them."""
-    folder = Path(path).resolve().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = _nearest_folder(Path(path).resolve())
     fds: list[int] = []
     try:
-        for held in (*reversed(folder.parents), folder):
-            if held not in _HELD:
-                fds.append(_flock(held, fcntl.LOCK_SH, folder))
+        _lock_shared([folder, *folder.parents], folder, fds)
         yield
     finally:
         for fd in fds:
@@ -174,10 +182,7 @@ def publish_new_file(path: str | Path, text: str) -> None:
 
     Raises `OutputError`: "preds.jsonl appeared while this run worked; pass --overwrite to replace it".
     """
-    from .files import text_writer, write_together
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}.new")
     write_together(path.parent, {staging.name: text_writer(text)})
     try:
