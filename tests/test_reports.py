@@ -265,6 +265,18 @@ def test_report_to_tensorboard_writes_loss_lr_and_dev_numbers(tmp_path, bert_dir
     assert not (out / "logs").exists()
 
 
+def test_overwrite_leaves_event_files_where_no_prompttune_run_was(tmp_path, bert_dir, capsys):
+    """--overwrite into another tool's project (its own logs/train): its TensorBoard files are not ours."""
+    out = tmp_path / "their-project"
+    theirs = out / "logs" / "train" / "events.out.tfevents.1.host"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"their events")
+    config = write_config(tmp_path, bert_dir, TRAIN_ROWS, epochs=1)
+    code, _, err = run(capsys, "train", config, "--out", out, "--overwrite")
+    assert code == 0, err
+    assert theirs.read_bytes() == b"their events"
+
+
 # --- compare ---------------------------------------------------------------------------------------
 
 

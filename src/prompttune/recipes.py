@@ -153,10 +153,14 @@ def _check_checkpoint(cfg: RunConfig, ckpt: Path, splits: tuple, *, resume: bool
         check_same_run(state["run"], {**_run_config(cfg), "data": data_record(splits[0], splits[1])}, ckpt)
         log(f"resuming {ckpt}: {epochs_done(state)}")
     elif overwrite:
+        # The replaced run's tracker logs go only where prompttune's own run was (its artifact or
+        # checkpoint): event files under another tool's logs/train are not ours to delete.
+        replaced_ours = is_artifact(ckpt.parent) or read_checkpoint(ckpt) is not None
         discard(ckpt, CHECKPOINT_FILES)  # the replaced run's
-        logs = ckpt.parent / LOGS / TRACKER_RUN
-        discard(logs, [p.name for p in logs.glob(TRACKER_FILES)])
-        remove_empty_dirs([logs.parent])
+        if replaced_ours:
+            logs = ckpt.parent / LOGS / TRACKER_RUN
+            discard(logs, [p.name for p in logs.glob(TRACKER_FILES)])
+            remove_empty_dirs([logs.parent])
     elif (state := read_checkpoint(ckpt)) is not None:
         raise OutputError(f"{ckpt.parent} holds the checkpoint of an interrupted run ({epochs_done(state)}): pass --resume "
                           "to continue it, or --overwrite to start over")

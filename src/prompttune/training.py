@@ -179,7 +179,6 @@ def train(
     result = TrainResult()
     if not params or not train_examples:
         return result
-    started = time.perf_counter()
     tracking = config.report_to != "none"
     accelerator = Accelerator(log_with=config.report_to, project_dir=str(log_dir)) if tracking else Accelerator()
     decay = [p for p in params if p.ndim >= 2]  # no weight decay on biases and norms
