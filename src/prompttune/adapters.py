@@ -195,7 +195,6 @@ class AdapterSet(nn.ModuleDict, ModelPart):
             adapters[_key(path)] = adapter.to(weight.device) if weight is not None else adapter
         super().__init__(adapters)
         self.kind, self.reduction_factor = kind, reduction_factor
-        self.paths = {_key(path): path for path, _ in sites}
         self._model = (model,)  # a tuple: the backbone is not a submodule of the adapters
         modules = install(model, [path for path, _ in sites])
         # A plain dict attribute (not registered): the hooked module each adapter follows, by identity.

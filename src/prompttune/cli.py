@@ -327,16 +327,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .recipes import run_training
+    from .recipes import CHECKPOINT, run_training
+    from .training import CHECKPOINT_STATE
 
     cfg = load_config(args.config, args.overrides)
     try:
         summary = run_training(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     except KeyboardInterrupt:
-        if (Path(args.out) / "checkpoint" / "state.json").is_file():
+        ckpt = Path(args.out) / CHECKPOINT
+        if (ckpt / CHECKPOINT_STATE).is_file():
             again = ["prompttune", "train", str(args.config), "--out", str(args.out),
                      *(a for o in args.overrides for a in ("--set", o)), "--resume"]
-            print(f"interrupted; the last finished epoch is kept in {Path(args.out) / 'checkpoint'}: continue with "
+            print(f"interrupted; the last finished epoch is kept in {ckpt}: continue with "
                   f"{shlex.join(again)}", file=sys.stderr)
             return 130
         raise
@@ -406,7 +408,7 @@ def write_predictions(args, inputs: list[dict], examples: list[dict]) -> int:
     from .evaluation import predict_scores
 
     clf, config = load_artifact(args.artifact)
-    progress = sys.stderr.isatty() and len(examples) > args.batch_size  # a bar on a terminal, never on stdout
+    progress = len(examples) > args.batch_size  # on a terminal only (`progress.bar_off`), never on stdout
     probs = predict_scores(clf, examples, batch_size=args.batch_size, progress=progress, desc="predicting").softmax(-1)
     lines = []
     for given, ex, p in zip(inputs, examples, probs):
@@ -576,6 +578,8 @@ def cmd_render(args) -> int:
 
 def render_notes(cfg, head: bool) -> list[str]:
     """What `render` does not show of a task's input."""
+    from .methods import method_list
+
     m, notes = cfg.method, []
     if head:
         notes.append("a classification-head method: the text fields are read as they are, no template or label words")
@@ -583,7 +587,7 @@ def render_notes(cfg, head: bool) -> list[str]:
         notes.append("a generation task: the model writes the target text at the mask")
     if m.demonstrations:
         notes.append(f"each input is followed by {m.demonstrations} demonstration(s) per class (LM-BFF), not shown")
-    if "in-context" in ([m.name] if isinstance(m.name, str) else m.name):
+    if "in-context" in method_list(m.name):
         notes.append(f"an instruction and {m.context_examples} demonstration(s) come before each input, not shown")
     return notes
 

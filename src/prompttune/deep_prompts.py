@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelError
-from .model_parts import ModelPart, Rows, kind_state, row_count
+from .model_parts import ModelPart, Rows, kind_state, replace_child_state, row_count
 
 _PREFIX = "_prompttune_prefix"  # on an attention module: (keys, values, rows) bound there, or None
 _BASE = "_prompttune_base"  # the attention implementation the model used before install
@@ -246,22 +246,15 @@ def install(model: nn.Module) -> list[Site]:
     return state.sites
 
 
-def _bind_sites(state: _Installed, layers: list[tuple] | None, shift) -> None:
-    """Put layers[i] = (keys, values, rows) on site i (None: no prefix anywhere) and `shift` on the positions."""
+def _bind_sites(state: _Installed, layers: list[tuple] | None, shift, longest: int) -> None:
+    """Put layers[i] = (keys, values, rows) on site i (None: no prefix anywhere) and `shift` on the
+    positions; `longest` is the largest shift (known to the caller: no device read of `shift`)."""
     for i, site in enumerate(state.sites):
         site.module.__dict__[_PREFIX] = None if layers is None else layers[i]
-    longest = shift if isinstance(shift, int) else int(shift.max())
     for module in state.positions:
         if isinstance(module, nn.Embedding) and longest and module.num_embeddings < longest + 2:
             raise ModelError(f"a prefix of {longest} leaves no room in {module.num_embeddings} position embeddings")
         module.__dict__[_SHIFT] = shift
-
-
-def clear(model: nn.Module) -> None:
-    """Unbind whatever prefix a task sharing this model left bound (no-op if none was installed)."""
-    state = kind_state(model, KeyValuePrefix)
-    if state is not None:
-        _bind_sites(state, None, 0)
 
 
 def unbind(model: nn.Module, sites: list[Site]) -> None:
@@ -295,11 +288,11 @@ class KeyValuePrefix(ModelPart):
         state = kind_state(model, KeyValuePrefix)
         present = [(part, rows) for part, rows in groups if part is not None and part.length]
         if not present:
-            _bind_sites(state, None, 0)
+            _bind_sites(state, None, 0, 0)
             return
         if len(groups) == 1 and groups[0][1] is None:  # one task: its prefix, expanded over the batch
             part = present[0][0]
-            _bind_sites(state, [(k, v, None) for k, v in part.key_values()], part.length)
+            _bind_sites(state, [(k, v, None) for k, v in part.key_values()], part.length, part.length)
             return
         batch, longest = row_count(groups), max(part.length for part, _ in present)
         device = present[0][1].device
@@ -315,7 +308,7 @@ class KeyValuePrefix(ModelPart):
         for s in range(len(state.sites)):
             keys, values = zip(*(kv[s] for kv in per_part))
             layers.append((_stack_padded(keys, longest), _stack_padded(values, longest), (group, visible)))
-        _bind_sites(state, layers, shift)
+        _bind_sites(state, layers, shift, longest)
 
 
 def _stack_padded(tensors: Sequence[torch.Tensor], length: int) -> torch.Tensor:
@@ -417,8 +410,7 @@ class DeepPrompt(nn.Module, KeyValuePrefix):
 
     def stored(self, state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
         """The MLP's parameters (if reparameterized) replaced by the prefix it computes (`stored_state`)."""
-        kept = {k: v for k, v in state.items() if not k.startswith(f"{name}.")}
-        return {**kept, **{f"{name}.{k}": v for k, v in self.stored_state().items()}}
+        return replace_child_state(state, name, self.stored_state())
 
     def _activations_of_sampled_words(self) -> torch.Tensor:
         """The keys/values the frozen model computes for P sampled vocabulary tokens.

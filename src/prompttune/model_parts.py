@@ -64,6 +64,18 @@ class ModelPart:
         Default: nothing to free (hooks stay, and bind nothing once the part is gone)."""
 
 
+def replace_child_state(state: dict[str, torch.Tensor], name: str, own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with the entries of its child `name` replaced by `own` (keyed under `name.`): a part that
+    stores a folded form (a soft prompt's vectors, a prefix's keys/values) in place of what trains.
+
+    Example:
+        >>> replace_child_state({"soft.encoder.w": w, "head.b": b}, "soft", {"vectors": v})
+        {'head.b': b, 'soft.vectors': v}
+    """
+    kept = {k: v for k, v in state.items() if not k.startswith(f"{name}.")}
+    return {**kept, **{f"{name}.{k}": v for k, v in own.items()}}
+
+
 def kind_state(model: nn.Module, kind: type[ModelPart], new: Callable[[], object] | None = None):
     """The bookkeeping `kind` keeps on `model`; with `new`, registered (and made by `new()`) on first use.
     None where the kind was never installed on the model."""

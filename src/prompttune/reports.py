@@ -11,6 +11,7 @@ from pathlib import Path
 from .artifacts import CONFIG, EVAL, WEIGHTS, read_config
 from .errors import ArtifactError
 from .files import Writer, read_json_object
+from .methods import method_list
 
 
 def training_plot_writer(history: list[dict], best_epoch: int | None = None) -> Writer:
@@ -96,7 +97,7 @@ def run_summary(directory: str | Path) -> dict:
     history = training.get("history") or []
     return {
         "run": str(directory),
-        "method": "+".join(method) if isinstance(method, list) else method,
+        "method": "+".join(method_list(method)),
         "trainable_parameters": _number(training.get("trainable_parameters", config.get("trainable_parameters"))),
         "stored_numbers": _number(config.get("stored_numbers")),
         "size_bytes": size,

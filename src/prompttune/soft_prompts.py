@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ModelError, TemplateError
-from .model_parts import ModelPart, Rows, kind_state, row_count
+from .model_parts import ModelPart, Rows, kind_state, replace_child_state, row_count
 from .prompt_encoders import PromptEncoder
 from .templates import Soft, Template, soft_init_ids, soft_words
 
@@ -191,5 +191,4 @@ class SoftPrompt(nn.Module, ModelPart):
 
     def stored(self, state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
         """The encoder's parameters (if any) replaced by the vectors it computes (`stored_state`)."""
-        kept = {k: v for k, v in state.items() if not k.startswith(f"{name}.")}
-        return {**kept, **{f"{name}.{k}": v for k, v in self.stored_state().items()}}
+        return replace_child_state(state, name, self.stored_state())

@@ -30,6 +30,8 @@ All public methods are thread-safe: one lock serialises changes to the pool and 
 
 from __future__ import annotations
 
+import functools
+import gc
 import re
 import threading
 from dataclasses import dataclass, field
@@ -49,6 +51,8 @@ from .mixed_batch import Job, shared_pass
 
 TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 """What a task may be called (it is part of URLs: /v1/tasks/{task}/predict)."""
+TASK_NAME_RULE = "letters, digits, '.', '_', '-', '+'; at most 64, starting with a letter or digit"
+"""`TASK_NAME` in words, for the errors that refuse a name."""
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -151,8 +155,7 @@ class TaskPool:
         path = Path(path)
         name = name or path.resolve().name
         if not re.fullmatch(TASK_NAME, name):
-            raise ConfigError(f"{name!r} cannot be a task name: letters, digits, '.', '_', '-', '+', at most 64, starting "
-                              "with a letter or digit")
+            raise ConfigError(f"{name!r} cannot be a task name ({TASK_NAME_RULE})")
         with self._lock:
             if name in self._tasks:
                 raise ConfigError(f"a task named {name!r} is already loaded; remove it first or choose another name")
@@ -269,19 +272,26 @@ class TaskPool:
             return generate_ids(self._task(name).classifier, prompts, **generate_kwargs)
 
 
+@functools.cache
+def _libc():
+    """The C library, looked up once (`find_library` runs `ldconfig`), or None where there is none."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return None
+
+
 def release_freed_memory() -> None:
     """Hand memory freed by a load back to the operating system. Building a head task reads a whole
     classification model before keeping only its head, and glibc's allocator keeps what was freed
     in the process (resident, unused) unless asked: `malloc_trim(0)`. A no-op where there is no glibc."""
-    import ctypes
-    import ctypes.util
-    import gc
-
     gc.collect()
-    name = ctypes.util.find_library("c")
     try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
+        _libc().malloc_trim(0)
+    except AttributeError:  # no C library, or one without malloc_trim
         pass
 
 

@@ -52,7 +52,7 @@ from .completions import openai_routes
 from .engine import Engine
 from .limits import Limits
 from .metrics import ServerMetrics
-from .pool import TASK_NAME, TaskInfo, TaskPool
+from .pool import TASK_NAME, TASK_NAME_RULE, TaskInfo, TaskPool
 
 GRACEFUL_SHUTDOWN_S = 30
 """How long SIGTERM waits for in-flight requests before cancelling them."""
@@ -290,8 +290,7 @@ def task_name(path: Path, *, loc: tuple | None = None) -> str:
     """The default name of the task in `path`: the directory's name, if it can be one."""
     name = path.name
     if not re.fullmatch(TASK_NAME, name):
-        message = (f"the directory name {name!r} cannot be a task name (letters, digits, '.', '_', '-', '+'; "
-                   "at most 64, starting with a letter or digit)")
+        message = f"the directory name {name!r} cannot be a task name ({TASK_NAME_RULE})"
         if loc is None:
             raise ConfigError(message)
         raise APIError(422, message + "; give a name", loc=loc)
@@ -342,8 +341,7 @@ def named_dir(given: str) -> tuple[str, str]:
             raise ConfigError(f"{given!r}: no directory after '='; give NAME=DIR")
         return name, d
     if sep and not Path(given).exists():
-        raise ConfigError(f"{given!r}: {name!r} cannot be a task name (letters, digits, '.', '_', '-', '+'; at most 64, "
-                          "starting with a letter or digit)")
+        raise ConfigError(f"{given!r}: {name!r} cannot be a task name ({TASK_NAME_RULE})")
     return task_name(Path(given).resolve()), given
 
 
