@@ -242,12 +242,14 @@ def spec_from_config(config: dict, directory: str | Path) -> TaskSpec:
     return spec
 
 
-def load_artifact(directory: str | Path, backbone: Backbone | None = None) -> tuple[nn.Module, dict]:
+def load_artifact(directory: str | Path, backbone: Backbone | None = None, *,
+                  saved: tuple[dict, dict[str, torch.Tensor]] | None = None) -> tuple[nn.Module, dict]:
     """Rebuild a saved task: (classifier ready for prediction, its config).
 
     On a given `backbone` (shared with other tasks) a `merge: true` LoRA task stays unmerged:
     merging would change the weights every task on the backbone reads (the scores agree to float
-    tolerance). Raises `ArtifactError` for a task that cannot be rebuilt or whose weights do not fit it,
+    tolerance). `saved` is the checked (config, weights) pair `read_saved(directory)` gave a caller
+    that already read it (the task pool), so the weights are not read and hashed again. Raises `ArtifactError` for a task that cannot be rebuilt or whose weights do not fit it,
     `ModelError` for one made for another backbone; a given backbone then keeps nothing of the task.
 
     Example:
@@ -255,7 +257,7 @@ def load_artifact(directory: str | Path, backbone: Backbone | None = None) -> tu
         >>> evaluate(clf, examples)["accuracy"]
     """
     directory = Path(directory)
-    config, weights = read_saved(directory)
+    config, weights = saved if saved is not None else read_saved(directory)
     spec = spec_from_config(config, directory)
     try:
         classifier, fp = build_classifier(spec, backbone, folded=True)

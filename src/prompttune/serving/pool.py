@@ -171,9 +171,9 @@ class TaskPool:
             except ModelError as e:  # named: the pool may be loading many
                 raise ModelError(f"{path}: {e}") from None
             shares = self._own_names.isdisjoint(weights)
-            del weights  # load_artifact reads them again, checked the same way
             held = _storages(self.backbone.model, *(info.classifier for info in self._tasks.values()))
-            classifier, config = load_artifact(path, self.backbone if shares else None)
+            classifier, config = load_artifact(path, self.backbone if shares else None, saved=(config, weights))
+            del weights
             added = sum(size for ptr, size in _storages(classifier).items() if ptr not in held)
             classifier.to(self.device)
             freeze(classifier)  # served, never trained: and a later task's build must see nothing of it trainable
