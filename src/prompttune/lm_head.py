@@ -321,7 +321,8 @@ def head_files(location: str | os.PathLike) -> tuple[Path, Path]:
 
 def read_head(location: str | os.PathLike) -> tuple[bytes, dict]:
     """(the weights file's bytes, the info) of the head at `location` (see `head_files`), the bytes
-    checked against the checksum the info records.
+    checked against the checksum the info records; the info returned holds that checksum
+    (`weights_sha256`, computed here for a head saved before head.json recorded one).
 
     Raises `ModelError` for a missing or unreadable file, or weights from another save than the info.
     """
@@ -338,10 +339,11 @@ def read_head(location: str | os.PathLike) -> tuple[bytes, dict]:
         data = weights_path.read_bytes()
     except OSError as e:
         raise ModelError(f"cannot read {weights_path}: {e.strerror or e}") from None
-    if "weights_sha256" in info and hashlib.sha256(data).hexdigest() != info["weights_sha256"]:
+    digest = hashlib.sha256(data).hexdigest()
+    if info.get("weights_sha256", digest) != digest:
         raise ModelError(f"{weights_path} does not match the checksum in {info_path.name}: the files come from "
                          "different saves or were changed (fit the head again)")
-    return data, info
+    return data, {**info, "weights_sha256": digest}
 
 
 def load_lm_head(model: nn.Module, location: str | os.PathLike) -> dict:
@@ -387,9 +389,8 @@ def head_copy(location: str | os.PathLike) -> dict[str, Writer]:
     Example:
         >>> write_together("runs/sst2", {**head_copy("heads/minilm"), "config.json": json_writer(config)})  # doctest: +SKIP
     """
-    data, info = read_head(location)
-    return {COPY_WEIGHTS: bytes_writer(data),
-            COPY_INFO: json_writer({**info, "weights_sha256": hashlib.sha256(data).hexdigest()})}
+    data, info = read_head(location)  # the info holds the weights' checksum
+    return {COPY_WEIGHTS: bytes_writer(data), COPY_INFO: json_writer(info)}
 
 
 def fit_and_save_lm_head(
