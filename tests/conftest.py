@@ -18,6 +18,7 @@ TINY_MODELS = {
     "roberta": (tiny_models.make_roberta, "a tiny RobertaForMaskedLM with a byte-level BPE tokenizer"),
     "gpt2": (tiny_models.make_gpt2, "a tiny GPT2LMHeadModel (no pad token, like real GPT-2)"),
     "t5": (tiny_models.make_t5, "a tiny T5ForConditionalGeneration with sentinel tokens"),
+    "gpt2_chatml": (tiny_models.make_gpt2_chat, "a tiny GPT2LMHeadModel with ChatML tokens and a chat template"),
     "bert_zh": (tiny_models.make_bert_zh, "a tiny BertForMaskedLM with a Chinese character vocabulary"),
 }
 

@@ -23,11 +23,13 @@ from transformers import AutoTokenizer, StoppingCriteriaList
 
 from live_server import running
 from prompttune import TaskSpec, TrainConfig, build_classifier, generate, load_artifact, save_artifact, train
+from prompttune.chat import ChatFormat
 from prompttune.errors import ModelError
 from prompttune.generation import chat_prompt_ids, generate_ids, prompt_ids
 from prompttune.serving import TaskPool
 from prompttune.serving.engine import GENERATION_CHUNK, Engine, WhenSet
 from prompttune.serving.limits import Limits
+from prompttune.templates import literal_ids
 from prompttune.serving.server import build_app
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -126,7 +128,8 @@ def test_the_openai_client_chats_through_the_chat_template(client, writer):
     done = client.chat.completions.create(model="writer", messages=CHAT, max_tokens=6, temperature=0)
     assert done.object == "chat.completion" and done.choices[0].message.role == "assistant"
     tok = writer.tokenizer
-    chat = tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    chat = ChatFormat.of(tok).prompt_ids(CHAT[:1], literal_ids(tok, "a film"))  # contents read literally
+    assert tok.decode(chat) == tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
     ids = chat_prompt_ids(writer, "text", chat)
     assert ids.count(tok.eos_token_id) == 3  # the template's <|endoftext|> markers stay special tokens
     new = generate_ids(writer, [ids], max_new_tokens=6)[0]

@@ -323,6 +323,42 @@ def make_gpt2(directory: pathlib.Path) -> pathlib.Path:
     return _save(model, tokenizer, directory)
 
 
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a tiny assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+"""SmolLM2's chat template (ChatML with a default system message), shortened."""
+
+
+def make_gpt2_chat(directory: pathlib.Path) -> pathlib.Path:
+    """Build a tiny decoder-only chat model: the tiny GPT-2 with ChatML's ``<|im_start|>`` and
+    ``<|im_end|>`` special tokens and a ChatML chat template, ``<|im_end|>`` being eos and pad, as in
+    SmolLM2-Instruct."""
+    vocab, merges = _train_byte_level_bpe([])
+    vocab = {**vocab, "<|endoftext|>": len(vocab), "<|im_start|>": len(vocab) + 1, "<|im_end|>": len(vocab) + 2}
+    tokenizer = GPT2TokenizerFast(vocab=vocab, merges=merges, model_max_length=MAX_POSITIONS, bos_token="<|im_start|>",
+                                  eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=HIDDEN,
+        n_layer=LAYERS,
+        n_head=HEADS,
+        n_inner=INTERMEDIATE,
+        n_positions=MAX_POSITIONS,
+        initializer_range=INIT_RANGE,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    _seed()
+    model = GPT2LMHeadModel(config)
+    return _save(model, tokenizer, directory)
+
+
 def _t5_unigram_vocab() -> list[tuple[str, float]]:
     """Return ``(piece, score)`` pairs for a T5-style Unigram tokenizer.
 

@@ -69,6 +69,8 @@ def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, 
         "prompttune_version": __version__,
         **spec.to_dict(),
         "lm_head": COPY_WEIGHTS if head else None,
+        # What `auto` chose: the reload renders prompts exactly as training did.
+        "chat_template": getattr(classifier, "chat", None) is not None,
         "backbone": base_fingerprint,
         # Counted as a reload has them: the stored (folded) form, not P-tuning's encoder.
         "trainable_parameters": stored,
@@ -166,6 +168,8 @@ _CONFIG_KEYS = {
     "options": (lambda v: isinstance(v, dict) and set(v) <= _OPTION_NAMES,
                 f"an object of method options ({', '.join(sorted(_OPTION_NAMES))})"),
     "generation": (lambda v: isinstance(v, bool), "true or false"),
+    "chat_template": (lambda v: isinstance(v, bool), "true or false"),
+    "response_only_loss": (lambda v: isinstance(v, bool), "true or false"),
     "demonstrations": (lambda v: v is None or (isinstance(v, list) and all(isinstance(d, dict) for d in v)),
                        "a list of examples or null"),
     "backbone": (lambda v: isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("name", "kind", "embedding_sha256")),

@@ -45,7 +45,12 @@ class TaskConfig:
     labels: list[str] | None = None
     """Label set for head-based methods; default: the verbalizer's labels, else those in train."""
     generation: bool = False
-    """A text task: `label_field` holds the target text the model learns to write at `{mask}`."""
+    """A text task: `label_field` holds the target text the model learns to write at `{mask}`
+    (instruction data: text_fields [instruction, input], label_field output; chat data: text_fields
+    [messages], whose last assistant message is the target)."""
+    response_only_loss: bool = True
+    """A generation task learns its targets' tokens only (the prompt's are masked out of the loss);
+    false: the prompt's tokens carry the loss too (causal LMs)."""
 
 
 @dataclass
@@ -57,6 +62,9 @@ class PromptConfig:
     word_score: str = "sum"
     """A label word of several tokens scores the sum of its tokens' log-probabilities (the joint
     log-probability) or their mean (`mean`: per token, so long words are not penalised)."""
+    chat_template: str | bool = "auto"
+    """A generation task's prompt as the user's turn of the tokenizer's chat template (true), the
+    task's template alone (false), or auto: the chat template when the model is causal and has one."""
 
 
 @dataclass
@@ -434,8 +442,8 @@ def _validate(cfg: RunConfig) -> None:
     if cfg.task.generation:
         if method.uses_head(cfg.method):
             raise ConfigError(f"task.generation needs a template method, not {method.name!r} with a classification head")
-        if cfg.prompt.template is None:
-            raise ConfigError("task.generation needs prompt.template with a {mask} where the target text goes")
+        if cfg.prompt.template is None:  # the fields, a blank line apart, then the target
+            cfg.prompt.template = "\n\n".join("{%s}" % f for f in cfg.task.text_fields) + " {mask}"
         if cfg.task.shots is not None:
             raise ConfigError("task.shots draws K examples per class; a generation task has no classes (leave it null)")
     elif not method.uses_head(cfg.method) and (cfg.prompt.template is None or cfg.prompt.verbalizer is None):
@@ -445,6 +453,11 @@ def _validate(cfg: RunConfig) -> None:
         from .templates import parse_template
 
         parse_template(cfg.prompt.template).check_fields(cfg.task.text_fields)
+    if cfg.prompt.chat_template not in ("auto", True, False):
+        raise ConfigError(f"prompt.chat_template must be auto, true or false, got {cfg.prompt.chat_template!r}")
+    if not cfg.task.generation and cfg.prompt.chat_template is True:
+        raise ConfigError("prompt.chat_template renders a generation task's prompt as a chat; set task.generation: true "
+                          "(a classification task reads its label words after its own template)")
     from .scoring import WORD_SCORES
 
     if cfg.prompt.word_score not in WORD_SCORES:

@@ -245,28 +245,85 @@ def load_examples(path: str | Path, text_fields: list[str], label_field: str | N
 
 def examples_from_rows(rows: list[Row], path: str, text_fields: list[str], label_field: str | None = "label", *,
                        labels: list[str] | None = None) -> list[dict]:
-    """`load_examples` of rows already read (`read_rows(path)`); the same checks and errors."""
+    """`load_examples` of rows already read (`read_rows(path)`); the same checks and errors.
+
+    A text column may hold a chat conversation (a list of {"role", "content"} messages, as in chat
+    `messages` data): the field's text is the last user turn, the turns before it go under
+    `HISTORY`, and an assistant reply at the end is the label (see `conversation`); such rows need
+    no label column."""
     if not rows:
         raise DataError(f"data file {path!r} has no rows")
-    wanted = list(text_fields) + ([label_field] if label_field else [])
+    chats = any(isinstance(rows[0].values.get(f), list) for f in text_fields)
+    wanted = list(text_fields) + ([label_field] if label_field and not chats else [])
     missing = [c for c in wanted if c not in rows[0].values]
     if missing:
         raise DataError(f"data file {path!r} has no column(s) {missing}; its columns are {list(rows[0].values)}")
     return [_example(row, text_fields, label_field, labels, wanted) for row in rows]
 
 
+HISTORY = "history"
+"""The example key that holds a conversation's turns before its last user turn (see `conversation`)."""
+
+
 def _example(row: Row, text_fields: list[str], label_field: str | None, labels: list[str] | None,
              wanted: list[str]) -> dict:
-    """One row as an example (see `load_examples`); `wanted` = the text fields and the label field."""
+    """One row as an example (see `load_examples`); `wanted` = the columns every row must have."""
     lacking = [c for c in wanted if c not in row.values]
     if lacking:  # JSON rows need not share the first row's keys
         raise DataError(f"{row.where}: the row has no column(s) {lacking}")
-    example = {f: _text(row.values[f], f"{row.where}: column {f!r}") for f in text_fields}
+    example, reply = {}, None
+    for f in text_fields:
+        value = row.values.get(f)
+        if isinstance(value, list):
+            if HISTORY in example:
+                raise DataError(f"{row.where}: two columns hold conversations; a task reads at most one")
+            example[HISTORY], example[f], reply = conversation(value, f"{row.where}: column {f!r}")
+        else:
+            example[f] = _text(value, f"{row.where}: column {f!r}")
     if not any(has_text(example[f]) for f in text_fields):
         raise DataError(f"{row.where}: the text column(s) {list(text_fields)} are empty; fill in the row or remove it")
-    if label_field:
+    if label_field and label_field in row.values:
         example["label"] = _label(row.values[label_field], row.where, label_field, labels)
+    elif label_field and HISTORY in example:
+        if reply is None:
+            raise DataError(f"{row.where}: the conversation ends with a user turn; a training or evaluation row needs "
+                            "the assistant's reply as its last message")
+        example["label"] = unicode_text(reply, f"{row.where}: the assistant's reply")
+    elif label_field:
+        raise DataError(f"{row.where}: the row has no column(s) {[label_field]}")
+    if HISTORY in example and not example[HISTORY]:
+        del example[HISTORY]
     return example
+
+
+def conversation(messages: list, where: str) -> tuple[list[dict], str, str | None]:
+    """A chat conversation (`[{"role": "user", "content": "..."}, ...]`) split as a generation task
+    reads it: (the turns before the last user turn, that turn's content, the assistant's reply after
+    it or None). Only "role" and "content" of each message are kept.
+
+    Raises `DataError` naming `where` and the message for an empty list, a message that is not an
+    object or lacks a text role or content, and a conversation whose last user turn is not last or
+    followed only by the assistant's reply.
+
+    Example:
+        >>> conversation([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}], "chat.jsonl:1")
+        ([], 'Hi', 'Hello!')
+    """
+    if not messages:
+        raise DataError(f"{where} holds an empty conversation; give at least a user message")
+    turns = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not m["role"].strip():
+            raise DataError(f"{where}: message {i} is not an object with a text \"role\" (e.g. "
+                            '{"role": "user", "content": "..."})')
+        if not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: message {i} ({m['role']}) has no text \"content\"")
+        turns.append({"role": m["role"], "content": unicode_text(m["content"], f"{where}: message {i}")})
+    reply = turns.pop()["content"] if turns[-1]["role"] == "assistant" and len(turns) > 1 else None
+    if turns[-1]["role"] != "user":
+        raise DataError(f"{where}: the conversation must end with a user message, or a user message and the assistant's "
+                        f"reply; it ends with {[t['role'] for t in turns[-2:]] + (['assistant'] if reply is not None else [])}")
+    return turns[:-1], turns[-1]["content"], reply
 
 
 def _text(value, what: str) -> str:

@@ -6,6 +6,14 @@ read the text before `{mask}` and learn to continue it with the target; seq2seq 
 whole input with the mask as a sentinel and learn to emit the target from the decoder. The loss
 is the mean cross-entropy of the target's tokens (and its end-of-sequence token), nothing else.
 
+Instruction data (FLAN's instruction / input / output rows, chat `messages` rows) is a
+generation task too. On a model with a chat template (`prompt.chat_template`, default: when the
+tokenizer has one) the template's text before `{mask}` is the user's turn of a conversation
+rendered by the chat template (`chat`), and the target is the assistant's reply and its end-of-turn
+token. The loss is response-only by default: the prompt's tokens carry no loss (label -100) and
+only the reply is learned; `response_only_loss: false` scores the prompt's tokens too (causal LMs;
+soft-token positions and padding never carry a loss).
+
 `generate` renders the same prompt, binds the task's soft tokens and deep prefixes, and calls
 `transformers`' `generate`. Batches are left-padded for decoder-only models, so every row's
 continuation starts right after its own last token; the key/value cache holds only real tokens
@@ -19,7 +27,8 @@ import torch
 from torch import nn
 
 from .backbones import Backbone
-from .errors import DataError, ModelError
+from .data import HISTORY
+from .errors import ConfigError, DataError, ModelError
 from .models import PromptClassifier, TaskModule, bind_prompts
 from .scoring import mask_leading_space, pad
 from .templates import SpecialTokens, Template, encode_example, literal_ids
@@ -39,7 +48,8 @@ class TextGenerator(TaskModule):
     generates = True
     labels: tuple[str, ...] = ()
 
-    def __init__(self, backbone: Backbone, template: Template, max_length: int = 256):
+    def __init__(self, backbone: Backbone, template: Template, max_length: int = 256, *, chat: bool = False,
+                 response_only_loss: bool = True):
         super().__init__()
         if backbone.kind == "masked":
             raise ModelError(f"{backbone.name!r} is a masked LM: it fills masks but does not generate; use a causal or seq2seq model")
@@ -51,30 +61,49 @@ class TextGenerator(TaskModule):
         vocab = self.tokenizer.get_vocab()
         self.slot = vocab.get("<extra_id_0>", self.tokenizer.mask_token_id)
         self.eos = self.tokenizer.eos_token_id
+        self.chat = require_chat_format(backbone) if chat else None
+        """The chat template the prompt is rendered in (`chat.ChatFormat`), or None: the task's template alone."""
+        self.stop_ids = tuple(t for t in self.chat.stop_ids() if t != self.eos) if self.chat is not None else ()
+        """End-of-turn ids besides the end-of-sequence token: generation ends at them too."""
+        if not response_only_loss and self.kind == "seq2seq":
+            raise ConfigError(f"{backbone.name!r} is an encoder-decoder model: its encoder reads the prompt, so only the "
+                              "response can carry a loss; leave task.response_only_loss true")
+        self.response_only_loss = response_only_loss
         self.soft, self.deep = None, None
 
     def head_parameters(self) -> list[nn.Parameter]:
         return []
 
+    def target_ids(self, example: dict) -> list[int]:
+        """The ids the model learns to write after the prompt: the target text (task.label_field, read
+        literally) and what ends it: the chat's end-of-turn (`chat.ChatFormat.end_of_turn`) or the
+        end-of-sequence token. Raises `DataError` if the example has no target."""
+        if "label" not in example:
+            raise DataError("a generation task needs the target text in each training example (task.label_field)")
+        if self.chat is not None:  # the reply starts the assistant's turn, right after its header
+            return literal_ids(self.tokenizer, str(example["label"]).strip()) + list(self.chat.end_of_turn)
+        lead = " " if self.kind == "causal" and mask_leading_space(self.template) else ""
+        return literal_ids(self.tokenizer, lead + str(example["label"]).strip()) + [self.eos]
+
     def collate(self, examples: list[dict]) -> dict:
-        targets = []
-        for ex in examples:
-            if "label" not in ex:
-                raise DataError("a generation task needs the target text in each training example (task.label_field)")
-            lead = " " if self.kind == "causal" and mask_leading_space(self.template) else ""
-            targets.append(literal_ids(self.tokenizer, lead + str(ex["label"]).strip()) + [self.eos])
+        """Token ids, attention mask and LM targets of a batch: `ids`, `attn` (B, T) and `target`, the
+        label of each position (-100: no loss). Causal LMs read prompt + target as one sequence,
+        right-padded; seq2seq LMs read the prompt in the encoder and the target in the decoder."""
+        targets = [self.target_ids(ex) for ex in examples]
         prompts = [prompt_ids(self, ex) for ex in examples]
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
         if self.kind == "seq2seq":
             ids, attn = pad(prompts, pad_id)
             target, valid = pad(targets, pad_id)
             return {"ids": ids, "attn": attn, "target": target.masked_fill(valid == 0, -100)}
-        # causal: prompt + target in one sequence; only the target's tokens are scored
         seqs = [p + t for p, t in zip(prompts, targets)]
         ids, attn = pad(seqs, pad_id)
-        target = torch.full_like(ids, -100)
-        for row, (p, t) in enumerate(zip(prompts, targets)):
-            target[row, len(p) : len(p) + len(t)] = torch.tensor(t)
+        if self.response_only_loss:  # only the target's tokens are scored
+            target = torch.full_like(ids, -100)
+            for row, (p, t) in enumerate(zip(prompts, targets)):
+                target[row, len(p) : len(p) + len(t)] = torch.tensor(t)
+        else:  # every real token but the soft ones (they have no vocabulary id to predict)
+            target = ids.masked_fill((attn == 0) | (ids >= self.soft_base), -100)
         return {"ids": ids, "attn": attn, "target": target}
 
     def forward(self, batch: dict) -> torch.Tensor:
@@ -85,14 +114,42 @@ class TextGenerator(TaskModule):
 
 def prompt_ids(task: nn.Module, example: dict) -> list[int]:
     """The ids a generation starts from: causal LMs get the text before `{mask}` (all of it
-    without a mask); seq2seq LMs get the whole input with the mask as the first sentinel."""
+    without a mask); seq2seq LMs get the whole input with the mask as the first sentinel. With a
+    chat template (`task.chat`), that text is the user's last turn of the conversation, after the
+    example's earlier turns (`data.HISTORY`), and the assistant's turn is opened after it.
+
+    Raises `DataError` for a conversation of several turns on a task without a chat template, or
+    one whose earlier turns alone take `max_length` tokens."""
     r = getattr(task, "scorer", task)  # a PromptClassifier's scorer holds the same rendering settings
+    chat, history = getattr(task, "chat", None), example.get(HISTORY) or []
+    if history and chat is None:
+        raise DataError("a conversation with turns before its last user message needs a model with a chat template "
+                        f"and prompt.chat_template on; {type(task.model).__name__}'s task renders its own template only")
+    room = r.max_length
+    if chat is not None:
+        room -= chat.wrapper_length(history)
+        if room < 1:
+            raise DataError(f"a conversation's earlier turns take {r.max_length - room} tokens with the chat template, "
+                            f"more than train.max_length {r.max_length}; shorten them or raise train.max_length")
     seq2seq = task.kind == "seq2seq"
     enc = encode_example(task.template, task.tokenizer, example, mask_fill=[r.slot] if seq2seq else [],
-                         max_length=r.max_length, specials=r.specials, soft_base=r.soft_base)
+                         max_length=room, specials=r.specials, soft_base=r.soft_base)
     if seq2seq:
         return enc.ids
+    if chat is not None:  # the turn's content: the template's ids without the tokenizer's own wrapping
+        return chat.prompt_ids(history, enc.ids[len(r.specials.prefix) : enc.mask_start])
     return enc.ids[: enc.mask_start] if enc.mask_start >= 0 else enc.ids[: len(enc.ids) - len(r.specials.suffix)]
+
+
+def require_chat_format(backbone: Backbone):
+    """The backbone tokenizer's `chat.ChatFormat`; raises `ConfigError` if it has no chat template."""
+    from .chat import ChatFormat
+
+    chat = ChatFormat.of(backbone.tokenizer)
+    if chat is None:
+        raise ConfigError(f"prompt.chat_template is true, but the tokenizer of {backbone.name!r} has no chat template; "
+                          "set it to auto or false (the task's template alone renders the prompt)")
+    return chat
 
 
 def check_generates(classifier: nn.Module) -> None:

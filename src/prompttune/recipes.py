@@ -132,6 +132,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
         options=cfg.method.options(),
         generation=cfg.task.generation,
         demonstrations=_demonstrations(cfg, train_ex),
+        chat_template=None if cfg.prompt.chat_template == "auto" else cfg.prompt.chat_template,
+        response_only_loss=cfg.task.response_only_loss,
     )
     # A resume replaces the artifact its run may have saved before; an interrupted run's checkpoint is
     # refused below with its own message (pass --resume or --overwrite), which covers the artifact too.

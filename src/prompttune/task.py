@@ -51,6 +51,11 @@ class TaskSpec:
     demonstrations: list[dict] | None = None
     """Labelled examples written into the input: the pool LM-BFF demonstrations are drawn from
     (`options.demonstrations`), or the in-context method's K demonstrations, in order."""
+    chat_template: bool | None = False
+    """A generation task's prompt is rendered in the tokenizer's chat template, as the user's turn
+    (`chat`); None = when the model is causal and its tokenizer has one (a trained task stores which)."""
+    response_only_loss: bool = True
+    """A generation task's loss covers the target's tokens only; false: the prompt's tokens too."""
 
     def to_dict(self) -> dict:
         """The spec as JSON values; `options` only where they differ from the defaults."""
@@ -190,7 +195,12 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
         if spec.generation:
             from .generation import TextGenerator
 
-            clf = TextGenerator(backbone, template, spec.max_length)
+            from .chat import has_chat_template
+
+            chat = spec.chat_template
+            if chat is None:  # auto
+                chat = backbone.kind == "causal" and has_chat_template(backbone.tokenizer)
+            clf = TextGenerator(backbone, template, spec.max_length, chat=chat, response_only_loss=spec.response_only_loss)
         else:
             clf = _prompt_classifier(spec, backbone, template, options)
     freeze(clf)  # methods switch on what they train

@@ -32,9 +32,12 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ..errors import ArtifactError, PromptTuneError
+from ..chat import ChatFormat
+from ..data import HISTORY, conversation
+from ..errors import ArtifactError, DataError, PromptTuneError
 from ..generation import chat_prompt_ids, check_generates, prompt_ids
 from ..task import positions_for_tokens
+from ..templates import literal_ids
 from .pool import Prediction, TaskInfo, TaskPool
 
 
@@ -190,17 +193,21 @@ class Engine:
 
     def _chat_prompt(self, name: str, messages: list[dict], sampling: Sampling) -> list[int]:
         info, task = self.task(name), self._generator(name)
-        tokenizer = task.tokenizer
-        if tokenizer.chat_template is None:
+        chat = task.chat if task.chat is not None else ChatFormat.of(task.tokenizer)
+        if chat is None:
             raise InputError("model", f"task {name!r}: its tokenizer has no chat template; use /v1/completions")
         if len(info.text_fields) != 1:
             raise InputError("model", f"task {name!r} reads {len(info.text_fields)} text fields {info.text_fields}; "
                                       "a chat takes the place of one")
+        field = info.text_fields[0]
         try:
-            chat = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-        except Exception as e:  # the template's own checks (jinja2 raise_exception: roles out of order, ...)
-            raise InputError("messages", f"the chat template of task {name!r} refused the messages: {e}") from None
-        prompt = chat_prompt_ids(task, info.text_fields[0], chat["input_ids"])
+            history, user, _ = conversation(messages, "messages")
+            if task.chat is not None:  # trained on chats: the last user turn fills the task's template, as in training
+                prompt = prompt_ids(task, {field: user, HISTORY: history})
+            else:  # the rendered chat takes the place of the task's text field
+                prompt = chat_prompt_ids(task, field, chat.prompt_ids(history, literal_ids(task.tokenizer, user)))
+        except DataError as e:  # the template's own checks (jinja2 raise_exception: roles out of order, ...)
+            raise InputError("messages", f"task {name!r}: {e}") from None
         self._check_room(task, [prompt], sampling, field="messages")
         return prompt
 
