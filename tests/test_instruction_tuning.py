@@ -219,3 +219,13 @@ def test_the_server_renders_a_chat_as_training_did(gpt2_chatml_dir, tmp_path):
     assert served == task.collate([{"messages": messages[1]["content"], HISTORY: messages[:1], "label": "x"}])["ids"][0].tolist()[: len(served)]
     assert task.tokenizer.decode(served) == task.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert served.count(task.tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3  # the one in the text stays text
+
+
+def test_a_generation_tasks_eval_split_keeps_each_inputs_references_together():
+    from prompttune.data import held_out_split, input_key
+
+    examples = [{"mr": f"name: R{i // 3}", "label": f"text {i}"} for i in range(30)]  # 10 inputs, 3 references each
+    rest, held = held_out_split(examples, 0.3, seed=1, by_class=False)
+    assert len({input_key(ex) for ex in held}) == 3 and len(held) == 9
+    assert not {input_key(ex) for ex in held} & {input_key(ex) for ex in rest}, "an evaluated input was trained on"
+    assert held_out_split(examples, 0.3, seed=1, by_class=False) == (rest, held)

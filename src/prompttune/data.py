@@ -457,8 +457,9 @@ def sample_per_class(examples: list[dict], k: int, seed: int, *, exclude: list[d
 def held_out_split(examples: list[dict], fraction: float, seed: int, *, by_class: bool = True) -> tuple[list[dict], list[dict]]:
     """(rest, held out): `fraction` of the examples set aside, drawn with `seed`; per label when
     `by_class` (each label keeps its share, rounded, at least one example of a label with two or
-    more), else over all of them (a generation task's targets are not classes). Both keep the
-    examples' order in the file.
+    more), else over the distinct inputs (a generation task's targets are not classes): every row
+    of an input (E2E's several references of one meaning representation) goes to the same side,
+    so no evaluated input was seen in training. Both keep the examples' order in the file.
 
     Example:
         >>> rest, held = held_out_split(load_examples("train.tsv", ["sentence"]), 0.2, seed=13)
@@ -466,15 +467,29 @@ def held_out_split(examples: list[dict], fraction: float, seed: int, *, by_class
         0.2
     """
     rng = random.Random(seed)
-    groups = by_label(examples).values() if by_class else [examples]
-    held_ids = set()
+    if by_class:
+        groups, unit = by_label(examples).values(), lambda ex: id(ex)
+    else:
+        groups, unit = [list(dict.fromkeys(input_key(ex) for ex in examples))], input_key
+    held = set()
     for group in groups:
         n = round(len(group) * fraction)
         n = min(max(n, 1), len(group) - 1) if len(group) > 1 else 0
-        held_ids.update(id(ex) for ex in rng.sample(group, n))
-    if not held_ids:
+        held.update(unit(ex) if by_class else ex for ex in rng.sample(group, n))
+    if not held:
         raise DataError(f"task.eval_split {fraction} of {len(examples)} example(s) leaves no evaluation set")
-    return [ex for ex in examples if id(ex) not in held_ids], [ex for ex in examples if id(ex) in held_ids]
+    return [ex for ex in examples if unit(ex) not in held], [ex for ex in examples if unit(ex) in held]
+
+
+def input_key(example: dict) -> str:
+    """What identifies an example's input: every key but "label", as JSON. Rows with the same key
+    are one input with several references (E2E), split and scored together.
+
+    Example:
+        >>> input_key({"mr": "name: Aromi", "label": "Aromi is a pub."}) == input_key({"mr": "name: Aromi", "label": "x"})
+        True
+    """
+    return json.dumps({k: v for k, v in example.items() if k != "label"}, sort_keys=True, ensure_ascii=False)
 
 
 def few_shot_split(examples: list[dict], k: int, seed: int) -> tuple[list[dict], list[dict]]:
