@@ -27,7 +27,7 @@ from .errors import (  # noqa: E402
 from .deep_prompts import DeepPrompt  # noqa: E402
 from .evaluation import evaluate  # noqa: E402
 from .export import export_peft  # noqa: E402
-from .generation import generate  # noqa: E402
+from .generation import Decoding, generate  # noqa: E402
 from .methods import Method, MethodOptions, get_method, register_method  # noqa: E402
 from .models import HeadClassifier, PromptClassifier  # noqa: E402
 from .scoring import make_scorer  # noqa: E402
@@ -38,7 +38,7 @@ from .training import TrainConfig, train  # noqa: E402
 from .verbalizers import Verbalizer, parse_verbalizer  # noqa: E402
 
 __all__ = [
-    "ArtifactError", "Backbone", "ConfigError", "DEFAULT_MODEL", "DataError", "DeepPrompt", "ExportError",
+    "ArtifactError", "Backbone", "ConfigError", "DEFAULT_MODEL", "DataError", "Decoding", "DeepPrompt", "ExportError",
     "HeadClassifier", "Method", "MethodOptions", "ModelError", "OutputError", "PromptClassifier", "PromptTuneError", "SoftPrompt",
     "TaskSpec", "Template", "TemplateError", "TrainConfig", "Verbalizer", "VerbalizerError", "build_classifier",
     "evaluate", "export_peft", "generate", "get_method", "load_artifact", "load_backbone", "make_scorer",

@@ -148,6 +148,17 @@ def _train_settings(value) -> str | None:
     return None
 
 
+def _decoding_settings(value) -> str | None:
+    """Why `decoding` cannot be a task's decoding settings (`generation.Decoding`'s own checks), or None."""
+    from .generation import Decoding
+
+    try:
+        Decoding.from_dict(value)
+    except PromptTuneError as e:
+        return str(e)
+    return None
+
+
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _OPTION_NAMES = frozenset(MethodOptions.__dataclass_fields__)
 
@@ -176,6 +187,7 @@ _CONFIG_KEYS = {
                  "the backbone's fingerprint (name, kind, embedding_sha256...)"),
     "weights": (lambda v: isinstance(v, dict) and isinstance(v.get("sha256"), str), "the weights file's sha256"),
     "training": (lambda v: isinstance(v, dict), "an object recording how the task was trained"),
+    "decoding": (lambda v: _decoding_settings(v) is None, lambda v: f"decoding settings ({_decoding_settings(v)})"),
 }
 _REQUIRED = ("method", "model", "text_fields", "labels", "backbone", "weights")
 

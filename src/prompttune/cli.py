@@ -8,13 +8,17 @@ input print one line naming the problem and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
 from .errors import PromptTuneError
+from .generation import MAX_STOP, Decoding
 
 EPILOG_TRAIN = """example:
   prompttune train configs/sst2_prompt_finetune.yaml --out runs/sst2 --set train.lr=2e-5 --set task.shots=16
@@ -24,7 +28,8 @@ config keys: model, model_kind, lm_head, task.{train,dev,eval,eval_split,text_fi
   merge,adapter_kind,reduction_factor,demonstrations,demo_selection,demo_encoder,context_examples,instruction,
   calibrate,chain_of_thought,reasoning_field,cot_trigger,answer_trigger,max_reasoning_tokens},
   train.{epochs,lr,batch_size,eval_batch_size,max_length,weight_decay,warmup_ratio,max_grad_norm,seed,progress,
-  checkpoint,early_stopping_patience,report_to (none|tensorboard: OUT/logs)}
+  checkpoint,early_stopping_patience,report_to (none|tensorboard: OUT/logs)},
+  decoding.{max_new_tokens,num_beams,stop} (how eval and generate write a generation task's text)
 paths: relative paths in the config file are the file's folder's; those given with --set, the current directory's.
   task.eval_split: 0.2 holds out 20% of task.train (per label, seeded) as the evaluation set.
 writes: OUT/config.json + weights.safetensors (the task), eval.json (with task.eval), training.png (loss and dev
@@ -41,6 +46,17 @@ examples:
   prompttune predict runs/sst2 --text "a gripping film" --text "dull"
   prompttune predict runs/sst2 --data test.tsv --out predictions.jsonl
   printf 'a gripping film\\ndull\\n' | prompttune predict runs/sst2 --data -      # one input per line"""
+
+
+EPILOG_GENERATE = """inputs: as predict reads them (a --text, a --data row or a line of --data -)
+a --data line: the row's input, the generated text, and the row's label column as "reference" where the
+  file has it: {"input": {"mr": "name[Aromi]"}, "generated": " Aromi is a pub.", "reference": "Aromi is a pub."}
+decoding: the task's (its config's decoding section; greedy, 64 new tokens, no stop strings unless set);
+  --max-new-tokens, --num-beams and --stop replace what they name. A stop string such as a line break is
+  given with the shell's quoting: --stop $'\\n'
+examples:
+  prompttune generate runs/e2e --text "name[Aromi], eatType[pub]" --num-beams 4
+  prompttune generate runs/e2e --data e2e_test.jsonl --out generated.jsonl --stop $'\\n'"""
 
 
 EPILOG_SERVE = """endpoints:
@@ -125,6 +141,81 @@ def whole_number(minimum: int, maximum: int | None = None):
     return parse
 
 
+def stop_string(text: str) -> str:
+    """An argparse `type`: a non-empty stop string (`--stop`), else argparse's one-line error."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a non-empty string that ends the generated text, got ''")
+    return text
+
+
+def add_decoding_flags(p: argparse.ArgumentParser) -> None:
+    """--max-new-tokens, --num-beams and --stop: each replaces the task's own decoding setting (`decoding_of`)."""
+    p.add_argument("--max-new-tokens", type=whole_number(1), default=None,
+                   help="tokens to generate at most (default: the task's decoding.max_new_tokens, else 64)")
+    p.add_argument("--num-beams", type=whole_number(1), default=None,
+                   help="beam search with this many beams; 1 = greedy (default: the task's decoding.num_beams, else 1)")
+    p.add_argument("--stop", action="append", type=stop_string, default=None, metavar="TEXT",
+                   help=f"a string that ends the generated text, cut off with what follows (repeatable, at most "
+                        f"{MAX_STOP}; default: the task's decoding.stop)")
+
+
+def decoding_of(args, config: dict) -> Decoding:
+    """The `generation.Decoding` of a task's `config` (its artifact's config.json) with --max-new-tokens,
+    --num-beams and --stop in place of what they name.
+
+    Raises `ConfigError` for more than `MAX_STOP` --stop strings, and, on a task that classifies, for any
+    of these flags given to `eval` (it generates no text there).
+
+    Example:
+        >>> decoding_of(build_parser().parse_args(["generate", "runs/e2e", "--text", "x", "--num-beams", "4"]),
+        ...             {"decoding": {"max_new_tokens": 40}})
+        Decoding(max_new_tokens=40, num_beams=4, stop=[])
+    """
+    from .errors import ConfigError
+
+    flags = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "stop": args.stop}
+    given = {k: v for k, v in flags.items() if v is not None}
+    if given and args.command == "eval" and not config.get("generation"):
+        raise ConfigError(f"--{next(iter(given)).replace('_', '-')} sets how text is generated; this task classifies "
+                          "(eval generates for generation tasks only)")
+    if len(given.get("stop", ())) > MAX_STOP:
+        raise ConfigError(f"--stop is given {len(given['stop'])} times; a decoding takes at most {MAX_STOP} stop strings")
+    return dataclasses.replace(Decoding.from_dict(config.get("decoding", {})), **given)
+
+
+@contextmanager
+def held_output(args) -> Iterator[None]:
+    """While a command that writes lines (`write_lines`) works: a file --out checked (`check_output_file`:
+    not there unless --overwrite, writable) before anything loads, and its folder held (`hold_file_output`);
+    nothing to hold for standard output."""
+    from .outputs import check_output_file, hold_file_output
+
+    if args.out is None:
+        yield
+        return
+    check_output_file(args.out, overwrite=args.overwrite)
+    with hold_file_output(args.out):
+        yield
+
+
+def write_lines(args, lines: list[str], what: str) -> None:
+    """Print `lines`, or write them to the file --out (replacing one there with --overwrite; otherwise never
+    over a file that appeared meanwhile) and say on stderr how many `what` went where."""
+    text = "".join(line + "\n" for line in lines)
+    if args.out is None:
+        sys.stdout.write(text)
+        return
+    from .files import text_writer, write_together
+    from .outputs import publish_new_file
+
+    out = Path(args.out)
+    if args.overwrite:
+        write_together(out.parent, {out.name: text_writer(text)})
+    else:
+        publish_new_file(out, text)
+    print(f"wrote {len(lines)} {what} to {out}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="prompttune",
@@ -151,13 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a task artifact: accuracy, macro-F1, the number of examples, each class's "
                                    "precision / recall / F1 / support, the confusion matrix and the majority-class "
                                    "baseline (the majority of the training labels the artifact records; of the data "
-                                   "itself for an artifact that records none). A text task: loss and perplexity.")
+                                   "itself for an artifact that records none). A text task: loss and perplexity, "
+                                   "and the text generated once per distinct input scored against all of its "
+                                   "references (rows with equal inputs): BLEU and chrF (sacrebleu), ROUGE-L "
+                                   "(rouge-score), exact match, with the first 10 inputs as samples.")
     p.add_argument("artifact", help="task artifact directory")
     p.add_argument("--data", required=True, help="labelled .tsv/.csv/.json/.jsonl file or saved dataset directory")
     p.add_argument("--label-field", default=None, help="label column (default: the one used in training, else 'label')")
     p.add_argument("--batch-size", type=whole_number(1), default=32, help="examples per forward pass (default 32)")
     p.add_argument("--json", action="store_true", help='print {"accuracy", "macro_f1", "n", "loss", "labels", '
-                   '"per_class", "confusion_matrix", "majority"} as one JSON object')
+                   '"per_class", "confusion_matrix", "majority"} as one JSON object (a text task: {"bleu", "chrf", '
+                   '"rouge_l", "exact_match", "loss", "perplexity", "n", "references", "bleu_signature", "inputs", '
+                   '"decoding", "samples"})')
+    add_decoding_flags(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="compare saved runs in one table",
@@ -190,14 +287,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("generate", help="generate text from a saved task's prompt (causal or seq2seq models)",
-                       description="Render each --text with the task's template up to {mask} (the whole input with the "
-                                   "mask as a sentinel on T5), bind the task's soft tokens / prefixes, and print what the "
-                                   "model generates. Inputs are batched with padding; the cache is used. For an "
-                                   "in-context task, print its chain-of-thought reasoning (if any) and its answer.")
+                       description="Render each --text, or each row of --data, with the task's template up to {mask} "
+                                   "(the whole input with the mask as a sentinel on T5), bind the task's soft tokens / "
+                                   "prefixes, and print what the model generates with the task's decoding settings. "
+                                   "Inputs are batched by length with padding; the cache is used. --data writes JSON "
+                                   "lines, one per row, in order. For an in-context task, print its chain-of-thought "
+                                   "reasoning (if any) and its answer.",
+                       epilog=EPILOG_GENERATE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("artifact", help="task artifact directory")
-    p.add_argument("--text", action="append", required=True, help="an input (repeatable; JSON object for several fields)")
-    p.add_argument("--max-new-tokens", type=whole_number(1), default=20, help="tokens to generate at most (default 20)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per input")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--text", action="append", help="an input (repeatable; JSON object for several fields)")
+    given.add_argument("--data", help="a .tsv/.csv/.json/.jsonl file or saved dataset directory with the task's text "
+                                      "columns (the label column, optional, is written as the reference); - reads "
+                                      "standard input: one input per line, read as a --text is, blank lines skipped")
+    p.add_argument("--label-field", default=None, help="--data's reference column (default: the one used in training, "
+                                                       "else 'label'); read where the file has it")
+    p.add_argument("--batch-size", type=whole_number(1), default=8, help="inputs generated together (default 8)")
+    add_decoding_flags(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object per input (always so with --data)")
+    p.add_argument("--out", default=None, help="write the lines to this file (atomically) instead of standard output")
+    p.add_argument("--overwrite", action="store_true", help="replace a file already at --out")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("export", help="write a saved task's prompt as a Hugging Face PEFT adapter",
@@ -351,11 +460,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .artifacts import load_artifact
+    from .artifacts import load_artifact, read_config
     from .data import load_examples
     from .evaluation import evaluate
     from .reports import eval_table
 
+    decoding = decoding_of(args, read_config(args.artifact))
     clf, config = load_artifact(args.artifact)
     label_field = args.label_field or config.get("label_field", "label")
     labels = None if config.get("generation") else config["labels"]
@@ -364,7 +474,8 @@ def cmd_eval(args) -> int:
     counts = training.get("train_label_counts") if isinstance(training, dict) else None
     if not (isinstance(counts, dict) and all(isinstance(n, int) for n in counts.values()) and any(counts.values())):
         counts = None  # not recorded (an older or a hand-made artifact): the majority of the data evaluated
-    result = evaluate(clf, examples, batch_size=args.batch_size, progress=not args.json, details=True, train_counts=counts)
+    result = evaluate(clf, examples, batch_size=args.batch_size, progress=not args.json, details=True, train_counts=counts,
+                      decoding=decoding)
     print(json.dumps(result, ensure_ascii=False) if args.json else eval_table(result))
     return 0
 
@@ -389,21 +500,19 @@ def cmd_compare(args) -> int:
 def cmd_predict(args) -> int:
     from .artifacts import read_config
     from .errors import ConfigError
-    from .outputs import check_output_file, hold_file_output
 
     config = read_config(args.artifact)
     if config.get("generation"):
         raise ConfigError("this is a generation task: use `prompttune generate` to see its output text")
     # Every input is read and checked, and --out claimed, before the model loads.
     inputs, examples = predict_inputs(args, config)
-    if args.out is None:
-        return write_predictions(args, inputs, examples)
-    check_output_file(args.out, overwrite=args.overwrite)
-    with hold_file_output(args.out):
-        return write_predictions(args, inputs, examples)
+    with held_output(args):
+        write_lines(args, prediction_lines(args, inputs, examples), "prediction(s)")
+    return 0
 
 
-def write_predictions(args, inputs: list[dict], examples: list[dict]) -> int:
+def prediction_lines(args, inputs: list[dict], examples: list[dict]) -> list[str]:
+    """`predict`'s output: per input, a JSON line (with --json or --data) or "label<TAB>probability<TAB>text"."""
     from .artifacts import load_artifact
     from .evaluation import predict_scores
 
@@ -418,25 +527,13 @@ def write_predictions(args, inputs: list[dict], examples: list[dict]) -> int:
             lines.append(json.dumps({**row, "gold": ex["label"]} if "label" in ex else row, ensure_ascii=False))
         else:
             lines.append(f"{label}\t{float(p.max()):.3f}\t{given['text']}")
-    text = "".join(line + "\n" for line in lines)
-    if args.out is None:
-        sys.stdout.write(text)
-    else:
-        from .files import text_writer, write_together
-        from .outputs import publish_new_file
-
-        out = Path(args.out)
-        if args.overwrite:
-            write_together(out.parent, {out.name: text_writer(text)})
-        else:  # never over a file that appeared while the model ran
-            publish_new_file(out, text)
-        print(f"wrote {len(lines)} prediction(s) to {out}", file=sys.stderr)
-    return 0
+    return lines
 
 
 def predict_inputs(args, config: dict) -> tuple[list[dict], list[dict]]:
-    """`predict`'s inputs as printed ({"input": {field: text}}, and for a --text also {"text": ...} as
-    given) and as examples (a --data file's rows with their label where it has the label column)."""
+    """The inputs of `predict` and `generate` as printed ({"input": {field: text}}, and for a --text also
+    {"text": ...} as given) and as examples (a --data file's rows with their label where it has the label
+    column; a classification task's labels are checked, a generation task's label is its reference text)."""
     from .data import examples_from_lines, examples_from_rows, examples_from_texts, read_rows
     from .errors import DataError
 
@@ -458,28 +555,43 @@ def predict_inputs(args, config: dict) -> tuple[list[dict], list[dict]]:
             raise DataError(f"{args.data}: --label-field {args.label_field!r} is not a column; its columns are "
                             f"{list(rows[0].values)}")
         examples = examples_from_rows(rows, str(args.data), fields, label_field if has_label else None,
-                                      labels=config["labels"])
-    return [{"input": {f: ex[f] for f in fields}} for ex in examples], examples
+                                      labels=None if config.get("generation") else config["labels"])
+    # Every key but the label: a chat row's earlier turns ("history") are part of its input.
+    return [{"input": {k: v for k, v in ex.items() if k != "label"}} for ex in examples], examples
 
 
 def cmd_generate(args) -> int:
+    from .artifacts import read_config
+
+    config = read_config(args.artifact)
+    # The decoding, every input and --out are checked before the model loads.
+    decoding = decoding_of(args, config)
+    inputs, examples = predict_inputs(args, config)
+    with held_output(args):
+        write_lines(args, generated_lines(args, decoding, inputs, examples), "generated text(s)")
+    return 0
+
+
+def generated_lines(args, decoding: Decoding, inputs: list[dict], examples: list[dict]) -> list[str]:
+    """`generate`'s output: per input, a JSON line (with --json or --data: the input, "generated", and the
+    row's label as "reference" where it has one) or the generated text; an in-context task's reasoning and
+    answer instead of generated text."""
     from .artifacts import load_artifact
-    from .data import examples_from_texts
     from .generation import generate
 
-    clf, config = load_artifact(args.artifact)
-    examples = examples_from_texts(args.text, config["text_fields"], name="--text")
+    clf, _ = load_artifact(args.artifact)
+    as_json = args.json or args.data is not None
+    queries = [{k: v for k, v in ex.items() if k != "label"} for ex in examples]
     if hasattr(clf, "explain"):  # an in-context task: its reasoning (chain of thought) and answer
-        for text, out in zip(args.text, clf.explain(examples)):
-            if args.json:
-                print(json.dumps({"text": text, **out}, ensure_ascii=False))
-            else:
-                print((f"{out['reasoning']}\n" if out["reasoning"] is not None else "") + f"=> {out['label']}")
-        return 0
-    outputs = generate(clf, examples, max_new_tokens=args.max_new_tokens)
-    for text, out in zip(args.text, outputs):
-        print(json.dumps({"text": text, "generated": out}, ensure_ascii=False) if args.json else out)
-    return 0
+        return [json.dumps({**given, **out}, ensure_ascii=False) if as_json else
+                (f"{out['reasoning']}\n" if out["reasoning"] is not None else "") + f"=> {out['label']}"
+                for given, out in zip(inputs, clf.explain(queries))]
+    progress = len(examples) > args.batch_size  # on a terminal only (`progress.bar_off`), never on stdout
+    texts = generate(clf, queries, decoding=decoding, batch_size=args.batch_size, progress=progress)
+    if not as_json:
+        return texts
+    return [json.dumps({**given, "generated": text, **({"reference": ex["label"]} if "label" in ex else {})},
+                       ensure_ascii=False) for given, text, ex in zip(inputs, texts, examples)]
 
 
 ADAPTER_SUMMARY = ("peft_type", "task_type", "num_virtual_tokens", "r", "lora_alpha", "target_modules")

@@ -19,6 +19,7 @@ import yaml
 from .backbones import DEFAULT_MODEL, KINDS, SMOLLM2
 from .data import read_utf8
 from .errors import ConfigError
+from .generation import Decoding
 from .methods import MethodOptions, get_method, method_list, non_default_options
 from .training import TrainConfig
 
@@ -88,6 +89,7 @@ class RunConfig:
         prompt: {template: "{sentence} It was {mask}.", verbalizer: {0: terrible, 1: great}}
         method: {name: prompt-finetune}
         train: {epochs: 10, lr: 1e-5}
+        decoding: {max_new_tokens: 40, num_beams: 4, stop: ["\\n"]}   # generating text
     """
 
     model: str = DEFAULT_MODEL
@@ -101,6 +103,9 @@ class RunConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    decoding: Decoding = field(default_factory=Decoding)
+    """How the task's text is generated (`eval` of a generation task, `generate`): max_new_tokens,
+    num_beams (1 = greedy), stop strings; stored in the artifact, flags override it."""
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

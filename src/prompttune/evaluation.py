@@ -1,13 +1,25 @@
 """Evaluation: predictions, accuracy and macro-F1 of a classifier on examples; on request the per-class
-numbers, the confusion matrix and the majority-class baseline (all computed by scikit-learn)."""
+numbers, the confusion matrix and the majority-class baseline (all computed by scikit-learn). A text
+generator: its loss and perplexity; on request also the text it generates for each distinct input,
+scored against all of that input's references (BLEU, chrF, ROUGE-L, exact match: `text_metrics`)."""
 
 from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .progress import bar_off
+
+if TYPE_CHECKING:
+    from .generation import Decoding
+
+SAMPLES = 10
+"""Inputs whose generated text and references an evaluation of a text generator shows."""
 
 
 @torch.no_grad()
@@ -78,20 +90,30 @@ def majority_baseline(gold: list[int], labels: list[str], train_counts: dict[str
 
 
 def evaluate(classifier: nn.Module, examples: list[dict], *, batch_size: int = 32, progress: bool = False,
-             details: bool = False, train_counts: dict[str, int] | None = None) -> dict:
+             details: bool = False, train_counts: dict[str, int] | None = None, decoding: Decoding | None = None) -> dict:
     """Accuracy, macro-F1, n and mean cross-entropy of `classifier` on labelled `examples`.
 
     With `details`, also the per-class precision / recall / F1 / support, the confusion matrix and
     `labels` (see `metrics`), and "majority": the majority-class baseline (see `majority_baseline`;
     the majority of `train_counts`, the training labels' counts, when given, else of `examples`).
-    A text generator gives its loss, perplexity and n instead (`generation_loss`).
+
+    A text generator gives its loss, perplexity and n (rows) instead (`generation_loss`: cheap, what
+    the trainer's dev pass asks for); with `details` also the text it generates with `decoding`
+    (default `Decoding()`) once per distinct input, scored against the input's references
+    (`generated_text_scores`).
 
     Example:
         >>> evaluate(clf, dev_examples)
         {'accuracy': 0.81, 'macro_f1': 0.80, 'n': 32, 'loss': 0.45}
+        >>> evaluate(writer, e2e_examples, details=True, decoding=Decoding(num_beams=4))["bleu"]
+        61.2
     """
     if getattr(classifier, "generates", False):
-        return generation_loss(classifier, examples, batch_size=batch_size, progress=progress)
+        result = generation_loss(classifier, examples, batch_size=batch_size, progress=progress)
+        if not details:
+            return result
+        scores = generated_text_scores(classifier, examples, decoding=decoding, batch_size=batch_size, progress=progress)
+        return {**{k: scores.pop(k) for k in ("bleu", "chrf", "rouge_l", "exact_match")}, **result, **scores}
     scores = predict_scores(classifier, examples, batch_size=batch_size, progress=progress)
     gold = [classifier.label_index(ex["label"]) for ex in examples]
     labels = list(classifier.labels)
@@ -100,6 +122,39 @@ def evaluate(classifier: nn.Module, examples: list[dict], *, batch_size: int = 3
     if details:
         result["majority"] = majority_baseline(gold, labels, train_counts)
     return result
+
+
+def generated_text_scores(task: nn.Module, examples: list[dict], *, decoding: Decoding | None = None,
+                          batch_size: int = 32, progress: bool = False) -> dict:
+    """Generate once per distinct input of `examples` (the examples with every key but "label" equal:
+    E2E has several descriptions of one meaning representation) and score the texts against all of
+    the input's references, its examples' labels (`text_metrics.generation_metrics`).
+
+    Returns bleu, chrf, rouge_l, exact_match (0-100), inputs (distinct), references, bleu_signature,
+    decoding (the settings used) and samples: the first `SAMPLES` inputs with the generated text and
+    their references.
+
+    Example:
+        >>> generated_text_scores(writer, [{"mr": "name[Aromi]", "label": "Aromi."}, {"mr": "name[Aromi]", "label": "It is Aromi."}])
+        {'bleu': 100.0, ..., 'inputs': 1, 'references': 2, 'samples': [{'input': {'mr': 'name[Aromi]'},
+         'generated': ' Aromi.', 'references': ['Aromi.', 'It is Aromi.']}], ...}
+    """
+    from .generation import Decoding, generate
+    from .text_metrics import generation_metrics
+
+    decoding = decoding or Decoding()
+    grouped: dict[str, tuple[dict, list[str]]] = {}
+    for ex in examples:
+        given = {k: v for k, v in ex.items() if k != "label"}  # values may be lists or objects (a chat's history)
+        grouped.setdefault(json.dumps(given, sort_keys=True, ensure_ascii=False), (given, []))[1].append(str(ex["label"]))
+    inputs = [given for given, _ in grouped.values()]
+    references = [refs for _, refs in grouped.values()]
+    texts = generate(task, inputs, decoding=decoding, batch_size=batch_size, progress=progress)
+    scores = generation_metrics(texts, references)
+    inputs_scored = scores.pop("n")
+    return {**scores, "inputs": inputs_scored, "decoding": asdict(decoding),
+            "samples": [{"input": given, "generated": text, "references": refs}
+                        for given, text, refs in list(zip(inputs, texts, references))[:SAMPLES]]}
 
 
 @torch.no_grad()

@@ -18,18 +18,27 @@ soft-token positions and padding never carry a loss).
 `transformers`' `generate`. Batches are left-padded for decoder-only models, so every row's
 continuation starts right after its own last token; the key/value cache holds only real tokens
 (deep prompts enter inside the attention call, see `deep_prompts`), so `generate`'s caching and
-padding logic is untouched.
+padding logic is untouched. Beam search needs nothing more: a task binds its parts for every row
+of whatever batch comes, and `generate` expands the batch by the number of beams.
+
+`Decoding` says how: greedy or beams, how many new tokens, and stop strings, whose text is cut
+before the first one found (`cut_at_stop`, shared with the server's completions).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .backbones import Backbone
 from .data import HISTORY
 from .errors import ConfigError, DataError, ModelError
 from .models import PromptClassifier, TaskModule, bind_prompts
+from .progress import bar_off
 from .scoring import mask_leading_space, pad
 from .templates import SpecialTokens, Template, encode_example, literal_ids
 
@@ -183,11 +192,93 @@ def chat_prompt_ids(task: nn.Module, field: str, chat_ids: list[int]) -> list[in
     return a[:start] + list(chat_ids) + a[len(a) - same_end :]
 
 
+MAX_STOP = 4
+"""Stop strings a decoding takes at most (as OpenAI's API, which `serve` follows)."""
+
+
+@dataclass
+class Decoding:
+    """How `generate` continues a prompt: greedy (`num_beams` 1) or beam search, for at most
+    `max_new_tokens` tokens, the text cut before the first stop string found. A config's `decoding:`
+    section; an artifact stores the fields that differ from their defaults (`to_dict`).
+
+    Raises `ConfigError` naming the key for a value it cannot decode with.
+
+    Example:
+        >>> Decoding(max_new_tokens=40, num_beams=4, stop=["\\n"]).to_dict()
+        {'max_new_tokens': 40, 'num_beams': 4, 'stop': ['\\n']}
+    """
+
+    max_new_tokens: int = 64
+    """Tokens to generate at most."""
+    num_beams: int = 1
+    """1: greedy; more: beam search with that many beams, the best beam's text."""
+    stop: list[str] = field(default_factory=list)
+    """Strings that end the text (at most `MAX_STOP`): it is cut before the first one found, which is not part of it."""
+
+    def __post_init__(self):
+        for name in ("max_new_tokens", "num_beams"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"decoding.{name} must be a whole number ≥ 1, got {value!r}")
+        if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ConfigError(f"decoding.stop must be a list of non-empty strings, got {self.stop!r}")
+        if len(self.stop) > MAX_STOP:
+            raise ConfigError(f"decoding.stop holds {len(self.stop)} strings; at most {MAX_STOP}")
+        self.stop = list(self.stop)
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> Decoding:
+        """The decoding of a stored `to_dict()` (an artifact's `decoding`); missing keys take their defaults.
+
+        Raises `ConfigError` for a value that is not an object, an unknown key, or a bad value.
+
+        Example:
+            >>> Decoding.from_dict({"num_beams": 4})
+            Decoding(max_new_tokens=64, num_beams=4, stop=[])
+        """
+        if not isinstance(settings, dict):
+            raise ConfigError(f"decoding must be an object of {list(cls.__dataclass_fields__)}, got {settings!r}")
+        unknown = sorted(set(settings) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown decoding key(s) {unknown}; valid keys: {list(cls.__dataclass_fields__)}")
+        return cls(**settings)
+
+    def to_dict(self) -> dict:
+        """The fields that differ from their defaults, as JSON values (what an artifact stores)."""
+        default = Decoding()
+        return {k: v for k, v in asdict(self).items() if v != getattr(default, k)}
+
+    def generate_kwargs(self) -> dict:
+        """The keyword arguments of `generate_ids` this decoding sets."""
+        return {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "stop": tuple(self.stop)}
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` up to the first of the `stop` strings found in it (the one that starts earliest), without
+    it, and whether one was found. `generate` and the server's completions cut their text with it.
+
+    Example:
+        >>> cut_at_stop("Aromi serves food.\\nName: Cocum", ["\\n", "."])
+        ('Aromi serves food', True)
+    """
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
 def generate_ids(classifier: PromptClassifier | TextGenerator, prompts: list[list[int]], *, max_new_tokens: int = 20,
-                 batch_size: int = 8, **generate_kwargs) -> list[list[int]]:
+                 num_beams: int = 1, stop: Sequence[str] = (), batch_size: int = 8, progress: bool = False,
+                 **generate_kwargs) -> list[list[int]]:
     """Continue prompts given as token ids (`prompt_ids`, `chat_prompt_ids`) with the task's soft tokens and
-    prefixes in place; return each one's new token ids, without padding and without the end-of-sequence
-    token. Fewer than `max_new_tokens` ids means the model ended the text (or a stop string did).
+    prefixes in place; return each one's new token ids, in order, without padding and without the
+    end-of-sequence token. Fewer than `max_new_tokens` ids means the model ended the text (or a stop
+    string did).
+
+    Greedy, or beam search with `num_beams`; generation of a row ends at the end-of-sequence token, at the
+    task's extra end ids (`stop_ids`, a chat template's end of turn) and once its text ends with one of the
+    `stop` strings (transformers' `stop_strings`; the ids keep the stop string, `cut_at_stop` cuts the
+    text). Prompts are batched by length (fewer pad tokens), on the model's device; `progress` shows a
+    bar on a terminal. Other keyword arguments go to transformers' `generate` (`do_sample=True`, ...).
 
     Example:
         >>> generate_ids(clf, [prompt_ids(clf, {"sentence": "A gripping film."})], max_new_tokens=5)
@@ -198,37 +289,46 @@ def generate_ids(classifier: PromptClassifier | TextGenerator, prompts: list[lis
     tok = classifier.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     left = classifier.kind == "causal"
-    ends = {pad_id, tok.eos_token_id}
-    out: list[list[int]] = []
+    eos = [i for i in dict.fromkeys((tok.eos_token_id, *getattr(classifier, "stop_ids", ()))) if i is not None]
+    ends = {pad_id, *eos}
+    settings = {"do_sample": False, "max_new_tokens": max_new_tokens, "num_beams": num_beams, "pad_token_id": pad_id,
+                **({"eos_token_id": eos} if eos else {}),
+                **({"stop_strings": list(stop), "tokenizer": tok} if stop else {}), **generate_kwargs}
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together: less padding
+    out: list[list[int]] = [[] for _ in prompts]
     was_training = classifier.training
     classifier.eval()
     try:
-        for i in range(0, len(prompts), batch_size):
-            ids, attn = pad(prompts[i : i + batch_size], pad_id, left=left)
+        for start in tqdm(range(0, len(order), batch_size), desc="generating", disable=bar_off(progress), leave=False):
+            rows = order[start : start + batch_size]
+            ids, attn = pad([prompts[i] for i in rows], pad_id, left=left)
             ids, attn = ids.to(model.device), attn.to(model.device)
             with torch.no_grad():
                 bind_prompts(classifier)
-                gen = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
-                                     pad_token_id=pad_id, **{"do_sample": False, **generate_kwargs})
+                gen = model.generate(input_ids=ids, attention_mask=attn, **settings)
             new = gen[:, ids.shape[1] :] if left else gen[:, 1:]  # seq2seq: after the decoder's start token
-            for row in new.tolist():
+            for i, row in zip(rows, new.tolist()):
                 end = next((j for j, t in enumerate(row) if t in ends), len(row))
-                out.append(row[:end])
+                out[i] = row[:end]
     finally:
         classifier.train(was_training)
     return out
 
 
-def generate(classifier: PromptClassifier | TextGenerator, examples: list[dict], *, max_new_tokens: int = 20, batch_size: int = 8,
-             **generate_kwargs) -> list[str]:
-    """Continue each example's prompt; return the generated text (without the prompt).
+def generate(classifier: PromptClassifier | TextGenerator, examples: list[dict], *, decoding: Decoding | None = None,
+             batch_size: int = 8, progress: bool = False, **generate_kwargs) -> list[str]:
+    """Continue each example's prompt as `decoding` says (default `Decoding()`: greedy, 64 new tokens);
+    return the generated text (without the prompt), cut before the first stop string (`cut_at_stop`).
+    Other keyword arguments go to `generate_ids` and transformers' `generate` (`use_cache=False`, ...).
 
     Example:
         >>> clf, _ = load_artifact("runs/prefix-gpt2")
-        >>> generate(clf, [{"sentence": "A gripping film."}], max_new_tokens=5)
+        >>> generate(clf, [{"sentence": "A gripping film."}], decoding=Decoding(max_new_tokens=5, num_beams=2))
         [' great.']
     """
     check_generates(classifier)
+    decoding = decoding or Decoding()
     prompts = [prompt_ids(classifier, ex) for ex in examples]
-    new = generate_ids(classifier, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, **generate_kwargs)
-    return classifier.tokenizer.batch_decode(new, skip_special_tokens=True)
+    new = generate_ids(classifier, prompts, batch_size=batch_size, progress=progress,
+                       **{**decoding.generate_kwargs(), **generate_kwargs})
+    return [cut_at_stop(text, decoding.stop)[0] for text in classifier.tokenizer.batch_decode(new, skip_special_tokens=True)]

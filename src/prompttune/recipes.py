@@ -134,6 +134,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
         demonstrations=_demonstrations(cfg, train_ex),
         chat_template=None if cfg.prompt.chat_template == "auto" else cfg.prompt.chat_template,
         response_only_loss=cfg.task.response_only_loss,
+        decoding=cfg.decoding.to_dict(),
     )
     # A resume replaces the artifact its run may have saved before; an interrupted run's checkpoint is
     # refused below with its own message (pass --resume or --overwrite), which covers the artifact too.
@@ -213,7 +214,7 @@ def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *,
     discard(ckpt, CHECKPOINT_FILES)
     if test_ex:
         summary["eval"] = evaluate(classifier, test_ex, batch_size=cfg.train.eval_batch_size, progress=cfg.train.progress,
-                                   details=True, train_counts=summary.get("train_label_counts"))
+                                   details=True, train_counts=summary.get("train_label_counts"), decoding=cfg.decoding)
         write_json(out / EVAL, summary["eval"])
         log(f"eval: {json.dumps(headline(summary['eval']))}")
     return summary

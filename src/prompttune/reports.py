@@ -6,6 +6,7 @@ Everything here reads what training and evaluation recorded (an artifact's `conf
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .artifacts import CONFIG, EVAL, WEIGHTS, read_config
@@ -51,9 +52,10 @@ def training_plot_writer(history: list[dict], best_epoch: int | None = None) -> 
 def eval_table(result: dict) -> str:
     """`prompttune eval`'s text for people: the headline numbers, the majority baseline, each
     class's precision / recall / F1 / support and the confusion matrix (a text task: loss and
-    perplexity)."""
+    perplexity, and where text was generated its scores, settings and samples: `generation_lines`)."""
     if "accuracy" not in result:
-        return f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  n {result['n']}"
+        loss = f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  n {result['n']}"
+        return "\n".join(generation_lines(result, loss) if "bleu" in result else [loss])
     lines = [f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  n {result['n']}"]
     if "majority" in result:
         m = result["majority"]
@@ -71,6 +73,33 @@ def eval_table(result: dict) -> str:
         lines += ["", "confusion matrix (rows: true label, columns: predicted)",
                   *aligned(["true \\ predicted", *labels], rows)]
     return "\n".join(lines)
+
+
+def generation_lines(result: dict, loss: str) -> list[str]:
+    """The lines of a text generator's evaluation (`evaluation.generated_text_scores`): its scores
+    beside the `loss` line, the BLEU signature, the decoding settings, then the samples, one JSON
+    value per line (a text's line breaks shown as \\n).
+
+    Example:
+        >>> print("\\n".join(generation_lines(result, "loss 1.2040  perplexity 3.33  n 12")))
+        BLEU 41.20  chrF 60.11  ROUGE-L 55.02  exact match 25.00  (4 inputs, 12 references)
+        loss 1.2040  perplexity 3.33  n 12
+        ...
+    """
+    d = result["decoding"]
+    how = "greedy" if d["num_beams"] == 1 else f"beam search, {d['num_beams']} beams"
+    stop = f", cut at {json.dumps(d['stop'], ensure_ascii=False)}" if d["stop"] else ""
+    lines = [f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  ROUGE-L {result['rouge_l']:.2f}  "
+             f"exact match {result['exact_match']:.2f}  ({result['inputs']} inputs, {result['references']} references)",
+             loss, f"BLEU signature {result['bleu_signature']}",
+             f"decoding: {how}, at most {d['max_new_tokens']} new tokens{stop}"]
+    if result["samples"]:
+        lines += ["", f"samples (the first {len(result['samples'])} inputs)"]
+    for sample in result["samples"]:
+        lines += [f"  input       {json.dumps(sample['input'], ensure_ascii=False)}",
+                  f"  generated   {json.dumps(sample['generated'], ensure_ascii=False)}",
+                  *(f"  reference   {json.dumps(ref, ensure_ascii=False)}" for ref in sample["references"]), ""]
+    return lines[:-1] if result["samples"] else lines
 
 
 def run_summary(directory: str | Path) -> dict:
@@ -117,10 +146,12 @@ def _number(value) -> int | float | None:
 
 
 def headline(result: dict | None) -> dict | None:
-    """The summary numbers of an evaluation (accuracy, macro-F1, loss, perplexity, n: those it has)."""
+    """The summary numbers of an evaluation (accuracy, macro-F1; BLEU, ROUGE-L, exact match of generated
+    text; loss, perplexity, n: those it has)."""
     if not isinstance(result, dict):
         return None
-    return {k: result[k] for k in ("accuracy", "macro_f1", "loss", "perplexity", "n") if _number(result.get(k)) is not None}
+    return {k: result[k] for k in ("accuracy", "macro_f1", "bleu", "rouge_l", "exact_match", "loss", "perplexity", "n")
+            if _number(result.get(k)) is not None}
 
 
 COMPARE_COLUMNS = ["run", "method", "trained", "stored", "size", "best epoch", "dev", "eval", "eval F1", "time"]
@@ -128,7 +159,7 @@ COMPARE_COLUMNS = ["run", "method", "trained", "stored", "size", "best epoch", "
 
 def compare_table(summaries: list[dict]) -> str:
     """`prompttune compare`'s table: one row per `run_summary`, aligned; dev and eval show accuracy
-    (a text task: its loss), "-" where nothing was recorded."""
+    (a text task: its BLEU where text was generated, else its loss), "-" where nothing was recorded."""
     rows = []
     for s in summaries:
         epoch = "-" if s["best_epoch"] is None else f"{s['best_epoch']}/{s['epochs']}" + (" stopped" if s["stopped_early"] else "")
@@ -146,7 +177,9 @@ def _count(value) -> str:
 def _score(numbers: dict | None) -> str:
     if not numbers:
         return "-"
-    return f"{numbers['accuracy']:.4f}" if "accuracy" in numbers else f"loss {numbers['loss']:.4f}"
+    if "accuracy" in numbers:
+        return f"{numbers['accuracy']:.4f}"
+    return f"BLEU {numbers['bleu']:.2f}" if "bleu" in numbers else f"loss {numbers['loss']:.4f}"
 
 
 def aligned(header: list[str], rows: list[list[str]], *, text_columns: int = 1) -> list[str]:

@@ -56,10 +56,16 @@ class TaskSpec:
     (`chat`); None = when the model is causal and its tokenizer has one (a trained task stores which)."""
     response_only_loss: bool = True
     """A generation task's loss covers the target's tokens only; false: the prompt's tokens too."""
+    decoding: dict = field(default_factory=dict)
+    """How its text is generated (`generation.Decoding` fields) where that differs from the defaults,
+    e.g. {"num_beams": 4, "stop": ["\\n"]}; those left out take their defaults."""
 
     def to_dict(self) -> dict:
-        """The spec as JSON values; `options` only where they differ from the defaults."""
-        return {**asdict(self), "options": non_default_options(self.options)}
+        """The spec as JSON values; `options` and `decoding` only where they differ from the defaults."""
+        from .generation import Decoding
+
+        return {**asdict(self), "options": non_default_options(self.options),
+                "decoding": Decoding.from_dict(self.decoding).to_dict()}
 
     def method_options(self) -> MethodOptions:
         try:

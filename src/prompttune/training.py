@@ -40,10 +40,11 @@ CHECKPOINT_TENSORS, CHECKPOINT_STATE = "state.safetensors", "state.json"
 CHECKPOINT_FILES = (CHECKPOINT_STATE, CHECKPOINT_TENSORS)
 """A checkpoint's files, in the order they are removed: without `state.json` there is no checkpoint,
 so a run killed between the two removals leaves none rather than a split pair."""
-RESUME_TOLERATED = ("train.progress", "train.eval_batch_size", "train.checkpoint", "train.report_to", "task.eval")
+RESUME_TOLERATED = ("train.progress", "train.eval_batch_size", "train.checkpoint", "train.report_to", "task.eval",
+                    "decoding.max_new_tokens", "decoding.num_beams", "decoding.stop")
 """Keys of a run's record that may differ when it is resumed: how it is shown, how dev batches are
-sized, whether more checkpoints are written, where the numbers are logged, and the data evaluated
-after training."""
+sized, whether more checkpoints are written, where the numbers are logged, the data evaluated
+after training, and how text is generated (a checkpoint written before runs had `decoding` lacks them)."""
 REPORT_TO = ("none", "tensorboard")
 """Where `train.report_to` sends the numbers of a run as it trains (through accelerate's trackers)."""
 TRACKER_RUN = "train"

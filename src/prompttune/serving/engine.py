@@ -35,7 +35,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from ..chat import ChatFormat
 from ..data import HISTORY, conversation
 from ..errors import ArtifactError, DataError, PromptTuneError
-from ..generation import chat_prompt_ids, check_generates, prompt_ids
+from ..generation import chat_prompt_ids, check_generates, cut_at_stop, prompt_ids
 from ..task import positions_for_tokens
 from ..templates import literal_ids
 from .pool import Prediction, TaskInfo, TaskPool
@@ -69,12 +69,11 @@ class Sampling:
     seed: int | None = None
     """Seeds torch's generator before each chunk of prompts: the same request samples the same text."""
 
-    def generate_kwargs(self, tokenizer) -> dict:
-        kwargs: dict = {"max_new_tokens": self.max_tokens}
+    def generate_kwargs(self) -> dict:
+        """The keyword arguments of `generation.generate_ids` this sampling sets."""
+        kwargs: dict = {"max_new_tokens": self.max_tokens, "stop": self.stop}
         if self.temperature > 0:
             kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
-        if self.stop:
-            kwargs.update(stop_strings=list(self.stop), tokenizer=tokenizer)
         return kwargs
 
 
@@ -234,7 +233,7 @@ class Engine:
         if cancel is not None and cancel.is_set():  # given up while it waited for the model thread
             return []
         task = self._generator(name)
-        kwargs = sampling.generate_kwargs(task.tokenizer)
+        kwargs = sampling.generate_kwargs()
         if cancel is not None:
             kwargs["stopping_criteria"] = StoppingCriteriaList([WhenSet(cancel)])
         if sampling.seed is not None:  # the model thread is the only user of torch's generator
@@ -242,10 +241,9 @@ class Engine:
         new = self.pool.generate_ids(name, prompts, **kwargs)
         out = []
         for ids, generated in zip(prompts, new):
-            text = task.tokenizer.decode(generated, skip_special_tokens=True)
-            cut = min((i for i in (text.find(s) for s in sampling.stop) if i >= 0), default=-1)
-            ended = cut >= 0 or len(generated) < sampling.max_tokens
-            out.append(Completion(text[:cut] if cut >= 0 else text, len(ids), len(generated), "stop" if ended else "length"))
+            text, stopped = cut_at_stop(task.tokenizer.decode(generated, skip_special_tokens=True), sampling.stop)
+            ended = stopped or len(generated) < sampling.max_tokens
+            out.append(Completion(text, len(ids), len(generated), "stop" if ended else "length"))
         return out
 
 
