@@ -212,6 +212,28 @@ def test_examples_with_equal_inputs_are_generated_once_and_scored_against_all_th
     assert result["decoding"] == {"max_new_tokens": 64, "num_beams": 2, "stop": []}
 
 
+def test_eval_groups_chat_rows_by_their_whole_conversation(gpt2_chatml_dir, tmp_path, capsys):
+    """A chat row's input is its last user turn and the turns before it (`history`): rows with the same
+    conversation and other replies are one input with several references."""
+    chat = TaskSpec(method="prefix-tuning", model=str(gpt2_chatml_dir), text_fields=["messages"], labels=[], max_length=96,
+                    template="{messages} {mask}", options={"prompt_length": 2}, generation=True, chat_template=None)
+    task, fp = build_classifier(chat)
+    save_artifact(tmp_path / "chat", chat, task, fp)
+    opening = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a film"}]
+    rows = [opening + [{"role": "assistant", "content": reply}] for reply in ("good fun", "great fun")]
+    rows.append([{"role": "user", "content": "a film"}, {"role": "assistant", "content": "good"}])  # no system turn
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
+    code, out, err = run(capsys, "eval", tmp_path / "chat", "--data", data, "--json", "--max-new-tokens", "3")
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["n"], result["inputs"], result["references"]) == (3, 2, 3)
+    assert [(s["input"], s["references"]) for s in result["samples"]] == [
+        ({"messages": "a film", "history": opening[:1]}, ["good fun", "great fun"]), ({"messages": "a film"}, ["good"])]
+    assert [s["generated"] for s in result["samples"]] == \
+        generate(task, [s["input"] for s in result["samples"]], decoding=Decoding(max_new_tokens=3))
+
+
 def test_evaluate_without_details_gives_the_loss_only_and_generates_nothing(gpt2_dir, monkeypatch):
     """The trainer's dev pass: cheap."""
     task, _ = build_classifier(spec(gpt2_dir, "prefix-tuning"))
