@@ -5,7 +5,6 @@ scored against all of that input's references (BLEU, chrF, ROUGE-L, exact match:
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data import input_key
 from .progress import bar_off
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def generated_text_scores(task: nn.Module, examples: list[dict], *, decoding: De
     grouped: dict[str, tuple[dict, list[str]]] = {}
     for ex in examples:
         given = {k: v for k, v in ex.items() if k != "label"}  # values may be lists or objects (a chat's history)
-        grouped.setdefault(json.dumps(given, sort_keys=True, ensure_ascii=False), (given, []))[1].append(str(ex["label"]))
+        grouped.setdefault(input_key(ex), (given, []))[1].append(str(ex["label"]))
     inputs = [given for given, _ in grouped.values()]
     references = [refs for _, refs in grouped.values()]
     texts = generate(task, inputs, decoding=decoding, batch_size=batch_size, progress=progress)
