@@ -229,3 +229,17 @@ def test_a_generation_tasks_eval_split_keeps_each_inputs_references_together():
     assert len({input_key(ex) for ex in held}) == 3 and len(held) == 9
     assert not {input_key(ex) for ex in held} & {input_key(ex) for ex in rest}, "an evaluated input was trained on"
     assert held_out_split(examples, 0.3, seed=1, by_class=False) == (rest, held)
+
+
+@pytest.mark.parametrize("model", ["gpt2_dir", "gpt2_chatml_dir", "t5_dir"])
+def test_long_prompts_and_targets_fit_max_length_and_keep_their_end_token(model, request):
+    s = TaskSpec(**{**spec(request.getfixturevalue(model), "prefix-tuning").__dict__, "max_length": 48,
+                    "chat_template": None})
+    task, _ = build_classifier(s)
+    long = " ".join(["film"] * 200)
+    batch = task.collate([{"instruction": "Repeat.", "input": long, "label": long}])
+    ids, target = batch["ids"][0], batch["target"][0]
+    assert ids.shape[0] <= 48 and target.shape[0] <= 48, f"{ids.shape[0]} prompt+target tokens for max_length 48"
+    end = task.chat.end_of_turn[-1] if task.chat is not None else task.eos
+    assert target[target != -100][-1].item() == end, "the truncated target lost its end token"
+    assert float(task(batch)) > 0  # the forward pass fits the model's positions

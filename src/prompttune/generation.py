@@ -94,12 +94,24 @@ class TextGenerator(TaskModule):
         lead = " " if self.kind == "causal" and mask_leading_space(self.template) else ""
         return literal_ids(self.tokenizer, lead + str(example["label"]).strip()) + [self.eos]
 
+    def _room(self, example: dict) -> int:
+        """Tokens of max_length left for the template's text and the target, after the chat's own."""
+        history = example.get(HISTORY) or []
+        return self.max_length - (self.chat.wrapper_length(history) if self.chat is not None else 0)
+
     def collate(self, examples: list[dict]) -> dict:
         """Token ids, attention mask and LM targets of a batch: `ids`, `attn` (B, T) and `target`, the
         label of each position (-100: no loss). Causal LMs read prompt + target as one sequence,
         right-padded; seq2seq LMs read the prompt in the encoder and the target in the decoder."""
         targets = [self.target_ids(ex) for ex in examples]
-        prompts = [prompt_ids(self, ex) for ex in examples]
+        if self.kind == "causal":  # prompt + target in max_length: a target keeps at most half of what the chat
+            # template leaves (its end token kept), the prompt's fields are truncated to the rest
+            targets = [t[: max(1, half) - 1] + t[-1:] if len(t) > (half := self._room(ex) // 2) else t
+                       for ex, t in zip(examples, targets)]
+            prompts = [prompt_ids(self, ex, max_length=self.max_length - len(t)) for ex, t in zip(examples, targets)]
+        else:  # the encoder reads the prompt, the decoder the target: each gets max_length
+            targets = [t if len(t) <= self.max_length else t[: self.max_length - 1] + t[-1:] for t in targets]
+            prompts = [prompt_ids(self, ex) for ex in examples]
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
         if self.kind == "seq2seq":
             ids, attn = pad(prompts, pad_id)
@@ -121,12 +133,13 @@ class TextGenerator(TaskModule):
         return out.loss
 
 
-def prompt_ids(task: nn.Module, example: dict) -> list[int]:
+def prompt_ids(task: nn.Module, example: dict, *, max_length: int | None = None) -> list[int]:
     """The ids a generation starts from: causal LMs get the text before `{mask}` (all of it
     without a mask); seq2seq LMs get the whole input with the mask as the first sentinel. With a
     chat template (`task.chat`), that text is the user's last turn of the conversation, after the
     example's earlier turns (`data.HISTORY`), and the assistant's turn is opened after it.
 
+    `max_length` (default: the task's) bounds the prompt's tokens; its fields are truncated to fit.
     Raises `DataError` for a conversation of several turns on a task without a chat template, or
     one whose earlier turns alone take `max_length` tokens."""
     r = getattr(task, "scorer", task)  # a PromptClassifier's scorer holds the same rendering settings
@@ -134,12 +147,13 @@ def prompt_ids(task: nn.Module, example: dict) -> list[int]:
     if history and chat is None:
         raise DataError("a conversation with turns before its last user message needs a model with a chat template "
                         f"and prompt.chat_template on; {type(task.model).__name__}'s task renders its own template only")
-    room = r.max_length
+    limit = room = max_length or r.max_length
     if chat is not None:
         room -= chat.wrapper_length(history)
         if room < 1:
-            raise DataError(f"a conversation's earlier turns take {r.max_length - room} tokens with the chat template, "
-                            f"more than train.max_length {r.max_length}; shorten them or raise train.max_length")
+            raise DataError(f"the chat template's own tokens and the conversation's earlier turns take {limit - room} "
+                            f"tokens, more than the {limit} its prompt may take (train.max_length {r.max_length}); "
+                            "shorten the conversation or raise train.max_length")
     seq2seq = task.kind == "seq2seq"
     enc = encode_example(task.template, task.tokenizer, example, mask_fill=[r.slot] if seq2seq else [],
                          max_length=room, specials=r.specials, soft_base=r.soft_base)
