@@ -307,6 +307,11 @@ def make_gpt2(directory: pathlib.Path) -> pathlib.Path:
     vocab, merges = _train_byte_level_bpe([])
     vocab = {**vocab, "<|endoftext|>": len(vocab)}
     tokenizer = GPT2TokenizerFast(vocab=vocab, merges=merges, model_max_length=MAX_POSITIONS)
+    return _save(_gpt2_model(tokenizer), tokenizer, directory)
+
+
+def _gpt2_model(tokenizer: GPT2TokenizerFast) -> GPT2LMHeadModel:
+    """The tiny GPT-2 for `tokenizer`'s vocabulary and special tokens, seeded."""
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_embd=HIDDEN,
@@ -317,10 +322,10 @@ def make_gpt2(directory: pathlib.Path) -> pathlib.Path:
         initializer_range=INIT_RANGE,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     _seed()
-    model = GPT2LMHeadModel(config)
-    return _save(model, tokenizer, directory)
+    return GPT2LMHeadModel(config)
 
 
 CHATML = (
@@ -342,21 +347,7 @@ def make_gpt2_chat(directory: pathlib.Path) -> pathlib.Path:
                                   eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>")
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tokenizer.chat_template = CHATML
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_embd=HIDDEN,
-        n_layer=LAYERS,
-        n_head=HEADS,
-        n_inner=INTERMEDIATE,
-        n_positions=MAX_POSITIONS,
-        initializer_range=INIT_RANGE,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    _seed()
-    model = GPT2LMHeadModel(config)
-    return _save(model, tokenizer, directory)
+    return _save(_gpt2_model(tokenizer), tokenizer, directory)
 
 
 def _t5_unigram_vocab() -> list[tuple[str, float]]:

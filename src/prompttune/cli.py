@@ -148,6 +148,19 @@ def stop_string(text: str) -> str:
     return text
 
 
+
+def add_input_flags(p: argparse.ArgumentParser, *, label: str, batch_size: int, batch_help: str) -> None:
+    """`predict`'s and `generate`'s inputs: the artifact, --text or --data, --label-field, --batch-size."""
+    p.add_argument("artifact", help="task artifact directory")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--text", action="append", help="an input (repeatable; a JSON object for several fields)")
+    given.add_argument("--data", help="a .tsv/.csv/.json/.jsonl file or saved dataset directory with the task's text "
+                                      f"columns and its {label}; - reads standard input: one input per line, read as a "
+                                      "--text is, blank lines skipped")
+    p.add_argument("--label-field", default=None, help="--data's label column (default: the one used in training, else "
+                                                       "'label'); read where the file has it")
+    p.add_argument("--batch-size", type=whole_number(1), default=batch_size, help=f"{batch_help} (default {batch_size})")
+
 def add_decoding_flags(p: argparse.ArgumentParser) -> None:
     """--max-new-tokens, --num-beams and --stop: each replaces the task's own decoding setting (`decoding_of`)."""
     p.add_argument("--max-new-tokens", type=whole_number(1), default=None,
@@ -271,15 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Predict the label of each --text, or of each row of --data (one model load,\n"
                                    "batched). --data writes JSON lines, one per row, in order.",
                        epilog=EPILOG_PREDICT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("artifact", help="task artifact directory")
-    given = p.add_mutually_exclusive_group(required=True)
-    given.add_argument("--text", action="append", help="an input (repeatable)")
-    given.add_argument("--data", help="a .tsv/.csv/.json/.jsonl file or saved dataset directory with the task's text "
-                                      "columns (the label column is optional); - reads standard input: one input per "
-                                      "line, read as a --text is, blank lines skipped")
-    p.add_argument("--label-field", default=None, help="--data's label column (default: the one used in training, else "
-                                                       "'label'); read where the file has it")
-    p.add_argument("--batch-size", type=whole_number(1), default=32, help="inputs per forward pass (default 32)")
+    add_input_flags(p, label="label column (optional)", batch_size=32, batch_help="inputs per forward pass")
     p.add_argument("--json", action="store_true", help="print one JSON object per input with label and probabilities "
                                                        "(always so with --data)")
     p.add_argument("--out", default=None, help="write the lines to this file (atomically) instead of standard output")
@@ -294,15 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "lines, one per row, in order. For an in-context task, print its chain-of-thought "
                                    "reasoning (if any) and its answer.",
                        epilog=EPILOG_GENERATE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("artifact", help="task artifact directory")
-    given = p.add_mutually_exclusive_group(required=True)
-    given.add_argument("--text", action="append", help="an input (repeatable; JSON object for several fields)")
-    given.add_argument("--data", help="a .tsv/.csv/.json/.jsonl file or saved dataset directory with the task's text "
-                                      "columns (the label column, optional, is written as the reference); - reads "
-                                      "standard input: one input per line, read as a --text is, blank lines skipped")
-    p.add_argument("--label-field", default=None, help="--data's reference column (default: the one used in training, "
-                                                       "else 'label'); read where the file has it")
-    p.add_argument("--batch-size", type=whole_number(1), default=8, help="inputs generated together (default 8)")
+    add_input_flags(p, label="label column (optional) as the reference", batch_size=8,
+                    batch_help="inputs generated together")
     add_decoding_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per input (always so with --data)")
     p.add_argument("--out", default=None, help="write the lines to this file (atomically) instead of standard output")
