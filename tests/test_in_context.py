@@ -150,6 +150,15 @@ def test_chain_of_thought_generates_reasoning_then_scores_the_answer_after_it(gp
     assert clf.explain(QUERIES[:1])[0]["reasoning"] == out[0]["reasoning"]
 
 
+def test_a_demonstrations_reasoning_is_one_line_as_generated_reasoning_is(gpt2):
+    template, verbalizer = parse_template("review : {sentence} sentiment : {mask}"), parse_verbalizer({0: "bad", 1: "good"})
+    messy = [{**ex, "reasoning": "it says\n\nso   here"} for ex in CONTEXT[:2]]
+    clean = [{**ex, "reasoning": "it says so here"} for ex in CONTEXT[:2]]
+    a = InContextClassifier(gpt2, template, verbalizer, 40, messy, chain_of_thought="few-shot")
+    b = InContextClassifier(gpt2, template, verbalizer, 40, clean, chain_of_thought="few-shot")
+    assert a.scorer.prefix.ids == b.scorer.prefix.ids, "a blank line in a demonstration's reasoning reached the prompt"
+
+
 # --- end to end --------------------------------------------------------------------------------
 
 def write_config(tmp_path, gpt2_dir, method: str) -> str:

@@ -187,6 +187,9 @@ class InContextClassifier(PromptClassifier):
             if lacking or not context:
                 raise ConfigError(f"few-shot chain-of-thought needs demonstrations with their reasoning in a "
                                   f"{reasoning_field!r} column (method.reasoning_field); {len(lacking)} of {len(context)} lack it")
+            # Written as generated reasoning is (`cut_reasoning`): one line, so a blank line in the data never
+            # reads as the end of a demonstration.
+            context = [{**ex, reasoning_field: " ".join(str(ex[reasoning_field]).split())} for ex in context]
         super().__init__(backbone, template, verbalizer, max_length, word_score=word_score)
         self.chain_of_thought, self.answer_trigger, self.max_reasoning_tokens = chain_of_thought, answer_trigger, max_reasoning_tokens
         self.reasoning_field = reasoning_field
