@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from prompttune.artifacts import WEIGHTS, save_artifact
 from prompttune.backbones import SMOLLM2
 from prompttune.config import load_config
 from prompttune.recipes import run_training
@@ -76,7 +77,7 @@ def run(method: str, raw: dict, splits, out_root: Path) -> dict:
     summary = run_training(cfg, out_root / method, splits=splits, log=lambda msg: None)
     seconds = time.perf_counter() - start
     ev = summary["eval"]
-    weights = out_root / method / "model.safetensors"
+    weights = out_root / method / WEIGHTS
     row = {"method": method, "trainable_parameters": summary["trainable_parameters"],
            "artifact_bytes": weights.stat().st_size if weights.exists() else 0,
            "bleu": round(ev["bleu"], 2), "chrf": round(ev["chrf"], 2), "rouge_l": round(ev["rouge_l"], 2),
@@ -114,6 +115,28 @@ def instruction_splits(args) -> tuple[list[dict], list[dict], list[dict]]:
     return train, [], test
 
 
+def artifact_sizes(args) -> None:
+    """Each method's artifact size without training it (the saved tensors' shapes do not depend on
+    their values), written into an existing record's rows as `artifact_bytes`."""
+    from prompttune.recipes import task_spec
+    from prompttune.task import build_classifier
+
+    out = Path(args.out)
+    record = json.loads(out.read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in record["rows"]:
+            cfg = load_config(raw=config(row["method"], record["setup"]["template"].removeprefix(SOFT),
+                                         ["mr"] if args.which == "e2e" else ["instruction", "input"],
+                                         "text" if args.which == "e2e" else "output", args))
+            spec = task_spec(cfg, [], [])
+            classifier, fp = build_classifier(spec)
+            save_artifact(Path(tmp) / row["method"], spec, classifier, fp)
+            row["artifact_bytes"] = (Path(tmp) / row["method"] / WEIGHTS).stat().st_size
+            print(row["method"], row["artifact_bytes"])
+    record["setup"]["artifact_bytes_from"] = "--sizes: each method's task saved untrained (the same tensors' shapes)"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("which", choices=["e2e", "instructions"])
@@ -129,6 +152,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--note", default="")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--sizes", action="store_true", help="only save each method's task untrained and write the artifact "
+                                                         "sizes (bytes of its weights file) into --out's record")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,6 +162,8 @@ def main() -> None:
     args.max_length = args.max_length or (128 if e2e else 384)
     args.max_new_tokens = args.max_new_tokens or (48 if e2e else 32)
     args.out = args.out or str(ROOT / f"benchmarks/results/generation_{args.which}.json")
+    if args.sizes:
+        return artifact_sizes(args)
     load_before = os.getloadavg()
     splits = e2e_splits(args) if e2e else instruction_splits(args)
     if e2e:

@@ -118,7 +118,21 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
         unknown = sorted({ex["label"] for ex in examples} - set(labels))
         if unknown:
             raise DataError(f"the {name} data has label(s) {unknown} that the task does not know; task labels: {labels}")
-    spec = TaskSpec(
+    spec = task_spec(cfg, labels, train_ex)
+    # A resume replaces the artifact its run may have saved before; an interrupted run's checkpoint is
+    # refused below with its own message (pass --resume or --overwrite), which covers the artifact too.
+    interrupted = (Path(out_dir) / CHECKPOINT / CHECKPOINT_STATE).is_file()
+    with claim_output(out_dir, owned=TRAIN_FILES, what="a task artifact", overwrite=overwrite or resume or interrupted,
+                      is_ours=is_artifact) as out:
+        _check_checkpoint(cfg, out / CHECKPOINT, (train_ex, dev_ex), resume=resume, overwrite=overwrite, log=log)
+        return _train_and_save(cfg, spec, out, (train_ex, dev_ex, test_ex), resume=resume, log=log, files=files)
+
+
+def task_spec(cfg: RunConfig, labels: list[str], train_examples: list[dict]) -> TaskSpec:
+    """The task a run config defines (what its artifact's `config.json` stores), with `labels` (the
+    class order, `task_labels`; none for a generation task) and the training examples (the pool
+    demonstrations are drawn from)."""
+    return TaskSpec(
         method=cfg.method.name,
         model=_absolute_if_local(cfg.model),
         text_fields=list(cfg.task.text_fields),
@@ -131,18 +145,11 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
         max_length=cfg.train.max_length,
         options=cfg.method.options(),
         generation=cfg.task.generation,
-        demonstrations=_demonstrations(cfg, train_ex),
+        demonstrations=_demonstrations(cfg, train_examples),
         chat_template=None if cfg.prompt.chat_template == "auto" else cfg.prompt.chat_template,
         response_only_loss=cfg.task.response_only_loss,
         decoding=cfg.decoding.to_dict(),
     )
-    # A resume replaces the artifact its run may have saved before; an interrupted run's checkpoint is
-    # refused below with its own message (pass --resume or --overwrite), which covers the artifact too.
-    interrupted = (Path(out_dir) / CHECKPOINT / CHECKPOINT_STATE).is_file()
-    with claim_output(out_dir, owned=TRAIN_FILES, what="a task artifact", overwrite=overwrite or resume or interrupted,
-                      is_ours=is_artifact) as out:
-        _check_checkpoint(cfg, out / CHECKPOINT, (train_ex, dev_ex), resume=resume, overwrite=overwrite, log=log)
-        return _train_and_save(cfg, spec, out, (train_ex, dev_ex, test_ex), resume=resume, log=log, files=files)
 
 
 def _check_checkpoint(cfg: RunConfig, ckpt: Path, splits: tuple, *, resume: bool, overwrite: bool, log) -> None:
