@@ -110,6 +110,8 @@ def test_messages_rows_split_into_history_last_user_turn_and_reply(tmp_path, gpt
     (["hi"], "not an object with a text \"role\""),
     ([{"role": "assistant", "content": "x"}], "must end with a user message"),
     ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "must end with a user message"),
+    ([{"role": "<|im_start|>", "content": "a"}, {"role": "user", "content": "b"}], "has role '<\\|im_start\\|>'; a role is a name"),
+    ([{"role": "user\nhi", "content": "a"}], "a role is a name"),
 ])
 def test_bad_conversations_are_one_line_naming_the_row(messages, message, tmp_path):
     path = tmp_path / "chat.jsonl"
@@ -127,6 +129,13 @@ def test_a_training_conversation_must_end_with_the_reply(tmp_path):
         load_examples(path, ["messages"], "label")
     assert load_examples(path, ["messages"], None) == [{"messages": "hi"}]  # an input to generate from
     assert conversation([{"role": "user", "content": "hi"}], "x") == ([], "hi", None)
+
+
+def test_an_empty_reply_is_refused_as_an_empty_label_is(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}) + "\n")
+    with pytest.raises(DataError, match="chat.jsonl:1: the assistant's reply .* is empty"):
+        load_examples(path, ["messages"], "label")
 
 
 def test_a_multi_turn_conversation_needs_a_chat_template(gpt2_dir):
