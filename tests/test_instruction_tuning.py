@@ -153,6 +153,20 @@ def test_an_encoder_decoder_model_refuses_the_loss_on_its_prompt(t5_dir):
         build_classifier(spec(t5_dir, "prefix-tuning", response_only_loss=False))
 
 
+def test_an_encoder_decoder_model_refuses_a_chat_template(t5_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(t5_dir, tmp_path / "t5", dirs_exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "t5")
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    tok.save_pretrained(tmp_path / "t5")
+    with pytest.raises(ConfigError, match="is an encoder-decoder model: a chat template renders a causal LM's prompt"):
+        build_classifier(TaskSpec(**{**spec(tmp_path / "t5", "lora").__dict__, "chat_template": True}))
+    assert build_classifier(spec(tmp_path / "t5", "lora"))[0].chat is None  # auto: the task's template
+
+
 def test_chat_template_key_is_checked(gpt2_dir):
     from prompttune.config import load_config
 

@@ -70,6 +70,9 @@ class TextGenerator(TaskModule):
         vocab = self.tokenizer.get_vocab()
         self.slot = vocab.get("<extra_id_0>", self.tokenizer.mask_token_id)
         self.eos = self.tokenizer.eos_token_id
+        if chat and self.kind == "seq2seq":  # its encoder reads the task's template; a conversation would be dropped
+            raise ConfigError(f"prompt.chat_template is true, but {backbone.name!r} is an encoder-decoder model: a chat "
+                              "template renders a causal LM's prompt; set prompt.chat_template to auto or false")
         self.chat = require_chat_format(backbone) if chat else None
         """The chat template the prompt is rendered in (`chat.ChatFormat`), or None: the task's template alone."""
         self.stop_ids = tuple(t for t in self.chat.stop_ids() if t != self.eos) if self.chat is not None else ()
