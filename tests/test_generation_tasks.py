@@ -453,6 +453,14 @@ def test_bad_decoding_flags_are_one_line(flags, expected, writer, capsys):
     assert one_error(capsys, "generate", task, "--text", "name[Aromi]", *flags) == f"prompttune generate: error: {expected}"
 
 
+def test_more_new_tokens_than_the_model_has_positions_for_is_one_line(writer, capsys):
+    task, data, _ = writer  # GPT-2's position table: 128 here, 4 of them taken by the prefix
+    for command, given in (("generate", ["--text", "name[Aromi]"]), ("eval", ["--data", data])):
+        line = one_error(capsys, command, task, *given, "--max-new-tokens", "1000")
+        assert line.startswith(f"prompttune {command}: error: input 1 is ") and "max_new_tokens is 1000: together more " \
+            "than the 124 positions the model has for this task" in line, line
+
+
 def test_a_bad_generate_data_row_is_one_line_naming_the_file_and_row(writer, tmp_path, capsys):
     task, _, _ = writer
     data = tmp_path / "bad.jsonl"

@@ -110,6 +110,8 @@ def test_messages_rows_split_into_history_last_user_turn_and_reply(tmp_path, gpt
     (["hi"], "not an object with a text \"role\""),
     ([{"role": "assistant", "content": "x"}], "must end with a user message"),
     ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "must end with a user message"),
+    ([{"role": "<|im_start|>", "content": "a"}, {"role": "user", "content": "b"}], "has role '<\\|im_start\\|>'; a role is a name"),
+    ([{"role": "user\nhi", "content": "a"}], "a role is a name"),
 ])
 def test_bad_conversations_are_one_line_naming_the_row(messages, message, tmp_path):
     path = tmp_path / "chat.jsonl"
@@ -129,6 +131,13 @@ def test_a_training_conversation_must_end_with_the_reply(tmp_path):
     assert conversation([{"role": "user", "content": "hi"}], "x") == ([], "hi", None)
 
 
+def test_an_empty_reply_is_refused_as_an_empty_label_is(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}) + "\n")
+    with pytest.raises(DataError, match="chat.jsonl:1: the assistant's reply .* is empty"):
+        load_examples(path, ["messages"], "label")
+
+
 def test_a_multi_turn_conversation_needs_a_chat_template(gpt2_dir):
     s = TaskSpec(method="lora", model=str(gpt2_dir), text_fields=["messages"], labels=[], template="{messages} {mask}",
                  generation=True, max_length=64)
@@ -142,6 +151,20 @@ def test_a_multi_turn_conversation_needs_a_chat_template(gpt2_dir):
 def test_an_encoder_decoder_model_refuses_the_loss_on_its_prompt(t5_dir):
     with pytest.raises(ConfigError, match="encoder-decoder model: its encoder reads the prompt"):
         build_classifier(spec(t5_dir, "prefix-tuning", response_only_loss=False))
+
+
+def test_an_encoder_decoder_model_refuses_a_chat_template(t5_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(t5_dir, tmp_path / "t5", dirs_exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "t5")
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    tok.save_pretrained(tmp_path / "t5")
+    with pytest.raises(ConfigError, match="is an encoder-decoder model: a chat template renders a causal LM's prompt"):
+        build_classifier(TaskSpec(**{**spec(tmp_path / "t5", "lora").__dict__, "chat_template": True}))
+    assert build_classifier(spec(tmp_path / "t5", "lora"))[0].chat is None  # auto: the task's template
 
 
 def test_chat_template_key_is_checked(gpt2_dir):

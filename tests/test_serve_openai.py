@@ -176,6 +176,13 @@ def test_errors_reach_the_client_as_its_exceptions(client, url):
     assert r.status_code == 400 and "generates text: use POST /v1/completions" in r.json()["detail"]
 
 
+def test_a_chat_ends_with_a_user_message_that_has_text(client):
+    with pytest.raises(openai.BadRequestError, match="the conversation ends with an assistant message"):
+        client.chat.completions.create(model="writer", messages=[*CHAT, {"role": "assistant", "content": "good"}])
+    with pytest.raises(openai.UnprocessableEntityError, match=r"messages\[1\].content '  ' has no text"):
+        client.chat.completions.create(model="writer", messages=[CHAT[0], {"role": "user", "content": "  "}])
+
+
 def test_a_chat_needs_a_chat_template(client, writer, engine, monkeypatch):
     monkeypatch.setattr(engine.task("writer").classifier.tokenizer, "chat_template", None)
     with pytest.raises(openai.BadRequestError, match="its tokenizer has no chat template; use /v1/completions"):

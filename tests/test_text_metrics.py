@@ -73,3 +73,13 @@ def test_rouge_l_keeps_only_ascii_letters_and_digits():
     """rouge-score's tokenizer: text in other scripts has no tokens (the docstring says to read chrF)."""
     result = generation_metrics(["北京是首都"], [["北京是中国的首都"]])
     assert result["rouge_l"] == 0.0 and result["chrf"] > 0
+
+
+@pytest.mark.parametrize(("hypotheses", "references", "message"), [
+    (["a"], [[None]], r"input 1 has a reference that is not text \(None\)"),
+    (["a", "b"], [["a"], ["b", None]], r"input 2 has a reference that is not text"),
+    ([None], [["a"]], r"generated text 1 is not text"),
+])
+def test_a_reference_or_text_that_is_not_a_string_is_refused(hypotheses, references, message):
+    with pytest.raises(DataError, match=message):
+        generation_metrics(hypotheses, references)

@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import random
+import re
 import unicodedata
 from collections import defaultdict
 from pathlib import Path
@@ -288,6 +289,8 @@ def _example(row: Row, text_fields: list[str], label_field: str | None, labels: 
         if reply is None:
             raise DataError(f"{row.where}: the conversation ends with a user turn; a training or evaluation row needs "
                             "the assistant's reply as its last message")
+        if not reply.strip():
+            raise DataError(f"{row.where}: the assistant's reply (the conversation's last message) is empty")
         example["label"] = unicode_text(reply, f"{row.where}: the assistant's reply")
     elif label_field:
         raise DataError(f"{row.where}: the row has no column(s) {[label_field]}")
@@ -296,13 +299,18 @@ def _example(row: Row, text_fields: list[str], label_field: str | None, labels: 
     return example
 
 
+_ROLE = re.compile(r"[A-Za-z0-9_-]+")
+"""What a message's role may be: a name, which a chat template writes into the conversation as text."""
+
+
 def conversation(messages: list, where: str) -> tuple[list[dict], str, str | None]:
     """A chat conversation (`[{"role": "user", "content": "..."}, ...]`) split as a generation task
     reads it: (the turns before the last user turn, that turn's content, the assistant's reply after
     it or None). Only "role" and "content" of each message are kept.
 
     Raises `DataError` naming `where` and the message for an empty list, a message that is not an
-    object or lacks a text role or content, and a conversation whose last user turn is not last or
+    object or lacks a text role or content, a role that is not a name (letters, digits, _ and -:
+    a chat template writes it as text, so "<|im_start|>" there would become markup), and a conversation whose last user turn is not last or
     followed only by the assistant's reply.
 
     Example:
@@ -316,6 +324,9 @@ def conversation(messages: list, where: str) -> tuple[list[dict], str, str | Non
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not m["role"].strip():
             raise DataError(f"{where}: message {i} is not an object with a text \"role\" (e.g. "
                             '{"role": "user", "content": "..."})')
+        if not _ROLE.fullmatch(m["role"]):  # the chat template writes the role as its own text: no markup in it
+            raise DataError(f"{where}: message {i} has role {m['role']!r}; a role is a name of letters, digits, '_' "
+                            "and '-' (user, assistant, system, tool...)")
         if not isinstance(m.get("content"), str):
             raise DataError(f"{where}: message {i} ({m['role']}) has no text \"content\"")
         turns.append({"role": m["role"], "content": unicode_text(m["content"], f"{where}: message {i}")})

@@ -70,6 +70,9 @@ class TextGenerator(TaskModule):
         vocab = self.tokenizer.get_vocab()
         self.slot = vocab.get("<extra_id_0>", self.tokenizer.mask_token_id)
         self.eos = self.tokenizer.eos_token_id
+        if chat and self.kind == "seq2seq":  # its encoder reads the task's template; a conversation would be dropped
+            raise ConfigError(f"prompt.chat_template is true, but {backbone.name!r} is an encoder-decoder model: a chat "
+                              "template renders a causal LM's prompt; set prompt.chat_template to auto or false")
         self.chat = require_chat_format(backbone) if chat else None
         """The chat template the prompt is rendered in (`chat.ChatFormat`), or None: the task's template alone."""
         self.stop_ids = tuple(t for t in self.chat.stop_ids() if t != self.eos) if self.chat is not None else ()
@@ -291,7 +294,7 @@ def generate_ids(classifier: PromptClassifier | TextGenerator, prompts: list[lis
     Greedy, or beam search with `num_beams`; generation of a row ends at the end-of-sequence token, at the
     task's extra end ids (`stop_ids`, a chat template's end of turn) and once its text ends with one of the
     `stop` strings (transformers' `stop_strings`; the ids keep the stop string, `cut_at_stop` cuts the
-    text). Prompts are batched by length (fewer pad tokens), on the model's device; `progress` shows a
+    text). Raises `ConfigError` if a prompt and `max_new_tokens` do not fit the model's positions. Prompts are batched by length (fewer pad tokens), on the model's device; `progress` shows a
     bar on a terminal. Other keyword arguments go to transformers' `generate` (`do_sample=True`, ...).
 
     Example:
@@ -299,6 +302,7 @@ def generate_ids(classifier: PromptClassifier | TextGenerator, prompts: list[lis
         [[1049, 13]]
     """
     check_generates(classifier)
+    _require_room(classifier, prompts, max_new_tokens)
     model: nn.Module = classifier.model
     tok = classifier.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -327,6 +331,22 @@ def generate_ids(classifier: PromptClassifier | TextGenerator, prompts: list[lis
     finally:
         classifier.train(was_training)
     return out
+
+
+def _require_room(classifier: nn.Module, prompts: list[list[int]], max_new_tokens: int) -> None:
+    """Raise `ConfigError` if a prompt and `max_new_tokens` new tokens do not fit the model's position table
+    (`task.positions_for_tokens`: GPT-2's 1024...; generating past it would crash the forward pass)."""
+    from .task import positions_for_tokens
+
+    found = positions_for_tokens(classifier)
+    if found is None:
+        return
+    room = found[0] - found[1]
+    for i, ids in enumerate(prompts):
+        if len(ids) + max_new_tokens > room:
+            raise ConfigError(f"input {i + 1} is {len(ids)} tokens and decoding.max_new_tokens is {max_new_tokens}: "
+                              f"together more than the {room} positions the model has for this task; lower "
+                              f"max_new_tokens (--max-new-tokens) to {max(room - len(ids), 0)} or less")
 
 
 def generate(classifier: PromptClassifier | TextGenerator, examples: list[dict], *, decoding: Decoding | None = None,

@@ -33,7 +33,7 @@ def generation_metrics(hypotheses: list[str], references: list[list[str]]) -> di
     - `n`: inputs; `references`: references over all inputs.
 
     No inputs give every score 0.0 with `n` 0 and no signature (None). Raises `DataError` if the two
-    lists differ in length or an input has no reference.
+    lists differ in length, an input has no reference, or a text or reference is not a string (None...).
 
     Example:
         >>> generation_metrics(["Aromi is a pub serving Italian food.", "Cocum is a coffee shop."],
@@ -51,6 +51,12 @@ def generation_metrics(hypotheses: list[str], references: list[list[str]]) -> di
     empty = next((i for i, refs in enumerate(references) if not refs), None)
     if empty is not None:
         raise DataError(f"input {empty + 1} has no reference to score its text against")
+    odd = next(((i, r) for i, refs in enumerate(references) for r in refs if not isinstance(r, str)), None)
+    if odd is not None:
+        raise DataError(f"input {odd[0] + 1} has a reference that is not text ({odd[1]!r})")
+    odd = next(((i, h) for i, h in enumerate(hypotheses) if not isinstance(h, str)), None)
+    if odd is not None:
+        raise DataError(f"generated text {odd[0] + 1} is not text ({odd[1]!r})")
     if not hypotheses:  # sacrebleu cannot score an empty corpus (nor sign one: nrefs is unknown)
         return {"bleu": 0.0, "chrf": 0.0, "rouge_l": 0.0, "exact_match": 0.0, "n": 0, "references": 0,
                 "bleu_signature": None}

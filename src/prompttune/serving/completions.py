@@ -30,7 +30,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from ..data import examples_from_texts
+from ..data import examples_from_texts, has_text
 from ..errors import DataError, PromptTuneError
 from .api import APIError, by_json_type
 from .batcher import MicroBatcher, QueueFull
@@ -194,6 +194,10 @@ def openai_routes(engine: Engine, batcher: MicroBatcher, limits: Limits, generat
         """Answer a conversation with a generation task whose tokenizer has a chat template."""
         generation_task(engine, body.model)
         messages = [m.model_dump() for m in body.messages]
+        for i, m in enumerate(messages):  # as a blank prompt is refused (`prompt_example`)
+            if not has_text(m["content"]):
+                raise APIError(422, f"messages[{i}].content {m['content']!r} has no text (empty, or only whitespace or "
+                                    "invisible characters)", loc=("body", "messages", i, "content"))
         tokens = body.max_completion_tokens or body.max_tokens or 16
         done = await run(request, 1, engine.chat, body.model, messages, sampling(body, tokens))
         return ChatCompletionResponse(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model,

@@ -200,7 +200,10 @@ class Engine:
                                       "a chat takes the place of one")
         field = info.text_fields[0]
         try:
-            history, user, _ = conversation(messages, "messages")
+            history, user, reply = conversation(messages, "messages")
+            if reply is not None:  # a reply to continue is not offered; answering the user instead would drop it
+                raise InputError("messages", f"task {name!r}: the conversation ends with an assistant message; end it "
+                                             "with the user message to answer")
             if task.chat is not None:  # trained on chats: the last user turn fills the task's template, as in training
                 prompt = prompt_ids(task, {field: user, HISTORY: history})
             else:  # the rendered chat takes the place of the task's text field
