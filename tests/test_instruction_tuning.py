@@ -128,6 +128,8 @@ def test_a_training_conversation_must_end_with_the_reply(tmp_path):
     with pytest.raises(DataError, match="chat.jsonl:1: the conversation ends with a user turn"):
         load_examples(path, ["messages"], "label")
     assert load_examples(path, ["messages"], None) == [{"messages": "hi"}]  # an input to generate from
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}))
+    assert load_examples(path, ["messages"], None) == [{"messages": "hi", "label": "yo"}], "the reply is the reference"
     assert conversation([{"role": "user", "content": "hi"}], "x") == ([], "hi", None)
 
 

@@ -272,20 +272,21 @@ def _example(row: Row, text_fields: list[str], label_field: str | None, labels: 
     lacking = [c for c in wanted if c not in row.values]
     if lacking:  # JSON rows need not share the first row's keys
         raise DataError(f"{row.where}: the row has no column(s) {lacking}")
-    example, reply = {}, None
+    example, reply, chat = {}, None, False
     for f in text_fields:
         value = row.values.get(f)
         if isinstance(value, list):
             if HISTORY in example:
                 raise DataError(f"{row.where}: two columns hold conversations; a task reads at most one")
             example[HISTORY], example[f], reply = conversation(value, f"{row.where}: column {f!r}")
+            chat = True
         else:
             example[f] = _text(value, f"{row.where}: column {f!r}")
     if not any(has_text(example[f]) for f in text_fields):
         raise DataError(f"{row.where}: the text column(s) {list(text_fields)} are empty; fill in the row or remove it")
     if label_field and label_field in row.values:
         example["label"] = _label(row.values[label_field], row.where, label_field, labels)
-    elif label_field and HISTORY in example:
+    elif chat and (label_field or reply is not None):  # the reply is the target (or, to generate from, the reference)
         if reply is None:
             raise DataError(f"{row.where}: the conversation ends with a user turn; a training or evaluation row needs "
                             "the assistant's reply as its last message")
