@@ -268,3 +268,23 @@ def test_long_prompts_and_targets_fit_max_length_and_keep_their_end_token(model,
     end = task.chat.end_of_turn[-1] if task.chat is not None else task.eos
     assert target[target != -100][-1].item() == end, "the truncated target lost its end token"
     assert float(task(batch).detach()) > 0  # the forward pass fits the model's positions
+
+
+def test_a_chat_task_refuses_to_reload_under_another_chat_template(gpt2_chatml_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from prompttune.errors import ModelError
+
+    model = tmp_path / "model"
+    shutil.copytree(gpt2_chatml_dir, model)
+    s = TaskSpec(**{**spec(model, "lora").__dict__, "chat_template": None})
+    save_artifact(tmp_path / "task", s, *build_classifier(s))
+    assert len(json.loads((tmp_path / "task" / "config.json").read_text())["chat_template_sha256"]) == 64
+    load_artifact(tmp_path / "task")  # the same template: reloads
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.chat_template = tok.chat_template.replace("You are a tiny assistant.", "You are a pirate.")
+    tok.save_pretrained(model)
+    with pytest.raises(ModelError, match="trained with another chat template"):
+        load_artifact(tmp_path / "task")

@@ -29,7 +29,7 @@ from torch import nn
 
 from . import __version__
 from .backbones import KINDS, Backbone, compare_fingerprints
-from .errors import ArtifactError, PromptTuneError
+from .errors import ArtifactError, ModelError, PromptTuneError
 from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
 from .lm_head import COPY_INFO, COPY_WEIGHTS, head_copy
 from .methods import MethodOptions
@@ -69,8 +69,9 @@ def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, 
         "prompttune_version": __version__,
         **spec.to_dict(),
         "lm_head": COPY_WEIGHTS if head else None,
-        # What `auto` chose: the reload renders prompts exactly as training did.
+        # What `auto` chose, and which template: the reload renders prompts exactly as training did.
         "chat_template": getattr(classifier, "chat", None) is not None,
+        **({"chat_template_sha256": classifier.chat.sha256} if getattr(classifier, "chat", None) is not None else {}),
         "backbone": base_fingerprint,
         # Counted as a reload has them: the stored (folded) form, not P-tuning's encoder.
         "trainable_parameters": stored,
@@ -181,6 +182,7 @@ _CONFIG_KEYS = {
     "generation": (lambda v: isinstance(v, bool), "true or false"),
     "chat_template": (lambda v: isinstance(v, bool), "true or false"),
     "response_only_loss": (lambda v: isinstance(v, bool), "true or false"),
+    "chat_template_sha256": (lambda v: isinstance(v, str) and bool(_SHA256.fullmatch(v)), "64 hex digits"),
     "demonstrations": (lambda v: v is None or (isinstance(v, list) and all(isinstance(d, dict) for d in v)),
                        "a list of examples or null"),
     "backbone": (lambda v: isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("name", "kind", "embedding_sha256")),
@@ -281,6 +283,7 @@ def load_artifact(directory: str | Path, backbone: Backbone | None = None, *,
         raise ArtifactError(f"cannot rebuild the task saved in {str(directory)!r}: {e}") from e
     try:
         compare_fingerprints(config["backbone"], fp)
+        _same_chat_template(config, classifier, directory)
         load_trainable(classifier, weights, source=str(directory / WEIGHTS))
     except Exception:
         detach_parts(classifier)
@@ -291,6 +294,16 @@ def load_artifact(directory: str | Path, backbone: Backbone | None = None, *,
         merge_lora(classifier.model)
     classifier.eval()
     return classifier, config
+
+
+def _same_chat_template(config: dict, classifier: nn.Module, directory: Path) -> None:
+    """Refuse a task trained in a chat template the model's tokenizer no longer has (edited, replaced):
+    its prompts would render otherwise than in training. Raises `ModelError` naming both checksums."""
+    saved, chat = config.get("chat_template_sha256"), getattr(classifier, "chat", None)
+    if saved is not None and chat is not None and chat.sha256 != saved:
+        raise ModelError(f"the task saved in {str(directory)!r} was trained with another chat template than the one "
+                         f"model {config['model']!r} has now (sha256 {saved[:12]}… then, {chat.sha256[:12]}… now): its "
+                         "prompts would render differently; restore the template or train the task again")
 
 
 def read_saved(directory: str | Path, *, attempts: int = 5, wait_s: float = 0.02) -> tuple[dict, dict[str, torch.Tensor]]:

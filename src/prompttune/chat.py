@@ -24,6 +24,7 @@ FLAN (Wei et al. 2022) for instruction/input/output tuning.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -59,6 +60,11 @@ class ChatFormat:
 
     tokenizer: object
     end_of_turn: tuple[int, ...]
+
+    @property
+    def sha256(self) -> str:
+        """The chat template's checksum: a task records it, and refuses to reload under another template."""
+        return hashlib.sha256(str(self.tokenizer.chat_template).encode("utf-8")).hexdigest()
 
     @classmethod
     def of(cls, tokenizer) -> ChatFormat | None:
