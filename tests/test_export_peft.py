@@ -229,3 +229,22 @@ def test_cli_export_explains_itself(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "usage: prompttune export" in out and "--format {peft}" in out and "--out" in out
+
+
+@pytest.mark.parametrize(("method", "model_fixture", "template", "options"), [
+    ("lora", "gpt2_chatml_dir", "{text} {mask}", {"lora_rank": 2}),
+    ("prefix-tuning", "gpt2_chatml_dir", "{text} {mask}", {"prompt_length": 3, "reparam_hidden": 16}),
+    ("prompt-tuning", "gpt2_dir", "{soft:3}{text} is {mask}", {}),
+])
+def test_a_generation_task_exports_and_peft_reproduces_its_prompt_logits(method, model_fixture, template, options, request,
+                                                                          tmp_path):
+    spec = TaskSpec(max_length=64, method=method, model=str(request.getfixturevalue(model_fixture)), text_fields=["text"],
+                    labels=[], template=template, options=options, generation=True, chat_template=None)
+    clf, fp = build_classifier(spec)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in clf.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.5)
+    save_artifact(tmp_path / "task", spec, clf, fp)
+    assert export_peft(tmp_path / "task", tmp_path / "peft") == tmp_path / "peft"  # export compares the logits itself

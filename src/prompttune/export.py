@@ -250,17 +250,31 @@ def _lora_export(artifact_dir: Path, clf, spec, kind: str):
     return peft_config, weights
 
 
+def _probe_batch(clf) -> tuple[torch.Tensor, torch.Tensor, list[int] | None]:
+    """(ids, attention mask, decoder start ids) of the probe texts as the task reads them: a label-word
+    task's scored input, a generation task's prompt (chat template included, right-padded)."""
+    examples = [{f: text for f in clf.template.fields} for text in PROBES]
+    if getattr(clf, "generates", False):
+        from .generation import prompt_ids
+        from .scoring import pad
+
+        tok = clf.tokenizer
+        ids, attn = pad([prompt_ids(clf, ex) for ex in examples], tok.pad_token_id if tok.pad_token_id is not None else clf.eos)
+        return ids, attn, [getattr(clf.model.config, "decoder_start_token_id", None) or 0]  # seq2seq: the decoder's start
+    batch = clf.scorer.encode(examples)
+    key = "ids" if "ids" in batch else min(k for k in batch if k.startswith("ids"))
+    return batch[key], batch[key.replace("ids", "attn")], getattr(clf.scorer, "lead", None)  # seq2seq scorers have one
+
+
 def _check_with_peft(clf, spec, kind: str, adapter_dir: Path, n_virtual: int) -> float:
     """Load the adapter with PEFT on a fresh copy of the model; its logits must equal prompttune's."""
     import peft
     from peft import PeftModel
 
-    batch = clf.scorer.encode([{f: text for f in clf.template.fields} for text in PROBES])
-    key = "ids" if "ids" in batch else min(k for k in batch if k.startswith("ids"))
-    ids, attn = batch[key], batch[key.replace("ids", "attn")]
+    ids, attn, lead = _probe_batch(clf)
     extra = {}
     if kind == "seq2seq":
-        extra["decoder_input_ids"] = torch.tensor([clf.scorer.lead]).expand(ids.shape[0], -1)
+        extra["decoder_input_ids"] = torch.tensor([lead]).expand(ids.shape[0], -1)
     with torch.no_grad():
         bind_prompts(clf)
         ours = clf.model(input_ids=ids, attention_mask=attn, **extra).logits
