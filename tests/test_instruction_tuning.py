@@ -288,3 +288,23 @@ def test_a_chat_task_refuses_to_reload_under_another_chat_template(gpt2_chatml_d
     tok.save_pretrained(model)
     with pytest.raises(ModelError, match="trained with another chat template"):
         load_artifact(tmp_path / "task")
+
+
+def test_render_shows_the_chat_prompt_and_the_target_training_reads(gpt2_chatml_dir, tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""
+model: {gpt2_chatml_dir}
+task: {{train: {data}, text_fields: [instruction, input], label_field: output, generation: true}}
+method: {{name: lora}}
+train: {{max_length: 96}}
+""")
+    assert main(["render", str(config), "--json", "--n", "1"]) == 0
+    [rendered] = json.loads(capsys.readouterr().out)["inputs"]
+    task, _ = build_classifier(spec(gpt2_chatml_dir, "lora", chat=None))
+    batch = task.collate([EXAMPLES[0]])
+    assert rendered["ids"] == batch["ids"][0].tolist(), "render shows other ids than training reads"
+    assert rendered["text"].startswith("<|im_start|>system") and rendered["target"]["text"] == "good fun<|im_end|>"
+    assert main(["render", str(config), "--n", "1"]) == 0
+    assert "target: from position" in capsys.readouterr().out

@@ -673,7 +673,7 @@ def cmd_render(args) -> int:
     head = get_method(cfg.method.name).uses_head(cfg.method)
     report = render_inputs(cfg.model, examples, text_fields=fields, template=None if head else cfg.prompt.template,
                            verbalizer=None if head else cfg.prompt.verbalizer, max_length=cfg.train.max_length,
-                           kind=cfg.model_kind)
+                           kind=cfg.model_kind, generation=cfg.task.generation, chat_template=cfg.prompt.chat_template)
     for rendered, ex, place in zip(report["inputs"], examples, where):
         rendered["where"] = place
         if "label" in ex:
@@ -694,7 +694,9 @@ def render_notes(cfg, head: bool) -> list[str]:
     if head:
         notes.append("a classification-head method: the text fields are read as they are, no template or label words")
     if cfg.task.generation:
-        notes.append("a generation task: the model writes the target text at the mask")
+        notes.append("a generation task: the text is the prompt (in the model's chat template where prompt.chat_template "
+                     "puts it) and then the target; " + ("only the target carries the loss" if cfg.task.response_only_loss
+                                                        else "every token but soft ones carries the loss"))
     if m.demonstrations:
         notes.append(f"each input is followed by {m.demonstrations} demonstration(s) per class (LM-BFF), not shown")
     if "in-context" in method_list(m.name):
@@ -719,7 +721,11 @@ def format_rendering(report: dict) -> str:
         text = r["text"].replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")  # one line, as the template writes it
         lines += [f"input {n} ({r['where']}{label})", f"  text:   {text}",
                   "  tokens: " + " ".join(f"{i}:{t}" for i, t in enumerate(r["tokens"]))]
-        if r["mask"] is not None:
+        if "target" in r:  # a generation task: the target the loss covers (response-only) follows the prompt
+            if r["target"]["ids"]:
+                where = f"from position {r['mask']}" if r["mask"] is not None else "in the decoder"
+                lines.append(f"  target: {where}: {r['target']['text']!r} ({len(r['target']['ids'])} tokens)")
+        elif r["mask"] is not None:
             lines.append(f"  mask:   position {r['mask']}{mask_reading(kind, r['tokens'], r['mask'], multi)}")
         if r["soft"]:
             lines.append(f"  soft:   positions {spans(r['soft'])} ({len(r['soft'])} vector(s))")

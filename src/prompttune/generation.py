@@ -87,34 +87,14 @@ class TextGenerator(TaskModule):
         return []
 
     def target_ids(self, example: dict) -> list[int]:
-        """The ids the model learns to write after the prompt: the target text (task.label_field, read
-        literally) and what ends it: the chat's end-of-turn (`chat.ChatFormat.end_of_turn`) or the
-        end-of-sequence token. Raises `DataError` if the example has no target."""
-        if "label" not in example:
-            raise DataError("a generation task needs the target text in each training example (task.label_field)")
-        if self.chat is not None:  # the reply starts the assistant's turn, right after its header
-            return literal_ids(self.tokenizer, str(example["label"]).strip()) + list(self.chat.end_of_turn)
-        lead = " " if self.kind == "causal" and mask_leading_space(self.template) else ""
-        return literal_ids(self.tokenizer, lead + str(example["label"]).strip()) + [self.eos]
-
-    def _room(self, example: dict) -> int:
-        """Tokens of max_length left for the template's text and the target, after the chat's own."""
-        history = example.get(HISTORY) or []
-        return self.max_length - (self.chat.wrapper_length(history) if self.chat is not None else 0)
+        """The ids the model learns to write after the prompt (`target_ids`)."""
+        return target_ids(self, example)
 
     def collate(self, examples: list[dict]) -> dict:
         """Token ids, attention mask and LM targets of a batch: `ids`, `attn` (B, T) and `target`, the
         label of each position (-100: no loss). Causal LMs read prompt + target as one sequence,
         right-padded; seq2seq LMs read the prompt in the encoder and the target in the decoder."""
-        targets = [self.target_ids(ex) for ex in examples]
-        if self.kind == "causal":  # prompt + target in max_length: a target keeps at most half of what the chat
-            # template leaves (its end token kept), the prompt's fields are truncated to the rest
-            targets = [t[: max(1, half) - 1] + t[-1:] if len(t) > (half := self._room(ex) // 2) else t
-                       for ex, t in zip(examples, targets)]
-            prompts = [prompt_ids(self, ex, max_length=self.max_length - len(t)) for ex, t in zip(examples, targets)]
-        else:  # the encoder reads the prompt, the decoder the target: each gets max_length
-            targets = [t if len(t) <= self.max_length else t[: self.max_length - 1] + t[-1:] for t in targets]
-            prompts = [prompt_ids(self, ex) for ex in examples]
+        prompts, targets = map(list, zip(*(prompt_and_target(self, ex) for ex in examples)))
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
         if self.kind == "seq2seq":
             ids, attn = pad(prompts, pad_id)
@@ -149,7 +129,7 @@ def prompt_ids(task: nn.Module, example: dict, *, max_length: int | None = None)
     chat, history = getattr(task, "chat", None), example.get(HISTORY) or []
     if history and chat is None:
         raise DataError("a conversation with turns before its last user message needs a model with a chat template "
-                        f"and prompt.chat_template on; {type(task.model).__name__}'s task renders its own template only")
+                        "and prompt.chat_template on; this task renders its own template only")
     limit = room = max_length or r.max_length
     if chat is not None:
         room -= chat.wrapper_length(history)
@@ -165,6 +145,39 @@ def prompt_ids(task: nn.Module, example: dict, *, max_length: int | None = None)
     if chat is not None:  # the turn's content: the template's ids without the tokenizer's own wrapping
         return chat.prompt_ids(history, enc.ids[len(r.specials.prefix) : enc.mask_start])
     return enc.ids[: enc.mask_start] if enc.mask_start >= 0 else enc.ids[: len(enc.ids) - len(r.specials.suffix)]
+
+
+def target_ids(task, example: dict) -> list[int]:
+    """The ids a generation task learns to write after its prompt: the target text (task.label_field,
+    read literally) and what ends it: the chat's end-of-turn (`chat.ChatFormat.end_of_turn`) or the
+    end-of-sequence token. Raises `DataError` if the example has no target.
+
+    Example:
+        >>> task.tokenizer.decode(target_ids(task, {"mr": "name: Aromi", "label": "Aromi is a pub."}))
+        'Aromi is a pub.<|im_end|>'
+    """
+    if "label" not in example:
+        raise DataError("a generation task needs the target text in each training example (task.label_field)")
+    if task.chat is not None:  # the reply starts the assistant's turn, right after its header
+        return literal_ids(task.tokenizer, str(example["label"]).strip()) + list(task.chat.end_of_turn)
+    lead = " " if task.kind == "causal" and mask_leading_space(task.template) else ""
+    return literal_ids(task.tokenizer, lead + str(example["label"]).strip()) + [task.eos]
+
+
+def prompt_and_target(task, example: dict) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids) of a training example, within the task's `max_length`: on a causal LM
+    prompt + target share it, the target keeping at most half of what the chat template leaves (its
+    end token kept) and the prompt's fields truncated to the rest; on a seq2seq LM the encoder's prompt
+    and the decoder's target each get `max_length`."""
+    target = target_ids(task, example)
+    if task.kind != "causal":
+        keep = task.max_length
+        return prompt_ids(task, example), target if len(target) <= keep else target[: keep - 1] + target[-1:]
+    history = example.get(HISTORY) or []
+    half = (task.max_length - (task.chat.wrapper_length(history) if task.chat is not None else 0)) // 2
+    if len(target) > half:
+        target = target[: max(1, half) - 1] + target[-1:]
+    return prompt_ids(task, example, max_length=task.max_length - len(target)), target
 
 
 def require_chat_format(backbone: Backbone):

@@ -33,11 +33,32 @@ class RenderedInput:
     """Positions of the soft (and trigger) slots, where the prompt's vectors are looked up."""
 
 
+@dataclass
+class GenerationView:
+    """What `generation.prompt_ids` and `prompt_and_target` read of a generation task, built from the
+    tokenizer and the model's config alone (no weights): the renderer's stand-in for a `TextGenerator`."""
+
+    template: Template
+    tokenizer: object
+    kind: str
+    max_length: int
+    specials: SpecialTokens
+    soft_base: int
+    slot: int | None
+    eos: int | None
+    chat: object | None
+
+
 def render_inputs(model: str, examples: list[dict], *, text_fields: list[str], template: str | None,
-                  verbalizer: dict | None = None, max_length: int = 128, kind: str | None = None) -> dict:
+                  verbalizer: dict | None = None, max_length: int = 128, kind: str | None = None,
+                  generation: bool = False, chat_template: str | bool = "auto") -> dict:
     """How a task on `model` renders `examples`: the model's kind, each example as a `RenderedInput`
     (as a dict), and each label's words with their token ids as the scorer reads them. Without a
     template (a classification-head method) the text fields are rendered as the head reads them.
+    A generation task's example is its prompt (in the chat template where `chat_template` puts it,
+    `chat.ChatFormat`) followed by its target, "mask" marking where the target starts, and "target"
+    the target's ids, tokens and text (its end-of-turn or end-of-sequence token included): exactly
+    the ids training reads (`generation.prompt_and_target`).
 
     Loads the tokenizer and the model's config only. Raises `ModelError` if they cannot be loaded,
     `TemplateError` / `VerbalizerError` for a template or label words the tokenizer cannot render.
@@ -63,6 +84,10 @@ def render_inputs(model: str, examples: list[dict], *, text_fields: list[str], t
         return report
     parsed = parse_template(template)
     parsed.check_fields(text_fields)
+    if generation:
+        report["inputs"] = _render_generation(parsed, tokenizer, kind, vocab_size, specials, examples, max_length,
+                                              chat_template)
+        return report
     fill = mask_slot(kind, tokenizer)
     rendered = []
     for ex in examples:
@@ -73,6 +98,27 @@ def render_inputs(model: str, examples: list[dict], *, text_fields: list[str], t
     if verbalizer is not None:
         report["label_words"] = label_word_ids(parsed, verbalizer, tokenizer)
     return report
+
+
+def _render_generation(template: Template, tokenizer, kind: str, vocab_size: int, specials: SpecialTokens,
+                       examples: list[dict], max_length: int, chat_template: str | bool) -> list[dict]:
+    from .chat import ChatFormat, has_chat_template
+    from .generation import prompt_and_target, prompt_ids
+
+    chat = chat_template if chat_template != "auto" else kind == "causal" and has_chat_template(tokenizer)
+    vocab = tokenizer.get_vocab()
+    view = GenerationView(template, tokenizer, kind, max_length, specials, vocab_size,
+                          vocab.get("<extra_id_0>", tokenizer.mask_token_id), tokenizer.eos_token_id,
+                          ChatFormat.of(tokenizer) if chat else None)
+    out = []
+    for ex in examples:
+        prompt, target = prompt_and_target(view, ex) if "label" in ex else (prompt_ids(view, ex), [])
+        ids = prompt + target if kind == "causal" else prompt
+        soft = [i for i, t in enumerate(ids) if t >= vocab_size]
+        rendered = asdict(_read_back(tokenizer, ids, vocab_size, len(prompt) if kind == "causal" else None, soft))
+        rendered["target"] = {"ids": target, "tokens": tokenizer.convert_ids_to_tokens(target), "text": tokenizer.decode(target)}
+        out.append(rendered)
+    return out
 
 
 def label_word_ids(template: Template, verbalizer: dict, tokenizer) -> dict[str, list[dict]]:
