@@ -146,11 +146,11 @@ def _number(value) -> int | float | None:
 
 
 def headline(result: dict | None) -> dict | None:
-    """The summary numbers of an evaluation (accuracy, macro-F1; BLEU, ROUGE-L, exact match of generated
-    text; loss, perplexity, n: those it has)."""
+    """The summary numbers of an evaluation (accuracy, macro-F1; BLEU, chrF, ROUGE-L, exact match of
+    generated text; loss, perplexity, n: those it has)."""
     if not isinstance(result, dict):
         return None
-    return {k: result[k] for k in ("accuracy", "macro_f1", "bleu", "rouge_l", "exact_match", "loss", "perplexity", "n")
+    return {k: result[k] for k in ("accuracy", "macro_f1", "bleu", "chrf", "rouge_l", "exact_match", "loss", "perplexity", "n")
             if _number(result.get(k)) is not None}
 
 

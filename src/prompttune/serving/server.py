@@ -251,8 +251,9 @@ def find_task(engine: Engine, name: str) -> TaskInfo:
 
 
 def task_out(info: TaskInfo) -> TaskOut:
+    # What /v1/chat/completions answers: a generation task of one text field whose tokenizer has a chat template.
     tokenizer = getattr(info.classifier, "tokenizer", None)
-    chat = info.generation and getattr(tokenizer, "chat_template", None) is not None
+    chat = info.generation and len(info.text_fields) == 1 and getattr(tokenizer, "chat_template", None) is not None
     return TaskOut(**info.public(), chat=chat)
 
 
