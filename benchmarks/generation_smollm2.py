@@ -16,7 +16,7 @@ response-only, and the eval generates greedily for each held-out input and score
   `--epochs` on every train row. Prefix-tuning in the paper trains 10 epochs of 42k rows on GPT-2
   medium; this is one epoch of ~700 rows on 2 CPU cores, so the numbers are a small model's, briefly
   tuned.
-- instructions: FLAN-style instruction tuning on the 33 Natural Instructions v1 tasks in
+- instructions: FLAN-style instruction tuning on the 34 Natural Instructions v1 tasks in
   `instructions/` (definition + input → output). Per task, `--train-per-task` rows train and
   `--eval-per-task` other rows are held out; the eval is on those held-out rows of the same tasks
   (before tuning = zero-shot, after = lora and prefix-tuning). The metric of the Natural
