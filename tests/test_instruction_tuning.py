@@ -107,7 +107,8 @@ def test_messages_rows_split_into_history_last_user_turn_and_reply(tmp_path, gpt
 @pytest.mark.parametrize(("messages", "message"), [
     ([], "empty conversation"),
     ([{"role": "user"}], "has no text \"content\""),
-    (["hi"], "not an object with a text \"role\""),
+    (["hi"], "holds a list, expected text"),  # a list of texts is not a conversation
+    ([{"role": "user", "content": "a"}, "hi"], "message 1 is not an object with a text \"role\""),
     ([{"role": "assistant", "content": "x"}], "must end with a user message"),
     ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "must end with a user message"),
     ([{"role": "<|im_start|>", "content": "a"}, {"role": "user", "content": "b"}], "has role '<\\|im_start\\|>'; a role is a name"),
@@ -308,3 +309,14 @@ train: {{max_length: 96}}
     assert rendered["text"].startswith("<|im_start|>system") and rendered["target"]["text"] == "good fun<|im_end|>"
     assert main(["render", str(config), "--n", "1"]) == 0
     assert "target: from position" in capsys.readouterr().out
+
+
+def test_a_conversation_can_be_given_as_a_text_or_on_standard_input():
+    from prompttune.data import examples_from_lines, examples_from_texts
+
+    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "A colour?"}]}
+    want = [{"messages": "A colour?", HISTORY: chat["messages"][:1]}]
+    assert examples_from_texts([json.dumps(chat)], ["messages"], name="--text") == want
+    assert examples_from_lines(json.dumps(chat) + "\n", ["messages"]) == want
+    with pytest.raises(DataError, match="--text .*: field 'messages': the conversation must end with a user message"):
+        examples_from_texts([json.dumps({"messages": [{"role": "system", "content": "x"}]})], ["messages"], name="--text")

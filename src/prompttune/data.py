@@ -272,16 +272,7 @@ def _example(row: Row, text_fields: list[str], label_field: str | None, labels: 
     lacking = [c for c in wanted if c not in row.values]
     if lacking:  # JSON rows need not share the first row's keys
         raise DataError(f"{row.where}: the row has no column(s) {lacking}")
-    example, reply, chat = {}, None, False
-    for f in text_fields:
-        value = row.values.get(f)
-        if isinstance(value, list):
-            if HISTORY in example:
-                raise DataError(f"{row.where}: two columns hold conversations; a task reads at most one")
-            example[HISTORY], example[f], reply = conversation(value, f"{row.where}: column {f!r}")
-            chat = True
-        else:
-            example[f] = _text(value, f"{row.where}: column {f!r}")
+    example, reply, chat = _read_fields(row.values, text_fields, row.where, "column")
     if not any(has_text(example[f]) for f in text_fields):
         raise DataError(f"{row.where}: the text column(s) {list(text_fields)} are empty; fill in the row or remove it")
     if label_field and label_field in row.values:
@@ -298,6 +289,23 @@ def _example(row: Row, text_fields: list[str], label_field: str | None, labels: 
     if HISTORY in example and not example[HISTORY]:
         del example[HISTORY]
     return example
+
+
+def _read_fields(values: dict, fields: list[str], where: str, noun: str) -> tuple[dict, str | None, bool]:
+    """(the text fields of `values` as an example, a conversation's reply or None, whether a field held a
+    conversation): a text field may hold a chat conversation (see `conversation`), read into the field
+    (its last user turn) and `HISTORY` (the turns before it)."""
+    example, reply, chat = {}, None, False
+    for f in fields:
+        value = values.get(f)
+        if isinstance(value, list) and (not value or isinstance(value[0], dict)):  # messages, not a list of texts
+            if chat:
+                raise DataError(f"{where}: two {noun}s hold conversations; a task reads at most one")
+            example[HISTORY], example[f], reply = conversation(value, f"{where}: {noun} {f!r}")
+            chat = True
+        else:
+            example[f] = _text(value, f"{where}: {noun} {f!r}")
+    return example, reply, chat
 
 
 _ROLE = re.compile(r"[A-Za-z0-9_-]+")
@@ -412,8 +420,12 @@ def _example_from_text(text: str, fields: list[str], name: str) -> dict:
         missing = [f for f in fields if f not in obj]
         if missing:
             raise DataError(f"{what} lacks field(s) {missing}; the task reads {fields}")
-        example = {f: _text(obj[f], f"{what}: field {f!r}") for f in fields}
-    if not any(has_text(value) for value in example.values()):
+        example, reply, _ = _read_fields(obj, fields, what, "field")  # a field may hold a chat conversation
+        if reply is not None:
+            example["label"] = reply
+        if not example.get(HISTORY, True):
+            del example[HISTORY]
+    if not any(has_text(example[f]) for f in fields):
         raise DataError(f"{what} has no text (empty, or only whitespace or invisible characters)" if literal else
                         f"{what}: the field(s) {fields} are all empty or only whitespace; give text in at least one")
     return example
