@@ -297,7 +297,7 @@ def writer(gpt2_dir, tmp_path_factory):
 
 def test_train_reports_the_generation_metrics_and_stores_the_decoding(writer):
     task, _, printed = writer
-    assert set(printed["eval"]) == {"bleu", "rouge_l", "exact_match", "loss", "perplexity", "n"}
+    assert set(printed["eval"]) == {"bleu", "chrf", "rouge_l", "exact_match", "loss", "perplexity", "n"}
     saved = json.loads((task / "eval.json").read_text())
     assert (saved["n"], saved["inputs"], saved["references"]) == (6, 3, 6)
     assert saved["decoding"] == {"max_new_tokens": 6, "num_beams": 2, "stop": []}
