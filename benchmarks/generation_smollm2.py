@@ -179,7 +179,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['method']} | {r['trainable_parameters']:,} | {r['artifact_bytes'] / 1024:,.0f} KiB | {r['bleu']:.1f} | "
-              f"{r['rouge_l']:.1f} | {r['chrf']:.1f} | {r['exact_match']:.3f} | {r['loss']:.3f} | {r['train_seconds']:.0f} |")
+              f"{r['rouge_l']:.1f} | {r['chrf']:.1f} | {r['exact_match']:.1f} | {r['loss']:.3f} | {r['train_seconds']:.0f} |")
     setup = {"which": args.which, "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
              "max_length": args.max_length, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
              "train_rows": len(splits[0]), "eval_rows": len(splits[2]),
