@@ -77,3 +77,27 @@ def test_autoprompt_on_a_real_bpe_vocabulary_writes_back_exactly(smollm2, sst2):
         a = written(written.collate(sst2[:8]))
         b = searched(searched.collate(sst2[:8]))
     torch.testing.assert_close(a, b, rtol=0, atol=1e-4, msg=lambda m: f"{found.template!r} does not score as searched: {m}")
+
+
+def test_an_instruction_task_on_smollm2_renders_its_chat_template_and_learns_the_reply(smollm2):
+    """SmolLM2's own ChatML template: the prompt is exactly what apply_chat_template writes (its default
+    system message included), the target ends with <|im_end|>, and a few LoRA steps lower the reply's loss."""
+    from prompttune import TaskSpec, TrainConfig, build_classifier, train
+    from prompttune.evaluation import evaluate
+
+    tok = smollm2.tokenizer
+    spec = TaskSpec(method="lora", model=smollm2.name, text_fields=["instruction", "input"], labels=[], generation=True,
+                    template="{instruction}\n\n{input} {mask}", chat_template=None, max_length=96)
+    task, _ = build_classifier(spec)  # a model of its own: LoRA must not change the module's shared one
+    examples = [{"instruction": "Answer with the colour.", "input": f"The {thing} is {colour}.", "label": colour}
+                for thing, colour in (("sky", "blue"), ("grass", "green"), ("sun", "yellow"), ("snow", "white"))]
+    batch = task.collate(examples[:1])
+    ids, target = batch["ids"][0].tolist(), batch["target"][0].tolist()
+    start = next(i for i, t in enumerate(target) if t != -100)
+    assert tok.decode(ids[:start]) == tok.apply_chat_template(
+        [{"role": "user", "content": "Answer with the colour.\n\nThe sky is blue."}], add_generation_prompt=True, tokenize=False)
+    assert tok.decode(ids[start:]) == "blue<|im_end|>"
+    before = evaluate(task, examples)["loss"]
+    torch.manual_seed(0)
+    train(task, examples, None, TrainConfig(epochs=3, lr=2e-3, batch_size=4, progress=False))
+    assert evaluate(task, examples)["loss"] < before, "three LoRA steps did not lower the reply's loss"
