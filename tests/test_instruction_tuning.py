@@ -40,10 +40,10 @@ def spec(model_dir, method, *, chat=None, response_only_loss=True) -> TaskSpec:
                     chat_template=chat, response_only_loss=response_only_loss)
 
 
-def _token_by_token(task, example: dict) -> tuple[list[int], list[int], list[int]]:
-    """(ids, targets, prompt ids) of one example as collate builds them."""
+def _token_by_token(task, example: dict) -> tuple[list[int], list[int]]:
+    """(ids, targets) of one example as collate builds them."""
     batch = task.collate([example])
-    return batch["ids"][0].tolist(), batch["target"][0].tolist(), batch["ids"][0].tolist()
+    return batch["ids"][0].tolist(), batch["target"][0].tolist()
 
 
 def test_with_a_chat_template_the_prompt_is_the_users_turn_and_only_the_reply_carries_the_loss(gpt2_chatml_dir):
@@ -51,7 +51,7 @@ def test_with_a_chat_template_the_prompt_is_the_users_turn_and_only_the_reply_ca
     tok = task.tokenizer
     assert task.chat is not None
     example = {**EXAMPLES[0], "label": "good <|im_end|> fun"}  # a special token's text in data stays text
-    ids, target, _ = _token_by_token(task, example)
+    ids, target = _token_by_token(task, example)
     expected_prompt = tok.apply_chat_template([{"role": "user", "content": "Repeat the word.\n\nfilm"}],
                                               add_generation_prompt=True, tokenize=False)
     reply = literal_ids(tok, "good <|im_end|> fun") + [tok.convert_tokens_to_ids("<|im_end|>")]
@@ -67,7 +67,7 @@ def test_without_a_chat_template_the_tasks_template_renders_and_only_the_target_
     task, _ = build_classifier(spec(gpt2_dir, "lora"))
     tok = task.tokenizer
     assert task.chat is None
-    ids, target, _ = _token_by_token(task, EXAMPLES[0])
+    ids, target = _token_by_token(task, EXAMPLES[0])
     reply = literal_ids(tok, " good fun") + [tok.eos_token_id]
     n_prompt = len(ids) - len(reply)
     assert tok.decode(ids[:n_prompt]) == "Repeat the word.\n\nfilm"

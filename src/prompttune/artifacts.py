@@ -65,13 +65,14 @@ def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, 
     trainable, total = count_parameters(classifier)
     stored = sum(t.numel() for t in weights.values())
     head = head_copy(spec.lm_head) if spec.lm_head is not None else {}
+    chat = getattr(classifier, "chat", None)  # a generation task's chat template (`chat.ChatFormat`), if it uses one
     config = {
         "prompttune_version": __version__,
         **spec.to_dict(),
         "lm_head": COPY_WEIGHTS if head else None,
         # What `auto` chose, and which template: the reload renders prompts exactly as training did.
-        "chat_template": getattr(classifier, "chat", None) is not None,
-        **({"chat_template_sha256": classifier.chat.sha256} if getattr(classifier, "chat", None) is not None else {}),
+        "chat_template": chat is not None,
+        **({"chat_template_sha256": chat.sha256} if chat is not None else {}),
         "backbone": base_fingerprint,
         # Counted as a reload has them: the stored (folded) form, not P-tuning's encoder.
         "trainable_parameters": stored,

@@ -42,6 +42,19 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def uses_chat_template(setting: bool | str | None, kind: str, tokenizer) -> bool:
+    """Whether a generation task renders its prompt in the chat template: `prompt.chat_template` true or
+    false as set; auto ("auto" or None) when the model is causal and its tokenizer has one.
+
+    Example:
+        >>> uses_chat_template("auto", "causal", smollm2_tokenizer), uses_chat_template(None, "seq2seq", t5_tokenizer)
+        (True, False)
+    """
+    if setting is None or setting == "auto":
+        return kind == "causal" and has_chat_template(tokenizer)
+    return bool(setting)
+
+
 @dataclass(frozen=True)
 class ChatFormat:
     """A tokenizer's chat template, turned into token ids around a task's own prompt ids.

@@ -148,7 +148,6 @@ def stop_string(text: str) -> str:
     return text
 
 
-
 def add_input_flags(p: argparse.ArgumentParser, *, label: str, batch_size: int, batch_help: str) -> None:
     """`predict`'s and `generate`'s inputs: the artifact, --text or --data, --label-field, --batch-size."""
     p.add_argument("artifact", help="task artifact directory")
@@ -160,6 +159,7 @@ def add_input_flags(p: argparse.ArgumentParser, *, label: str, batch_size: int, 
     p.add_argument("--label-field", default=None, help="--data's label column (default: the one used in training, else "
                                                        "'label'); read where the file has it")
     p.add_argument("--batch-size", type=whole_number(1), default=batch_size, help=f"{batch_help} (default {batch_size})")
+
 
 def add_decoding_flags(p: argparse.ArgumentParser) -> None:
     """--max-new-tokens, --num-beams and --stop: each replaces the task's own decoding setting (`decoding_of`)."""

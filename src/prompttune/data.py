@@ -286,22 +286,22 @@ def _example(row: Row, text_fields: list[str], label_field: str | None, labels: 
         example["label"] = unicode_text(reply, f"{row.where}: the assistant's reply")
     elif label_field:
         raise DataError(f"{row.where}: the row has no column(s) {[label_field]}")
-    if HISTORY in example and not example[HISTORY]:
-        del example[HISTORY]
     return example
 
 
 def _read_fields(values: dict, fields: list[str], where: str, noun: str) -> tuple[dict, str | None, bool]:
     """(the text fields of `values` as an example, a conversation's reply or None, whether a field held a
     conversation): a text field may hold a chat conversation (see `conversation`), read into the field
-    (its last user turn) and `HISTORY` (the turns before it)."""
+    (its last user turn) and `HISTORY` (the turns before it, where there are any)."""
     example, reply, chat = {}, None, False
     for f in fields:
         value = values.get(f)
         if isinstance(value, list) and (not value or isinstance(value[0], dict)):  # messages, not a list of texts
             if chat:
                 raise DataError(f"{where}: two {noun}s hold conversations; a task reads at most one")
-            example[HISTORY], example[f], reply = conversation(value, f"{where}: {noun} {f!r}")
+            history, example[f], reply = conversation(value, f"{where}: {noun} {f!r}")
+            if history:
+                example[HISTORY] = history
             chat = True
         else:
             example[f] = _text(value, f"{where}: {noun} {f!r}")
@@ -423,8 +423,6 @@ def _example_from_text(text: str, fields: list[str], name: str) -> dict:
         example, reply, _ = _read_fields(obj, fields, what, "field")  # a field may hold a chat conversation
         if reply is not None:
             example["label"] = reply
-        if not example.get(HISTORY, True):
-            del example[HISTORY]
     if not any(has_text(example[f]) for f in fields):
         raise DataError(f"{what} has no text (empty, or only whitespace or invisible characters)" if literal else
                         f"{what}: the field(s) {fields} are all empty or only whitespace; give text in at least one")
@@ -491,15 +489,14 @@ def held_out_split(examples: list[dict], fraction: float, seed: int, *, by_class
         0.2
     """
     rng = random.Random(seed)
-    if by_class:
-        groups, unit = by_label(examples).values(), lambda ex: id(ex)
-    else:
-        groups, unit = [list(dict.fromkeys(input_key(ex) for ex in examples))], input_key
+    unit = id if by_class else input_key  # what is held out: an example, or an input with all its rows
+    groups = ([[id(ex) for ex in g] for g in by_label(examples).values()] if by_class
+              else [list(dict.fromkeys(input_key(ex) for ex in examples))])
     held = set()
     for group in groups:
         n = round(len(group) * fraction)
         n = min(max(n, 1), len(group) - 1) if len(group) > 1 else 0
-        held.update(unit(ex) if by_class else ex for ex in rng.sample(group, n))
+        held.update(rng.sample(group, n))
     if not held:
         raise DataError(f"task.eval_split {fraction} of {len(examples)} example(s) leaves no evaluation set")
     return [ex for ex in examples if unit(ex) not in held], [ex for ex in examples if unit(ex) in held]

@@ -39,7 +39,7 @@ from .data import HISTORY
 from .errors import ConfigError, DataError, ModelError
 from .models import PromptClassifier, TaskModule, bind_prompts
 from .progress import bar_off
-from .scoring import mask_leading_space, pad
+from .scoring import mask_leading_space, mask_slot, pad
 from .templates import SpecialTokens, Template, encode_example, literal_ids
 
 
@@ -67,8 +67,7 @@ class TextGenerator(TaskModule):
         self.max_length = max_length
         self.specials = SpecialTokens.of(self.tokenizer)
         self.soft_base = self.model.get_input_embeddings().num_embeddings
-        vocab = self.tokenizer.get_vocab()
-        self.slot = vocab.get("<extra_id_0>", self.tokenizer.mask_token_id)
+        self.slot = mask_slot("seq2seq", self.tokenizer)[0]  # what a seq2seq prompt holds at {mask}
         self.eos = self.tokenizer.eos_token_id
         if chat and self.kind == "seq2seq":  # its encoder reads the task's template; a conversation would be dropped
             raise ConfigError(f"prompt.chat_template is true, but {backbone.name!r} is an encoder-decoder model: a chat "
@@ -85,10 +84,6 @@ class TextGenerator(TaskModule):
 
     def head_parameters(self) -> list[nn.Parameter]:
         return []
-
-    def target_ids(self, example: dict) -> list[int]:
-        """The ids the model learns to write after the prompt (`target_ids`)."""
-        return target_ids(self, example)
 
     def collate(self, examples: list[dict]) -> dict:
         """Token ids, attention mask and LM targets of a batch: `ids`, `attn` (B, T) and `target`, the
@@ -346,20 +341,28 @@ def generate_ids(classifier: PromptClassifier | TextGenerator, prompts: list[lis
     return out
 
 
-def _require_room(classifier: nn.Module, prompts: list[list[int]], max_new_tokens: int) -> None:
-    """Raise `ConfigError` if a prompt and `max_new_tokens` new tokens do not fit the model's position table
-    (`task.positions_for_tokens`: GPT-2's 1024...; generating past it would crash the forward pass)."""
+def first_overflow(task: nn.Module, prompts: list[list[int]], max_new_tokens: int) -> tuple[int, int] | None:
+    """(index of the first prompt that, with `max_new_tokens` new tokens, does not fit the model's position
+    table, the positions there are for this task), or None when all fit or the model has no such table
+    (`task.positions_for_tokens`: GPT-2's 1024...; generating past it would crash the forward pass).
+    `generate_ids` and the server check with it, each raising its own error."""
     from .task import positions_for_tokens
 
-    found = positions_for_tokens(classifier)
+    found = positions_for_tokens(task)
     if found is None:
-        return
+        return None
     room = found[0] - found[1]
-    for i, ids in enumerate(prompts):
-        if len(ids) + max_new_tokens > room:
-            raise ConfigError(f"input {i + 1} is {len(ids)} tokens and decoding.max_new_tokens is {max_new_tokens}: "
-                              f"together more than the {room} positions the model has for this task; lower "
-                              f"max_new_tokens (--max-new-tokens) to {max(room - len(ids), 0)} or less")
+    return next(((i, room) for i, ids in enumerate(prompts) if len(ids) + max_new_tokens > room), None)
+
+
+def _require_room(classifier: nn.Module, prompts: list[list[int]], max_new_tokens: int) -> None:
+    """Raise `ConfigError` if a prompt and `max_new_tokens` new tokens do not fit (`first_overflow`)."""
+    over = first_overflow(classifier, prompts, max_new_tokens)
+    if over is not None:
+        i, room = over
+        raise ConfigError(f"input {i + 1} is {len(prompts[i])} tokens and decoding.max_new_tokens is {max_new_tokens}: "
+                          f"together more than the {room} positions the model has for this task; lower "
+                          f"max_new_tokens (--max-new-tokens) to {max(room - len(prompts[i]), 0)} or less")
 
 
 def generate(classifier: PromptClassifier | TextGenerator, examples: list[dict], *, decoding: Decoding | None = None,

@@ -102,14 +102,12 @@ def render_inputs(model: str, examples: list[dict], *, text_fields: list[str], t
 
 def _render_generation(template: Template, tokenizer, kind: str, vocab_size: int, specials: SpecialTokens,
                        examples: list[dict], max_length: int, chat_template: str | bool) -> list[dict]:
-    from .chat import ChatFormat, has_chat_template
+    from .chat import ChatFormat, uses_chat_template
     from .generation import prompt_and_target, prompt_ids
 
-    chat = chat_template if chat_template != "auto" else kind == "causal" and has_chat_template(tokenizer)
-    vocab = tokenizer.get_vocab()
-    view = GenerationView(template, tokenizer, kind, max_length, specials, vocab_size,
-                          vocab.get("<extra_id_0>", tokenizer.mask_token_id), tokenizer.eos_token_id,
-                          ChatFormat.of(tokenizer) if chat else None)
+    chat = uses_chat_template(chat_template, kind, tokenizer)
+    view = GenerationView(template, tokenizer, kind, max_length, specials, vocab_size, mask_slot("seq2seq", tokenizer)[0],
+                          tokenizer.eos_token_id, ChatFormat.of(tokenizer) if chat else None)
     out = []
     for ex in examples:
         prompt, target = prompt_and_target(view, ex) if "label" in ex else (prompt_ids(view, ex), [])

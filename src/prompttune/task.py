@@ -201,11 +201,9 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
         if spec.generation:
             from .generation import TextGenerator
 
-            from .chat import has_chat_template
+            from .chat import uses_chat_template
 
-            chat = spec.chat_template
-            if chat is None:  # auto
-                chat = backbone.kind == "causal" and has_chat_template(backbone.tokenizer)
+            chat = uses_chat_template(spec.chat_template, backbone.kind, backbone.tokenizer)
             clf = TextGenerator(backbone, template, spec.max_length, chat=chat, response_only_loss=spec.response_only_loss)
         else:
             clf = _prompt_classifier(spec, backbone, template, options)

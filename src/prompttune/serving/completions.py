@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..data import examples_from_texts, has_text
 from ..errors import DataError, PromptTuneError
+from ..generation import MAX_STOP
 from .api import APIError, by_json_type
 from .batcher import MicroBatcher, QueueFull
 from .engine import Cancelled, Completion, Engine, InputError, Sampling
@@ -102,7 +103,7 @@ def openai_routes(engine: Engine, batcher: MicroBatcher, limits: Limits, generat
     """The OpenAI-compatible endpoints, with `limits` in their request types. Each running generation's
     cancel event is in `generations` while it runs (the server sets them all when it must stop)."""
     Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_text_chars)]
-    Stop = by_json_type(str=Text, list=Annotated[list[Text], Field(max_length=4)]) | None
+    Stop = by_json_type(str=Text, list=Annotated[list[Text], Field(max_length=MAX_STOP)]) | None
     MaxTokens = Annotated[int, Field(ge=1, le=limits.max_new_tokens)]
 
     class Settings(BaseModel):
@@ -114,7 +115,7 @@ def openai_routes(engine: Engine, batcher: MicroBatcher, limits: Limits, generat
         temperature: float = Field(1.0, ge=0, le=2, description="0 = greedy decoding; above 0, sampling")
         top_p: float = Field(1.0, gt=0, le=1)
         n: Literal[1] = Field(1, description="one choice per prompt")
-        stop: Stop = Field(None, description="up to 4 strings that end the text (not included in it)")
+        stop: Stop = Field(None, description=f"up to {MAX_STOP} strings that end the text (not included in it)")
         stream: Literal[False] = Field(False, description="streaming is not offered")
         presence_penalty: float = Field(0, ge=0, le=0, description="penalties are not offered")
         frequency_penalty: float = Field(0, ge=0, le=0, description="penalties are not offered")

@@ -35,8 +35,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from ..chat import ChatFormat
 from ..data import HISTORY, conversation
 from ..errors import ArtifactError, DataError, PromptTuneError
-from ..generation import chat_prompt_ids, check_generates, cut_at_stop, prompt_ids
-from ..task import positions_for_tokens
+from ..generation import chat_prompt_ids, check_generates, cut_at_stop, first_overflow, prompt_ids
 from ..templates import literal_ids
 from .pool import Prediction, TaskInfo, TaskPool
 
@@ -222,14 +221,13 @@ class Engine:
 
     @staticmethod
     def _check_room(task, prompts: list[list[int]], sampling: Sampling, *, field: str) -> None:
-        found = positions_for_tokens(task)
-        room = found[0] - found[1] if found is not None else None
-        for i, ids in enumerate(prompts):
-            if room is not None and len(ids) + sampling.max_tokens > room:
-                where = field if len(prompts) == 1 else f"{field}[{i}]"
-                raise InputError(where, f"{where} is {len(ids)} tokens and max_tokens is {sampling.max_tokens}: together "
-                                        f"more than the {room} positions the model has for this task; shorten the "
-                                        "prompt or lower max_tokens")
+        over = first_overflow(task, prompts, sampling.max_tokens)
+        if over is not None:
+            i, room = over
+            where = field if len(prompts) == 1 else f"{field}[{i}]"
+            raise InputError(where, f"{where} is {len(prompts[i])} tokens and max_tokens is {sampling.max_tokens}: "
+                                    f"together more than the {room} positions the model has for this task; shorten the "
+                                    "prompt or lower max_tokens")
 
     def _generate_chunk(self, name: str, prompts: list[list[int]], sampling: Sampling,
                         cancel: threading.Event | None) -> list[Completion]:

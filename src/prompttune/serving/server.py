@@ -43,6 +43,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException
 
+from ..chat import has_chat_template
 from ..data import examples_from_texts
 from ..errors import ConfigError, DataError, PromptTuneError
 from .api import (APIError, BodyLimit, CountRequests, api_error_handler, by_json_type, http_error_handler,
@@ -253,7 +254,7 @@ def find_task(engine: Engine, name: str) -> TaskInfo:
 def task_out(info: TaskInfo) -> TaskOut:
     # What /v1/chat/completions answers: a generation task of one text field whose tokenizer has a chat template.
     tokenizer = getattr(info.classifier, "tokenizer", None)
-    chat = info.generation and len(info.text_fields) == 1 and getattr(tokenizer, "chat_template", None) is not None
+    chat = info.generation and len(info.text_fields) == 1 and has_chat_template(tokenizer)
     return TaskOut(**info.public(), chat=chat)
 
 
