@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from .errors import ArtifactError, ConfigError
 from .evaluation import evaluate
 from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
+from .gradient_checkpointing import checkpointed
 from .parameters import trainable_bytes, trainable_state_dict
 from .progress import bar_off
 
@@ -40,11 +41,13 @@ CHECKPOINT_TENSORS, CHECKPOINT_STATE = "state.safetensors", "state.json"
 CHECKPOINT_FILES = (CHECKPOINT_STATE, CHECKPOINT_TENSORS)
 """A checkpoint's files, in the order they are removed: without `state.json` there is no checkpoint,
 so a run killed between the two removals leaves none rather than a split pair."""
-RESUME_TOLERATED = ("train.progress", "train.eval_batch_size", "train.checkpoint", "train.report_to", "task.eval",
-                    "decoding.max_new_tokens", "decoding.num_beams", "decoding.stop")
+RESUME_TOLERATED = ("train.progress", "train.eval_batch_size", "train.checkpoint", "train.report_to",
+                    "train.gradient_checkpointing", "task.eval", "decoding.max_new_tokens", "decoding.num_beams",
+                    "decoding.stop")
 """Keys of a run's record that may differ when it is resumed: how it is shown, how dev batches are
-sized, whether more checkpoints are written, where the numbers are logged, the data evaluated
-after training, and how text is generated (a checkpoint written before runs had `decoding` lacks them)."""
+sized, whether more checkpoints are written, where the numbers are logged, whether activations are
+recomputed (same gradients, less memory: a run that ran out of memory resumes with it on), the data
+evaluated after training, and how text is generated (a checkpoint written before runs had `decoding` lacks them)."""
 REPORT_TO = ("none", "tensorboard")
 """Where `train.report_to` sends the numbers of a run as it trains (through accelerate's trackers)."""
 TRACKER_RUN = "train"
@@ -80,6 +83,10 @@ class TrainConfig:
     report_to: str = "none"
     """none, or tensorboard: log loss, learning rate and dev numbers with accelerate's TensorBoard
     tracker (`prompttune train` writes them to OUT/logs/train/; needs the tensorboard package)."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer block's activations in the backward pass instead of keeping them:
+    less memory for about one more forward pass per step; the same gradients (`gradient_checkpointing`).
+    Only while training: the saved task and later inference run the plain model."""
 
     def __post_init__(self):
         """Refuse values the loop cannot train with, naming the key: whole numbers < 1, a learning rate
@@ -108,6 +115,8 @@ class TrainConfig:
         if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
             raise ConfigError(f"train.early_stopping_patience must be a positive whole number of epochs or null, "
                               f"got {patience!r}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError(f"train.gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
         if self.report_to not in REPORT_TO:
             raise ConfigError(f"train.report_to must be one of {list(REPORT_TO)}, got {self.report_to!r}")
         if self.report_to == "tensorboard":
@@ -199,60 +208,63 @@ def train(
         accelerator.init_trackers(TRACKER_RUN)
     started, seconds_before = time.perf_counter(), result.seconds
 
-    for epoch in range(start_epoch, config.epochs):
-        # `epoch` epochs are done; a resumed run that had already run out of patience stops here too.
-        patience = config.early_stopping_patience
-        if patience is not None and result.best_epoch is not None and epoch - result.best_epoch >= patience:
-            result.stopped_early = True
-            break
-        # The order and the dropout masks depend on (seed, epoch) only, so a resumed run sees the
-        # same batches and trains to the same weights as an uninterrupted one.
-        set_seed(config.seed * 1000 + epoch)
-        order = random.Random(config.seed * 1000 + epoch).sample(train_examples, len(train_examples))
-        loader = accelerator.prepare_data_loader(DataLoader(order, batch_size=config.batch_size, collate_fn=classifier.collate))
-        model.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=bar_off(config.progress and accelerator.is_main_process))
-        losses = []
-        for batch in bar:
-            out = model(batch)
-            # A classifier returns class scores; a text generator returns its LM loss (a scalar).
-            loss = out if out.ndim == 0 else F.cross_entropy(out.float(), batch["labels"])
-            if not loss.requires_grad:
-                names = [n for n, p in classifier.named_parameters() if p.requires_grad]
-                raise ConfigError(f"the loss does not depend on any of the {len(names)} trainable parameter(s) "
-                                  f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): the method as configured "
-                                  "trains something the forward pass never uses (e.g. LoRA target_modules the model "
-                                  "does not call)")
-            accelerator.backward(loss)
-            if config.max_grad_norm:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            result.steps += 1
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    # Checkpointing is on for the epochs only (the dev evaluation inside runs without gradients, where it
+    # does nothing); the model leaves `train` as it came.
+    with checkpointed(getattr(classifier, "model", classifier), config.gradient_checkpointing):
+        for epoch in range(start_epoch, config.epochs):
+            # `epoch` epochs are done; a resumed run that had already run out of patience stops here too.
+            patience = config.early_stopping_patience
+            if patience is not None and result.best_epoch is not None and epoch - result.best_epoch >= patience:
+                result.stopped_early = True
+                break
+            # The order and the dropout masks depend on (seed, epoch) only, so a resumed run sees the
+            # same batches and trains to the same weights as an uninterrupted one.
+            set_seed(config.seed * 1000 + epoch)
+            order = random.Random(config.seed * 1000 + epoch).sample(train_examples, len(train_examples))
+            loader = accelerator.prepare_data_loader(DataLoader(order, batch_size=config.batch_size, collate_fn=classifier.collate))
+            model.train()
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=bar_off(config.progress and accelerator.is_main_process))
+            losses = []
+            for batch in bar:
+                out = model(batch)
+                # A classifier returns class scores; a text generator returns its LM loss (a scalar).
+                loss = out if out.ndim == 0 else F.cross_entropy(out.float(), batch["labels"])
+                if not loss.requires_grad:
+                    names = [n for n, p in classifier.named_parameters() if p.requires_grad]
+                    raise ConfigError(f"the loss does not depend on any of the {len(names)} trainable parameter(s) "
+                                      f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): the method as configured "
+                                      "trains something the forward pass never uses (e.g. LoRA target_modules the model "
+                                      "does not call)")
+                accelerator.backward(loss)
+                if config.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                result.steps += 1
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if tracking:
+                    accelerator.log({"train/loss": losses[-1], "train/lr": scheduler.get_last_lr()[0]}, step=result.steps)
+            record = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses)}
+            if dev_examples:
+                dev = evaluate(classifier, dev_examples, batch_size=config.eval_batch_size)
+                record.update({f"dev_{k}": v for k, v in dev.items() if k in ("accuracy", "loss")})
+                # A few-shot dev set (32 examples) ties often; the lower loss breaks the tie.
+                # (A generation task has no accuracy: its dev loss alone decides.)
+                key = lambda d: (d.get("accuracy", 0.0), -d["loss"])  # noqa: E731
+                if result.best_dev is None or key(dev) > key(result.best_dev):
+                    result.best_epoch, result.best_dev = epoch + 1, dev
+                    best_state = {k: v.clone() for k, v in trainable_state_dict(classifier).items()}
+            result.history.append(record)
             if tracking:
-                accelerator.log({"train/loss": losses[-1], "train/lr": scheduler.get_last_lr()[0]}, step=result.steps)
-        record = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses)}
-        if dev_examples:
-            dev = evaluate(classifier, dev_examples, batch_size=config.eval_batch_size)
-            record.update({f"dev_{k}": v for k, v in dev.items() if k in ("accuracy", "loss")})
-            # A few-shot dev set (32 examples) ties often; the lower loss breaks the tie.
-            # (A generation task has no accuracy: its dev loss alone decides.)
-            key = lambda d: (d.get("accuracy", 0.0), -d["loss"])  # noqa: E731
-            if result.best_dev is None or key(dev) > key(result.best_dev):
-                result.best_epoch, result.best_dev = epoch + 1, dev
-                best_state = {k: v.clone() for k, v in trainable_state_dict(classifier).items()}
-        result.history.append(record)
-        if tracking:
-            accelerator.log({"train/epoch_loss": record["train_loss"],
-                             **{f"dev/{k[4:]}": v for k, v in record.items() if k.startswith("dev_")}}, step=result.steps)
-        result.seconds = round(seconds_before + time.perf_counter() - started, 3)
-        if config.progress and accelerator.is_main_process:
-            tqdm.write("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        if ckpt is not None and config.checkpoint:
-            _save_checkpoint(ckpt, epoch + 1, classifier, optimizer, scheduler, result, best_state, identity)
+                accelerator.log({"train/epoch_loss": record["train_loss"],
+                                 **{f"dev/{k[4:]}": v for k, v in record.items() if k.startswith("dev_")}}, step=result.steps)
+            result.seconds = round(seconds_before + time.perf_counter() - started, 3)
+            if config.progress and accelerator.is_main_process:
+                tqdm.write("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            if ckpt is not None and config.checkpoint:
+                _save_checkpoint(ckpt, epoch + 1, classifier, optimizer, scheduler, result, best_state, identity)
 
     if tracking:
         accelerator.end_training()
