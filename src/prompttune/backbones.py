@@ -116,25 +116,64 @@ def load_tokenizer(name: str):
     return tok
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+"""The `device_map` strategies accelerate's big-model inference places a model by (transformers'
+`from_pretrained(device_map=...)`): auto = balanced over the GPUs, then the CPU for what does not fit."""
+
+
+def placement(device_map: str | None, max_memory: dict | None = None) -> dict:
+    """The `from_pretrained` keyword arguments that place a model across devices ({} for none).
+
+    `max_memory` caps what each device takes ({0: "20GiB", "cpu": "60GiB"}); it needs a `device_map`."""
+    if device_map is None:
+        return {}
+    return {"device_map": device_map, **({"max_memory": max_memory} if max_memory else {})}
+
+
+def is_dispatched(model: nn.Module) -> bool:
+    """Whether `model` was placed by a device map (`hf_device_map`): it must not be moved as a whole
+    (`.to(device)`) afterwards, and its inputs go to `input_device(model)`."""
+    return any(getattr(m, "hf_device_map", None) for m in model.modules())
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where a model's input ids must be: the device its input embeddings compute on (with a device
+    map, the first device of the map; weights offloaded by accelerate count where they compute).
+
+    Example:
+        >>> input_device(load_backbone("gpt2", device_map="auto").model)
+        device(type='cuda', index=0)
+    """
+    embeddings = model.get_input_embeddings()
+    hook = getattr(embeddings, "_hf_hook", None)  # accelerate's AlignDevicesHook on a dispatched module
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    return embeddings.weight.device
+
+
 def load_backbone(
     name: str = DEFAULT_MODEL,
     *,
     kind: Kind | None = None,
     lm_head: str | None = None,
     dtype: torch.dtype | None = None,
+    device_map: str | None = None,
+    max_memory: dict | None = None,
 ) -> Backbone:
     """Load a pretrained LM by hub id or local path.
 
     `kind` overrides the detected kind; `lm_head` is a directory written by
     `prompttune fit-lm-head` for encoders that ship without an MLM head, or the copy of such a head
-    a task artifact carries (`ARTIFACT/lm_head.safetensors`; see `lm_head.head_files`).
+    a task artifact carries (`ARTIFACT/lm_head.safetensors`; see `lm_head.head_files`). `device_map`
+    (one of `DEVICE_MAPS`, with an optional `max_memory` per device) places the model across devices
+    as it loads (`placement`); such a model is not moved afterwards (`is_dispatched`).
     """
     path = resolve_model_path(name)
     config = load_model_config(name)
     kind = kind or detect_kind(config)
     if kind not in KINDS:
         raise ModelError(f"model kind must be one of {KINDS}, got {kind!r}")
-    model, info = load_pretrained(_auto_classes()[kind], path, dtype=dtype)
+    model, info = load_pretrained(_auto_classes()[kind], path, dtype=dtype, **placement(device_map, max_memory))
     head_keys = set(lm_head_parameter_names(model))
     missing_head = bool(head_keys & set(info.get("missing_keys", ())))
     backbone = Backbone(name, kind, model, load_tokenizer(name), lm_head=None, missing_head=missing_head)
@@ -149,15 +188,16 @@ def load_backbone(
     return backbone
 
 
-def load_head_model(name: str, num_labels: int, *, dtype: torch.dtype | None = None, seed: int = FRESH_SEED) -> nn.Module:
+def load_head_model(name: str, num_labels: int, *, dtype: torch.dtype | None = None, seed: int = FRESH_SEED,
+                    device_map: str | None = None, max_memory: dict | None = None) -> nn.Module:
     """The same pretrained weights under a fresh classification head (the fine-tuning baseline),
-    initialised from `seed`."""
+    initialised from `seed`; `device_map` and `max_memory` as in `load_backbone`."""
     from transformers import AutoModelForSequenceClassification
 
     # Weights the checkpoint lacked (the new head; BERT's pooler when saved from a masked LM) are
     # freshly initialised (`fresh_parameters`): they belong to the head, whatever the method trains.
     model, _ = load_pretrained(AutoModelForSequenceClassification, resolve_model_path(name), dtype=dtype,
-                                num_labels=num_labels, seed=seed)
+                                num_labels=num_labels, seed=seed, **placement(device_map, max_memory))
     if getattr(model.config, "pad_token_id", None) is None:
         # Decoder classifiers pool the last non-pad token and need to know the pad id.
         model.config.pad_token_id = load_tokenizer(name).pad_token_id
@@ -256,6 +296,12 @@ def load_pretrained(auto_cls, path: str, *, dtype=None, seed: int = FRESH_SEED, 
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+    offloaded = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if offloaded:
+        where = sorted({str(d) for d in getattr(model, "hf_device_map", {}).values()})
+        raise ModelError(f"device_map placed {len(offloaded)} weights of {path!r} off the devices (map: {where}): "
+                         "accelerate offloads to the CPU or disk whatever does not fit the GPUs, and prompttune needs "
+                         "every weight resident; give the GPUs more max_memory, use more GPUs, or a lower model_dtype")
     named = dict(model.named_parameters(remove_duplicate=False))
     missing = [key for key in info.get("missing_keys", ()) if key in named]
     loaded = {id(p) for name, p in named.items() if name not in missing}  # a tied weight loaded under its other name

@@ -106,6 +106,14 @@ class RunConfig:
     decoding: Decoding = field(default_factory=Decoding)
     """How the task's text is generated (`eval` of a generation task, `generate`): max_new_tokens,
     num_beams (1 = greedy), stop strings; stored in the artifact, flags override it."""
+    device_map: str | None = None
+    """Place a model larger than one device across the GPUs (and the CPU for what does not fit) as it
+    loads: auto, balanced, balanced_low_0 or sequential (accelerate's big-model inference, through
+    transformers' `from_pretrained(device_map=...)`). The model is then not moved as a whole, and
+    batches go to the device of its input embeddings. null: the whole model on one device."""
+    max_memory: dict | None = None
+    """With device_map: the most each device may hold, e.g. {0: 20GiB, 1: 20GiB, cpu: 60GiB}
+    (GPU index or cpu → bytes or a size such as 2GiB); null: what accelerate finds free."""
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -377,6 +385,31 @@ def _check_type(key: str, value, annotation: str):
     return value
 
 
+def _validate_placement(cfg: RunConfig) -> None:
+    """device_map one of the strategies; max_memory only beside it, GPU indices or cpu to sizes."""
+    from .backbones import DEVICE_MAPS
+
+    if cfg.device_map is not None and cfg.device_map not in DEVICE_MAPS:
+        raise ConfigError(f"device_map must be one of {list(DEVICE_MAPS)} or null, got {cfg.device_map!r}")
+    if cfg.max_memory is None:
+        return
+    if cfg.device_map is None:
+        raise ConfigError("max_memory caps what device_map places on each device: set device_map (e.g. auto) too")
+    from accelerate.utils import convert_file_size_to_int
+
+    # `--set max_memory.0=20GiB` names GPU 0 as text
+    cfg.max_memory = {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in cfg.max_memory.items()}
+    for device, size in cfg.max_memory.items():
+        if not (device == "cpu" or (isinstance(device, int) and not isinstance(device, bool) and device >= 0)):
+            raise ConfigError(f"max_memory: {device!r} is not a device; use a GPU index (0, 1, ...) or cpu")
+        try:
+            bytes_ = size if isinstance(size, int) and not isinstance(size, bool) else convert_file_size_to_int(str(size))
+        except ValueError:
+            bytes_ = -1
+        if bytes_ < 0:
+            raise ConfigError(f"max_memory.{device}: {size!r} is not a size; write bytes or e.g. 2GiB, 500MB")
+
+
 _METHOD_RANGES = {  # numeric method keys: (what the value must be, the test); their types are checked in _build
     "prompt_length": ("≥ 1", lambda v: v >= 1),
     "reparam_hidden": ("≥ 1", lambda v: v >= 1),
@@ -393,6 +426,7 @@ _METHOD_RANGES = {  # numeric method keys: (what the value must be, the test); t
 
 def _validate(cfg: RunConfig) -> None:
     method = get_method(cfg.method.name)
+    _validate_placement(cfg)
     if cfg.model_kind is not None and cfg.model_kind not in KINDS:
         raise ConfigError(f"model_kind must be one of {KINDS} or null, got {cfg.model_kind!r}")
     if cfg.task.shots is not None and cfg.task.shots < 1:

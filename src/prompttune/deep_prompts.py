@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import input_device
 from .errors import ModelError
 from .model_parts import ModelPart, Rows, kind_state, replace_child_state, row_count
 
@@ -70,8 +71,9 @@ def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwa
             raise ModelError(f"prefixes were bound for a batch of {group.shape[0]} rows, got {batch}")
         pk, pv, visible = pk[group], pv[group], seen[group]  # (B, H, P, D), (B, H, P, D), (B, P)
     n_prefix = pk.shape[2]
-    key = torch.cat([pk.to(key.dtype), key], dim=2)
-    value = torch.cat([pv.to(value.dtype), value], dim=2)
+    # (no copy unless a device map put this layer on another device than the prefix, or dtypes differ)
+    key = torch.cat([pk.to(key.device, key.dtype), key], dim=2)
+    value = torch.cat([pv.to(value.device, value.dtype), value], dim=2)
     q_len, k_len = query.shape[2], key.shape[2]
     eager = getattr(module, _BASE) == "eager"
     is_causal = kwargs.pop("is_causal", None)
@@ -385,6 +387,7 @@ class DeepPrompt(nn.Module, KeyValuePrefix):
             self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.Tanh(), nn.Linear(hidden, len(self.sites) * 2 * self.heads * self.head_dim))
         else:
             self.prefix = nn.Parameter(self._activations_of_sampled_words() if not folded else torch.zeros(self.shape))
+        self.to(input_device(model))  # beside the input embeddings; each layer takes its slice to its own device
 
     def table(self) -> torch.Tensor:
         """(P, sites, 2, heads, head_dim)."""
@@ -421,7 +424,7 @@ class DeepPrompt(nn.Module, KeyValuePrefix):
         model = self._model[0]
         if self.length == 0:
             return torch.zeros(self.shape)
-        ids = _sampled_ids(model, self.length)[None]
+        ids = _sampled_ids(model, self.length)[None].to(input_device(model))
         for site in self.sites:
             setattr(site.module, _CAPTURE, [])
         unbind(model, self.sites)
@@ -434,7 +437,7 @@ class DeepPrompt(nn.Module, KeyValuePrefix):
             for site in self.sites:
                 setattr(site.module, _CAPTURE, None)
         # each captured (key, value) is (1, H, P, D): stack to (P, sites, 2, H, D)
-        return torch.stack([torch.stack([k[0], v[0]]) for k, v in kv]).permute(3, 0, 1, 2, 4).float().contiguous()
+        return torch.stack([torch.stack([k[0], v[0]]).to(ids.device) for k, v in kv]).permute(3, 0, 1, 2, 4).float().contiguous()
 
 
 def _sampled_ids(model: nn.Module, n: int) -> torch.Tensor:

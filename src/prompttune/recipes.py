@@ -183,7 +183,7 @@ def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *,
     method = get_method(cfg.method.name)
     train_ex, dev_ex, test_ex = splits
     set_seed(cfg.train.seed)  # soft prompts, LoRA and adapters are initialised here: make it repeatable
-    classifier, fp = build_classifier(spec, head_seed=cfg.train.seed)
+    classifier, fp = build_classifier(spec, head_seed=cfg.train.seed, **placement_of(cfg))
     trainable, total = count_parameters(classifier)
     if trainable and not train_ex:
         raise ConfigError(f"method {method.name!r} trains {trainable:,} parameters: set task.train to a data file")
@@ -269,6 +269,11 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+def placement_of(cfg: RunConfig) -> dict:
+    """The run's device_map and max_memory, as `build_classifier` takes them."""
+    return {"device_map": cfg.device_map, "max_memory": cfg.max_memory}
+
+
 def _run_config(cfg: RunConfig) -> dict:
     """The whole resolved run config as JSON values: what a checkpoint records of its run."""
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
@@ -297,7 +302,7 @@ def _start_from_most_similar(cfg: RunConfig, spec: TaskSpec, fp: dict, classifie
     train(classifier, train_ex, None, brief)
     found = most_similar(classifier, cfg.method.prompt_bank, fp)
     set_seed(cfg.train.seed)
-    fresh, _ = build_classifier(spec, head_seed=cfg.train.seed)
+    fresh, _ = build_classifier(spec, head_seed=cfg.train.seed, **placement_of(cfg))
     if found is None:
         log(f"prompt bank {cfg.method.prompt_bank}: no prompt of this method and shape on this backbone; starting fresh")
         return fresh, {"from": None}

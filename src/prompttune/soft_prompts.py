@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .backbones import input_device
 from .errors import ConfigError, ModelError, TemplateError
 from .model_parts import ModelPart, Rows, kind_state, replace_child_state, row_count
 from .prompt_encoders import PromptEncoder
@@ -144,6 +145,7 @@ class SoftPrompt(nn.Module, ModelPart):
             self.vectors = nn.Parameter(init)
         else:
             self.encoder = PromptEncoder(encoder, init)
+        self.to(input_device(model))  # where the embeddings it fills are (a dispatched model is not moved later)
 
     @property
     def n(self) -> int:

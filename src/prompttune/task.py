@@ -164,7 +164,8 @@ def _prompt_classifier(spec: TaskSpec, backbone: Backbone, template, options: Me
 
 
 def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded: bool = False,
-                     head_seed: int = FRESH_SEED) -> tuple[nn.Module, dict]:
+                     head_seed: int = FRESH_SEED, device_map: str | None = None,
+                     max_memory: dict | None = None) -> tuple[nn.Module, dict]:
     """The task's classifier with its method attached, and the base backbone's fingerprint.
 
     `backbone` lets several tasks share one loaded model. Head-based methods build a classification
@@ -172,6 +173,8 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
     takes every other module from the backbone (`backbones.share_base_modules`). `folded` builds the
     form a saved task has (P-tuning's encoder and prefix-tuning's MLP already folded into vectors).
     `head_seed` initialises a new classification head (a loaded task's head comes from its file).
+    `device_map` and `max_memory` place a model this call loads across devices (`backbones.load_backbone`);
+    the task's own vectors (soft prompts, prefixes) then live on the model's input device.
     """
     method = get_method(spec.method)
     options = spec.method_options()
@@ -180,7 +183,8 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
                           "needs a template method (prompt-tuning, p-tuning, prefix-tuning, p-tuning-v2, prompt-finetune)")
     if method.uses_head(options):
         model = load_head_model(spec.model, len(spec.labels), seed=head_seed,
-                                dtype=backbone.model.dtype if backbone is not None else None)
+                                dtype=backbone.model.dtype if backbone is not None else None,
+                                **({} if backbone is not None else {"device_map": device_map, "max_memory": max_memory}))
         if backbone is not None:
             share_base_modules(model, backbone.model)
         fp = fingerprint(model, spec.model, "classifier")
@@ -195,7 +199,8 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
             raise TemplateError(f"template {spec.template!r} has {{trigger}} slots: fill them first with "
                                 "`prompttune search triggers CONFIG --out DIR`, then train with the config it writes")
         if backbone is None:
-            backbone = load_backbone(spec.model, kind=spec.model_kind, lm_head=spec.lm_head)
+            backbone = load_backbone(spec.model, kind=spec.model_kind, lm_head=spec.lm_head, device_map=device_map,
+                                     max_memory=max_memory)
         require_lm_head(backbone)
         fp = backbone.fingerprint()
         if spec.generation:

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .backbones import input_device, is_dispatched
 from .errors import ArtifactError, ConfigError
 from .evaluation import evaluate
 from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
@@ -42,11 +43,11 @@ CHECKPOINT_FILES = (CHECKPOINT_STATE, CHECKPOINT_TENSORS)
 """A checkpoint's files, in the order they are removed: without `state.json` there is no checkpoint,
 so a run killed between the two removals leaves none rather than a split pair."""
 RESUME_TOLERATED = ("train.progress", "train.eval_batch_size", "train.checkpoint", "train.report_to",
-                    "train.gradient_checkpointing", "task.eval", "decoding.max_new_tokens", "decoding.num_beams",
+                    "train.gradient_checkpointing", "device_map", "max_memory", "task.eval", "decoding.max_new_tokens", "decoding.num_beams",
                     "decoding.stop")
 """Keys of a run's record that may differ when it is resumed: how it is shown, how dev batches are
 sized, whether more checkpoints are written, where the numbers are logged, whether activations are
-recomputed (same gradients, less memory: a run that ran out of memory resumes with it on), the data
+recomputed and where the model is placed (same numbers: a run that ran out of memory resumes with less), the data
 evaluated after training, and how text is generated (a checkpoint written before runs had `decoding` lacks them)."""
 REPORT_TO = ("none", "tensorboard")
 """Where `train.report_to` sends the numbers of a run as it trains (through accelerate's trackers)."""
@@ -199,7 +200,18 @@ def train(
     steps_per_epoch = -(-len(train_examples) // config.batch_size)
     total = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
-    model, optimizer = accelerator.prepare(classifier, optimizer)
+    # A model placed by a device map (naive model parallelism) stays where the map put it: accelerate
+    # moves neither it nor the batches, which go to the device of its input embeddings instead.
+    backbone = getattr(classifier, "model", classifier)
+    dispatched = is_dispatched(backbone)
+    if dispatched and accelerator.num_processes > 1:
+        raise ConfigError(f"device_map spreads one model over the devices of one process; it cannot train in "
+                          f"{accelerator.num_processes} processes: launch one process, or drop device_map")
+    model, optimizer = accelerator.prepare(classifier, optimizer, device_placement=[not dispatched, not dispatched])
+    collate = classifier.collate
+    if dispatched:
+        device = input_device(backbone)
+        collate = lambda examples: {k: v.to(device) for k, v in classifier.collate(examples).items()}  # noqa: E731
 
     start_epoch, best_state = 0, None
     if saved is not None:
@@ -210,7 +222,7 @@ def train(
 
     # Checkpointing is on for the epochs only (the dev evaluation inside runs without gradients, where it
     # does nothing); the model leaves `train` as it came.
-    with checkpointed(getattr(classifier, "model", classifier), config.gradient_checkpointing):
+    with checkpointed(backbone, config.gradient_checkpointing):
         for epoch in range(start_epoch, config.epochs):
             # `epoch` epochs are done; a resumed run that had already run out of patience stops here too.
             patience = config.early_stopping_patience
@@ -221,14 +233,16 @@ def train(
             # same batches and trains to the same weights as an uninterrupted one.
             set_seed(config.seed * 1000 + epoch)
             order = random.Random(config.seed * 1000 + epoch).sample(train_examples, len(train_examples))
-            loader = accelerator.prepare_data_loader(DataLoader(order, batch_size=config.batch_size, collate_fn=classifier.collate))
+            loader = accelerator.prepare_data_loader(DataLoader(order, batch_size=config.batch_size, collate_fn=collate),
+                                                     device_placement=not dispatched)
             model.train()
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=bar_off(config.progress and accelerator.is_main_process))
             losses = []
             for batch in bar:
                 out = model(batch)
                 # A classifier returns class scores; a text generator returns its LM loss (a scalar).
-                loss = out if out.ndim == 0 else F.cross_entropy(out.float(), batch["labels"])
+                # (The labels go where the scores are: with a device map, the last layer's device.)
+                loss = out if out.ndim == 0 else F.cross_entropy(out.float(), batch["labels"].to(out.device))
                 if not loss.requires_grad:
                     names = [n for n, p in classifier.named_parameters() if p.requires_grad]
                     raise ConfigError(f"the loss does not depend on any of the {len(names)} trainable parameter(s) "
