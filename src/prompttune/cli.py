@@ -22,13 +22,14 @@ from .generation import MAX_STOP, Decoding
 
 EPILOG_TRAIN = """example:
   prompttune train configs/sst2_prompt_finetune.yaml --out runs/sst2 --set train.lr=2e-5 --set task.shots=16
-config keys: model, model_kind, lm_head, task.{train,dev,eval,eval_split,text_fields,label_field,shots,seed,labels},
+config keys: model, model_kind, lm_head, device_map (auto|balanced|balanced_low_0|sequential), max_memory,
+  task.{train,dev,eval,eval_split,text_fields,label_field,shots,seed,labels},
   prompt.{template,verbalizer,word_score}, method.{name (one or a list),prompt_length,init,encoder,reparameterize,
   reparam_hidden,head,init_from,prompt_bank,transfer_epochs,lora_rank,lora_alpha,lora_dropout,target_modules,
   merge,adapter_kind,reduction_factor,demonstrations,demo_selection,demo_encoder,context_examples,instruction,
   calibrate,chain_of_thought,reasoning_field,cot_trigger,answer_trigger,max_reasoning_tokens},
   train.{epochs,lr,batch_size,eval_batch_size,max_length,weight_decay,warmup_ratio,max_grad_norm,seed,progress,
-  checkpoint,early_stopping_patience,report_to (none|tensorboard: OUT/logs)},
+  checkpoint,early_stopping_patience,report_to (none|tensorboard: OUT/logs),gradient_checkpointing},
   decoding.{max_new_tokens,num_beams,stop} (how eval and generate write a generation task's text)
 paths: relative paths in the config file are the file's folder's; those given with --set, the current directory's.
   task.eval_split: 0.2 holds out 20% of task.train (per label, seeded) as the evaluation set.
