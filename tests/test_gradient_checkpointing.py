@@ -168,8 +168,12 @@ def test_training_with_checkpointing_ends_where_training_without_it_ends(model, 
     for on in (False, True):
         torch.manual_seed(0)
         clf, _ = build_classifier(spec)
+        caching = [getattr(m.config, "use_cache", None) for m in clf.model.modules() if hasattr(m, "config")]
         train(clf, EXAMPLES, None, TrainConfig(epochs=3, lr=1e-2, batch_size=4, progress=False, gradient_checkpointing=on))
         assert not is_checkpointing(clf.model), f"train left checkpointing on ({model})"
+        assert [getattr(m.config, "use_cache", None) for m in clf.model.modules() if hasattr(m, "config")] == caching, (
+            f"train left the model's use_cache settings changed ({model})")
+        assert not getattr(clf.model, "_require_grads_hooks", None), f"train left input-grad hooks on the model ({model})"
         weights.append({n: p.detach().clone() for n, p in clf.named_parameters() if p.requires_grad})
     for name, plain in weights[0].items():
         diff = (weights[1][name] - plain).abs().max().item()
