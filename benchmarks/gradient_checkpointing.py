@@ -6,7 +6,8 @@
 The real SmolLM2-135M-Instruct (`SmolLM2-135M-Instruct`, converted once into the prompttune cache),
 float32 on the CPU. Each (method, checkpointing) variant runs in its own subprocess, so one variant's
 memory never counts towards another's: the child loads the model, builds the task (template
-`{sentence} It was {mask}.`, verbalizer negative/positive; lora: rank 8 on q_proj/v_proj; p-tuning-v2:
+`{sentence} It was {mask}.`, verbalizer negative/positive, which SmolLM2's causal scorer reads with
+one row per example and label word: `batch_shape` 2·batch × tokens; lora: rank 8 on q_proj/v_proj; p-tuning-v2:
 20 prefix vectors per layer), and makes one fixed batch of `--batch` rows of exactly `--tokens`
 tokens (a long text truncated to fit). Then one untimed step and `--steps` timed steps: forward,
 cross-entropy on the class scores, backward, AdamW step, in train mode (dropout as in training).
