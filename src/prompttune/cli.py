@@ -449,8 +449,11 @@ def cmd_train(args) -> int:
                   f"{shlex.join(again)}", file=sys.stderr)
             return 130
         raise
+    from .processes import is_main_process
     from .reports import headline
 
+    if not is_main_process():  # launched as several processes: the main one reports the run, once
+        return 0
     # The eval's headline numbers; OUT/eval.json holds them all (per class, confusion matrix, majority baseline).
     print(json.dumps({"artifact": str(args.out), **{k: summary[k] for k in ("method", "trainable_parameters", "best_dev")},
                       **({"eval": headline(summary["eval"])} if "eval" in summary else {})}))
