@@ -33,7 +33,9 @@ config keys: model, model_kind, lm_head, task.{train,dev,eval,eval_split,text_fi
 paths: relative paths in the config file are the file's folder's; those given with --set, the current directory's.
   task.eval_split: 0.2 holds out 20% of task.train (per label, seeded) as the evaluation set.
 writes: OUT/config.json + weights.safetensors (the task), eval.json (with task.eval), training.png (loss and dev
-  accuracy per epoch)"""
+  accuracy per epoch)
+several processes: accelerate launch [--config_file configs/accelerate/ddp_2gpu.yaml] -m prompttune train ...;
+  train.batch_size is the global batch (split across the processes); only the main process writes"""
 
 
 EPILOG_PREDICT = """inputs:

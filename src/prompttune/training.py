@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .errors import ArtifactError, ConfigError
@@ -223,11 +224,15 @@ def train(
         set_seed(config.seed * 1000 + epoch)
         order = random.Random(config.seed * 1000 + epoch).sample(train_examples, len(train_examples))
         model.train()
-        bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
+        # Global batches, of which this process takes its share (not accelerate's prepared loader: its
+        # split_batches needs a batch size divisible by N and pads the last batch with repeated examples).
+        # Iterated once (a DataLoader draws a seed from torch's generator per iterator, and tqdm.auto
+        # would make two), so the dropout masks follow the seed as they always have.
+        shares = DataLoader(order, batch_size=config.batch_size, collate_fn=lambda rows: batch_share(rows, rank, processes))
+        bar = tqdm(iter(shares), total=len(shares), desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=bar_off(config.progress and main))
         losses = []
-        for start in bar:
-            rows, weight = batch_share(order[start : start + config.batch_size], rank, processes)
+        for rows, weight in bar:
             batch = {k: v.to(accelerator.device) for k, v in classifier.collate(rows).items()}
             loss, terms = mean_loss(classifier, model(batch), batch)
             # DDP averages the processes' gradients: scaled by this process's share of the batch's loss
