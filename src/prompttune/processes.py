@@ -11,7 +11,8 @@ it alone evaluates on dev and sends the numbers to the others, so every process 
 epoch and stops at the same one. The others wait for it (`wait_for_everyone`) and never write.
 
 A plain `prompttune train` is one process: nothing here touches accelerate's global state then, so
-`training.train` sets it up as the run asks.
+`training.train` sets it up as the run asks. Under a launch, each process's device is the launcher's
+(one GPU per process, or the CPU with ACCELERATE_USE_CPU=1), set when `process_state` first runs.
 
 A process that fails ends its run with an error, and the launcher (torchrun, which `accelerate
 launch` uses for several processes on one machine) then stops the others at once; launched some other
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import ConfigError
+from .errors import ConfigError, LaunchError
 
 SHARDED = {"FSDP": "FSDP", "DEEPSPEED": "DeepSpeed ZeRO stage 3"}
 """Launch modes that shard the parameters themselves, which prompttune's loop does not gather yet."""
@@ -63,10 +64,18 @@ def is_main_process() -> bool:
 
 
 def wait_for_everyone() -> None:
-    """Block until every process of the launch has come here (nothing in a plain run)."""
+    """Block until every process of the launch has come here (nothing in a plain run).
+
+    Raises `LaunchError` when another process ended instead (with its own error: the launcher shows it).
+    """
     state = process_state()
-    if state is not None:
+    if state is None:
+        return
+    try:
         state.wait_for_everyone()
+    except RuntimeError:  # torch's DistBackendError: "Connection closed by peer" from the process that ended
+        raise LaunchError(f"process {state.process_index} of {state.num_processes}: another process of the launch "
+                          "stopped (its error is above)") from None
 
 
 def check_launch(state, checkpoint: bool) -> None:
