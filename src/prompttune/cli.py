@@ -34,7 +34,9 @@ config keys: model, model_kind, lm_head, device_map (auto|balanced|balanced_low_
 paths: relative paths in the config file are the file's folder's; those given with --set, the current directory's.
   task.eval_split: 0.2 holds out 20% of task.train (per label, seeded) as the evaluation set.
 writes: OUT/config.json + weights.safetensors (the task), eval.json (with task.eval), training.png (loss and dev
-  accuracy per epoch)"""
+  accuracy per epoch)
+several processes: accelerate launch [--config_file configs/accelerate/ddp_2gpu.yaml] -m prompttune train ...;
+  train.batch_size is the global batch (split across the processes); only the main process writes"""
 
 
 EPILOG_PREDICT = """inputs:
@@ -450,8 +452,11 @@ def cmd_train(args) -> int:
                   f"{shlex.join(again)}", file=sys.stderr)
             return 130
         raise
+    from .processes import is_main_process
     from .reports import headline
 
+    if not is_main_process():  # launched as several processes: the main one reports the run, once
+        return 0
     # The eval's headline numbers; OUT/eval.json holds them all (per class, confusion matrix, majority baseline).
     print(json.dumps({"artifact": str(args.out), **{k: summary[k] for k in ("method", "trainable_parameters", "best_dev")},
                       **({"eval": headline(summary["eval"])} if "eval" in summary else {})}))

@@ -40,3 +40,7 @@ class ExportError(PromptTuneError):
 class OutputError(PromptTuneError):
     """An output directory that cannot be written, is in use, is full, or holds files a command
     would replace without being asked (`--overwrite`)."""
+
+
+class LaunchError(PromptTuneError):
+    """A process of an `accelerate launch` that cannot go on because another one stopped."""

@@ -110,6 +110,14 @@ class TextGenerator(TaskModule):
         out = self.model(input_ids=batch["ids"], attention_mask=batch["attn"], labels=batch["target"])
         return out.loss
 
+    def loss_terms(self, batch: dict) -> int:
+        """How many target tokens `forward(batch)`'s loss is the mean of: those not -100, less the first
+        position for a causal LM (it predicts each token from those before it, so the first is never a
+        target; transformers' causal LM loss shifts the labels the same way). The trainer weights each
+        process's share of a batch by it (`training.train`)."""
+        target = batch["target"] if self.kind == "seq2seq" else batch["target"][:, 1:]
+        return int((target != -100).sum())
+
 
 def prompt_ids(task: nn.Module, example: dict, *, max_length: int | None = None) -> list[int]:
     """The ids a generation starts from: causal LMs get the text before `{mask}` (all of it

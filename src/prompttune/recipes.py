@@ -8,6 +8,10 @@ The output directory is held for the whole run (`outputs.claim_output`): locked,
 before the model loads, and checked for free space before training. A task artifact there is
 replaced only with `overwrite`; a checkpoint of an interrupted run is continued only with
 `resume` (and only by the same run: `training.check_same_run`) or discarded with `overwrite`.
+
+Under `accelerate launch` with several processes (`processes`), only the main process claims the
+folder and writes in it; the others wait until it holds the folder, train their share, and return
+the summary without saving or evaluating (they have no "eval").
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from .lm_head import COPY_INFO, COPY_WEIGHTS
 from .methods import get_method, method_list
 from .outputs import claim_output, json_marked, require_free_space
 from .parameters import count_parameters, trainable_bytes
+from .processes import is_main_process, wait_for_everyone
 from .reports import headline, training_plot_writer
 from .task import TaskSpec, build_classifier
 from .training import (CHECKPOINT_FILES, CHECKPOINT_STATE, RESUME_TOLERATED, TRACKER_RUN, TrainResult, check_same_run,
@@ -106,11 +111,18 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
     checkpoint that the flags do not allow to replace) and `ConfigError` (nothing to resume, or a
     checkpoint of another run) before the model loads; `OutputError` if a write fails later.
 
+    Launched as several processes, only the main one claims `out_dir`, logs and writes; each other
+    process waits until the main one holds the folder, trains its share, and returns the summary
+    without "eval" (see `processes`).
+
     Example:
         >>> summary = run_training(load_config("configs/demo.yaml"), "runs/demo")
         >>> summary["eval"]["accuracy"]
     """
+    main = is_main_process()
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    if not main:
+        log = lambda msg: None  # noqa: E731  (the main process tells what the run does, once)
     train_ex, dev_ex, test_ex = splits if splits is not None else load_splits(cfg)
     files = data_files(cfg) if splits is None else {}
     labels = [] if cfg.task.generation else task_labels(cfg, train_ex)
@@ -119,12 +131,16 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
         if unknown:
             raise DataError(f"the {name} data has label(s) {unknown} that the task does not know; task labels: {labels}")
     spec = task_spec(cfg, labels, train_ex)
+    if not main:
+        wait_for_everyone()  # until the main process holds the folder (if it fails, the launcher ends this one)
+        return _train_and_save(cfg, spec, Path(out_dir), (train_ex, dev_ex, test_ex), resume=resume, log=log, files=files)
     # A resume replaces the artifact its run may have saved before; an interrupted run's checkpoint is
     # refused below with its own message (pass --resume or --overwrite), which covers the artifact too.
     interrupted = (Path(out_dir) / CHECKPOINT / CHECKPOINT_STATE).is_file()
     with claim_output(out_dir, owned=TRAIN_FILES, what="a task artifact", overwrite=overwrite or resume or interrupted,
                       is_ours=is_artifact) as out:
         _check_checkpoint(cfg, out / CHECKPOINT, (train_ex, dev_ex), resume=resume, overwrite=overwrite, log=log)
+        wait_for_everyone()  # the others start once the folder is held and checked
         return _train_and_save(cfg, spec, out, (train_ex, dev_ex, test_ex), resume=resume, log=log, files=files)
 
 
@@ -179,7 +195,8 @@ def _check_checkpoint(cfg: RunConfig, ckpt: Path, splits: tuple, *, resume: bool
 def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *, resume: bool, log,
                     files: dict[str, dict]) -> dict:
     """Build, train (checkpointing into out/checkpoint), save the artifact, evaluate; return the summary.
-    `files`: the data files the splits were read from (`data_files`), for the training record."""
+    `files`: the data files the splits were read from (`data_files`), for the training record. In a
+    process other than the main one of a launch: build and train only, and return the summary."""
     method = get_method(cfg.method.name)
     train_ex, dev_ex, test_ex = splits
     set_seed(cfg.train.seed)  # soft prompts, LoRA and adapters are initialised here: make it repeatable
@@ -212,6 +229,8 @@ def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *,
     if cfg.task.eval_split is not None:
         summary["eval_split"] = {"fraction": cfg.task.eval_split, "seed": cfg.task.seed, "from": cfg.task.train,
                                  "examples": len(test_ex)}
+    if not is_main_process():
+        return summary  # the main process saves and evaluates the weights every process holds
     record = {**summary, **training_record(cfg, splits, result, files)}
     save_artifact(out, spec, classifier, fp, extra={"training": record, "label_field": cfg.task.label_field})
     if result.history:

@@ -7,6 +7,12 @@ epochs in a row have not improved on it. With `report_to: tensorboard`, loss, le
 numbers go to accelerate's TensorBoard tracker as they are computed. A checkpoint (safetensors +
 JSON, never pickle) after each epoch lets a run resume where it stopped, with the same data order.
 
+Under `accelerate launch` with N processes (data parallel, `processes`), `batch_size` stays the global
+batch: each process takes every N-th example of it (`batch_share`) and weights its loss by its share of
+the batch's loss terms, so the averaged gradient is the one a single process computes on the whole batch,
+whatever the batch and data sizes. Only the main process evaluates on dev (the others receive its
+numbers) and writes checkpoints.
+
 A checkpoint records what defines its run (`run_record`: the TrainConfig, a digest of the data,
 the trainable parameters' names and shapes, and what the caller adds – `prompttune train` adds
 the rest of the run config and the backbone's fingerprint). Resuming compares that record with
@@ -36,6 +42,7 @@ from .evaluation import evaluate
 from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
 from .gradient_checkpointing import checkpointed
 from .parameters import trainable_bytes, trainable_state_dict
+from .processes import check_launch
 from .progress import bar_off
 
 CHECKPOINT_TENSORS, CHECKPOINT_STATE = "state.safetensors", "state.json"
@@ -64,6 +71,8 @@ class TrainConfig:
     lr: float = 1e-5
     """Peak learning rate of AdamW (linear warm-up, then linear decay to 0)."""
     batch_size: int = 8
+    """Examples per optimizer step, over all processes: under `accelerate launch` with N processes each
+    takes every N-th example of the batch, so the same config trains the same weights on 1 or N."""
     eval_batch_size: int = 32
     max_length: int = 128
     """Longest token sequence; only the text fields are truncated to fit."""
@@ -172,7 +181,7 @@ def train(
         >>> result.best_dev["accuracy"]
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import broadcast_object_list, set_seed
     from transformers import get_linear_schedule_with_warmup
 
     if config.early_stopping_patience is not None and not dev_examples:
@@ -192,6 +201,11 @@ def train(
         return result
     tracking = config.report_to != "none"
     accelerator = Accelerator(log_with=config.report_to, project_dir=str(log_dir)) if tracking else Accelerator()
+    check_launch(accelerator.state, config.checkpoint and ckpt is not None or resume)
+    rank, processes, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.is_auto("train_micro_batch_size_per_gpu"):  # DeepSpeed asks; no loader tells it
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = -(-config.batch_size // processes)
     decay = [p for p in params if p.ndim >= 2]  # no weight decay on biases and norms
     no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -208,10 +222,7 @@ def train(
         raise ConfigError(f"device_map spreads one model over the devices of one process; it cannot train in "
                           f"{accelerator.num_processes} processes: launch one process, or drop device_map")
     model, optimizer = accelerator.prepare(classifier, optimizer, device_placement=[not dispatched, not dispatched])
-    collate = classifier.collate
-    if dispatched:
-        device = input_device(backbone)
-        collate = lambda examples: {k: v.to(device) for k, v in classifier.collate(examples).items()}  # noqa: E731
+    device = input_device(backbone) if dispatched else accelerator.device  # where each batch goes
 
     start_epoch, best_state = 0, None
     if saved is not None:
@@ -233,16 +244,23 @@ def train(
             # same batches and trains to the same weights as an uninterrupted one.
             set_seed(config.seed * 1000 + epoch)
             order = random.Random(config.seed * 1000 + epoch).sample(train_examples, len(train_examples))
-            loader = accelerator.prepare_data_loader(DataLoader(order, batch_size=config.batch_size, collate_fn=collate),
-                                                     device_placement=not dispatched)
             model.train()
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=bar_off(config.progress and accelerator.is_main_process))
+            # Global batches, of which this process takes its share (not accelerate's prepared loader: its
+            # split_batches needs a batch size divisible by N and pads the last batch with repeated examples).
+            # Iterated once (a DataLoader draws a seed from torch's generator per iterator, and tqdm.auto
+            # would make two), so the dropout masks follow the seed as they always have.
+            shares = DataLoader(order, batch_size=config.batch_size, collate_fn=lambda rows: batch_share(rows, rank, processes))
+            bar = tqdm(iter(shares), total=len(shares), desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=bar_off(config.progress and main))
             losses = []
-            for batch in bar:
-                out = model(batch)
-                # A classifier returns class scores; a text generator returns its LM loss (a scalar).
-                # (The labels go where the scores are: with a device map, the last layer's device.)
-                loss = out if out.ndim == 0 else F.cross_entropy(out.float(), batch["labels"].to(out.device))
+            for rows, weight in bar:
+                batch = {k: v.to(device) for k, v in classifier.collate(rows).items()}
+                loss, terms = mean_loss(classifier, model(batch), batch)
+                # DDP averages the processes' gradients: scaled by this process's share of the batch's loss
+                # terms (× N), the average is the gradient of the whole batch's mean loss, as on one process.
+                terms *= weight
+                batch_terms = accelerator.reduce(torch.tensor(terms, device=accelerator.device), "sum").item()
+                loss = loss * (terms * processes / max(batch_terms, 1))
                 if not loss.requires_grad:
                     names = [n for n, p in classifier.named_parameters() if p.requires_grad]
                     raise ConfigError(f"the loss does not depend on any of the {len(names)} trainable parameter(s) "
@@ -255,14 +273,17 @@ def train(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.item())
+                losses.append(accelerator.reduce(loss.detach(), "mean").item())  # the whole batch's mean loss
                 result.steps += 1
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if tracking:
                     accelerator.log({"train/loss": losses[-1], "train/lr": scheduler.get_last_lr()[0]}, step=result.steps)
             record = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses)}
             if dev_examples:
-                dev = evaluate(classifier, dev_examples, batch_size=config.eval_batch_size)
+                # The main process evaluates; every process takes its numbers, so all choose the same best
+                # epoch and stop at the same one (their weights are equal: the gradients are averaged).
+                dev = evaluate(classifier, dev_examples, batch_size=config.eval_batch_size) if main else None
+                dev = broadcast_object_list([dev])[0]
                 record.update({f"dev_{k}": v for k, v in dev.items() if k in ("accuracy", "loss")})
                 # A few-shot dev set (32 examples) ties often; the lower loss breaks the tie.
                 # (A generation task has no accuracy: its dev loss alone decides.)
@@ -275,9 +296,9 @@ def train(
                 accelerator.log({"train/epoch_loss": record["train_loss"],
                                  **{f"dev/{k[4:]}": v for k, v in record.items() if k.startswith("dev_")}}, step=result.steps)
             result.seconds = round(seconds_before + time.perf_counter() - started, 3)
-            if config.progress and accelerator.is_main_process:
+            if config.progress and main:
                 tqdm.write("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            if ckpt is not None and config.checkpoint:
+            if ckpt is not None and config.checkpoint and main:
                 _save_checkpoint(ckpt, epoch + 1, classifier, optimizer, scheduler, result, best_state, identity)
 
     if tracking:
@@ -285,6 +306,33 @@ def train(
     if best_state is not None:
         classifier.load_state_dict(best_state, strict=False)
     return result
+
+
+def mean_loss(classifier: nn.Module, out: torch.Tensor, batch: dict) -> tuple[torch.Tensor, int]:
+    """The loss the trainer minimises for `batch` and how many terms it is the mean of: for a classifier
+    (`out`: (B, n_classes) class scores) the cross-entropy averaged over its B rows; for a text generator
+    (`out`: its LM loss, a scalar) that loss, averaged over its target tokens (`loss_terms`)."""
+    if out.ndim == 0:
+        return out, classifier.loss_terms(batch)
+    # (The labels go where the scores are: with a device map, the last layer's device.)
+    return F.cross_entropy(out.float(), batch["labels"].to(out.device)), len(out)
+
+
+def batch_share(batch: list[dict], rank: int, processes: int) -> tuple[list[dict], int]:
+    """The examples of a global batch that process `rank` of `processes` trains on, and the weight of its
+    loss: every `processes`-th example from its rank on, weight 1. A process left without an example (a
+    last batch smaller than the number of processes) gets the batch's first one with weight 0: it still
+    runs forward and backward, so the gradient averaging every process takes part in goes through,
+    but adds nothing.
+
+    Example:
+        >>> batch_share([a, b, c], 1, 2)
+        ([b], 1)
+        >>> batch_share([a], 1, 2)
+        ([a], 0)
+    """
+    share = batch[rank::processes]
+    return (share, 1) if share else (batch[:1], 0)
 
 
 # --- checkpoints: what a run records, and resuming only the same run --------------------------
