@@ -35,6 +35,7 @@ from .lm_head import COPY_INFO, COPY_WEIGHTS, head_copy
 from .methods import MethodOptions
 from .model_parts import ModelPart, detach_parts
 from .parameters import count_parameters, trainable_state_dict
+from .quantization import QUANTIZATIONS, note_difference, quantization_of
 from .scoring import WORD_SCORES
 from .task import TaskSpec, build_classifier
 from .training import TrainConfig
@@ -74,6 +75,8 @@ def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, 
         "chat_template": chat is not None,
         **({"chat_template_sha256": chat.sha256} if chat is not None else {}),
         "backbone": base_fingerprint,
+        # For information: the task loads on the base quantized otherwise too (`quantization.note_difference`).
+        "quantization": quantization_of(classifier.model),
         # Counted as a reload has them: the stored (folded) form, not P-tuning's encoder.
         "trainable_parameters": stored,
         "total_parameters": total - trainable + stored,
@@ -186,6 +189,7 @@ _CONFIG_KEYS = {
     "chat_template_sha256": (lambda v: isinstance(v, str) and bool(_SHA256.fullmatch(v)), "64 hex digits"),
     "demonstrations": (lambda v: v is None or (isinstance(v, list) and all(isinstance(d, dict) for d in v)),
                        "a list of examples or null"),
+    "quantization": (lambda v: v in QUANTIZATIONS, f"one of {', '.join(QUANTIZATIONS)}"),
     "backbone": (lambda v: isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("name", "kind", "embedding_sha256")),
                  "the backbone's fingerprint (name, kind, embedding_sha256...)"),
     "weights": (lambda v: isinstance(v, dict) and isinstance(v.get("sha256"), str), "the weights file's sha256"),
@@ -262,12 +266,15 @@ def spec_from_config(config: dict, directory: str | Path) -> TaskSpec:
 
 
 def load_artifact(directory: str | Path, backbone: Backbone | None = None, *,
-                  saved: tuple[dict, dict[str, torch.Tensor]] | None = None) -> tuple[nn.Module, dict]:
+                  saved: tuple[dict, dict[str, torch.Tensor]] | None = None,
+                  quantization: str | None = None) -> tuple[nn.Module, dict]:
     """Rebuild a saved task: (classifier ready for prediction, its config).
 
     On a given `backbone` (shared with other tasks) a `merge: true` LoRA task stays unmerged:
     merging would change the weights every task on the backbone reads (the scores agree to float
-    tolerance). `saved` is the checked (config, weights) pair `read_saved(directory)` gave a caller
+    tolerance). Without a `backbone`, the base loads quantized as `quantization` says (default: as the
+    task's base was, `config.json`'s `quantization`); a task loaded on a base quantized otherwise than
+    in training (or not at all) says so in one line on stderr. `saved` is the checked (config, weights) pair `read_saved(directory)` gave a caller
     that already read it (the task pool), so the weights are not read and hashed again. Raises `ArtifactError` for a task that cannot be rebuilt or whose weights do not fit it,
     `ModelError` for one made for another backbone; a given backbone then keeps nothing of the task.
 
@@ -279,7 +286,8 @@ def load_artifact(directory: str | Path, backbone: Backbone | None = None, *,
     config, weights = saved if saved is not None else read_saved(directory)
     spec = spec_from_config(config, directory)
     try:
-        classifier, fp = build_classifier(spec, backbone, folded=True)
+        classifier, fp = build_classifier(spec, backbone, folded=True,
+                                          quantization=quantization or config.get("quantization", "none"))
     except PromptTuneError as e:
         raise ArtifactError(f"cannot rebuild the task saved in {str(directory)!r}: {e}") from e
     try:
@@ -289,6 +297,7 @@ def load_artifact(directory: str | Path, backbone: Backbone | None = None, *,
     except Exception:
         detach_parts(classifier)
         raise
+    note_difference(config.get("quantization", "none"), quantization_of(classifier.model), f"the task in {str(directory)!r}")
     if spec.method_options().merge and backbone is None:
         from .methods.lora import merge_lora
 

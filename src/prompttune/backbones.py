@@ -159,6 +159,8 @@ def load_backbone(
     dtype: torch.dtype | None = None,
     device_map: str | None = None,
     max_memory: dict | None = None,
+    quantization: str = "none",
+    device: torch.device | str | None = None,
 ) -> Backbone:
     """Load a pretrained LM by hub id or local path.
 
@@ -167,13 +169,17 @@ def load_backbone(
     a task artifact carries (`ARTIFACT/lm_head.safetensors`; see `lm_head.head_files`). `device_map`
     (one of `DEVICE_MAPS`, with an optional `max_memory` per device) places the model across devices
     as it loads (`placement`); such a model is not moved afterwards (`is_dispatched`).
+    `quantization` (nf4, fp4, int8; see `prompttune.quantization`) stores the Linear weights in 4 or
+    8 bits, quantized as they load onto the devices `device_map` names, else onto `device` (default:
+    the current GPU when there is one).
     """
     path = resolve_model_path(name)
     config = load_model_config(name)
     kind = kind or detect_kind(config)
     if kind not in KINDS:
         raise ModelError(f"model kind must be one of {KINDS}, got {kind!r}")
-    model, info = load_pretrained(_auto_classes()[kind], path, dtype=dtype, **placement(device_map, max_memory))
+    model, info = load_pretrained(_auto_classes()[kind], path, dtype=dtype, quantization=quantization, device=device,
+                                  **placement(device_map, max_memory))
     head_keys = set(lm_head_parameter_names(model))
     missing_head = bool(head_keys & set(info.get("missing_keys", ())))
     backbone = Backbone(name, kind, model, load_tokenizer(name), lm_head=None, missing_head=missing_head)
@@ -189,15 +195,26 @@ def load_backbone(
 
 
 def load_head_model(name: str, num_labels: int, *, dtype: torch.dtype | None = None, seed: int = FRESH_SEED,
-                    device_map: str | None = None, max_memory: dict | None = None) -> nn.Module:
+                    device_map: str | None = None, max_memory: dict | None = None, quantization: str = "none",
+                    device: torch.device | str | None = None) -> nn.Module:
     """The same pretrained weights under a fresh classification head (the fine-tuning baseline),
-    initialised from `seed`; `device_map` and `max_memory` as in `load_backbone`."""
+    initialised from `seed`; `device_map`, `max_memory`, `quantization` and `device` as in
+    `load_backbone`. Under `quantization` the head and the pooler stay in full precision
+    (`quantization.skip_modules`): they train."""
     from transformers import AutoModelForSequenceClassification
 
+    skip = None
+    if quantization != "none":
+        from .quantization import skip_modules
+
+        config = load_model_config(name)
+        config.num_labels = num_labels
+        skip = skip_modules(AutoModelForSequenceClassification, config)
     # Weights the checkpoint lacked (the new head; BERT's pooler when saved from a masked LM) are
     # freshly initialised (`fresh_parameters`): they belong to the head, whatever the method trains.
     model, _ = load_pretrained(AutoModelForSequenceClassification, resolve_model_path(name), dtype=dtype,
-                                num_labels=num_labels, seed=seed, **placement(device_map, max_memory))
+                                num_labels=num_labels, seed=seed, quantization=quantization, device=device,
+                                skip_modules=skip, **placement(device_map, max_memory))
     if getattr(model.config, "pad_token_id", None) is None:
         # Decoder classifiers pool the last non-pad token and need to know the pad id.
         model.config.pad_token_id = load_tokenizer(name).pad_token_id
@@ -268,11 +285,16 @@ def _tensors(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
-def load_pretrained(auto_cls, path: str, *, dtype=None, seed: int = FRESH_SEED, **kwargs) -> tuple[nn.Module, dict]:
+def load_pretrained(auto_cls, path: str, *, dtype=None, seed: int = FRESH_SEED, quantization: str = "none",
+                    device: torch.device | str | None = None, skip_modules: list[str] | None = None,
+                    **kwargs) -> tuple[nn.Module, dict]:
     """`auto_cls.from_pretrained(path)`, quietly, with transformers' loading report (`missing_keys`...).
 
     Weights the checkpoint lacks are initialised from `seed` (default `FRESH_SEED`), leaving the
-    caller's random state as it was, and recorded (`fresh_parameters`). Raises `ModelError` if the model cannot be loaded.
+    caller's random state as it was, and recorded (`fresh_parameters`). `quantization` other than
+    "none" quantizes the Linear weights onto `device` but those of `skip_modules` (see
+    `prompttune.quantization.load_kwargs`). Raises `ModelError` if the model cannot be loaded,
+    `ConfigError` for a quantization that is unknown or whose backend is not installed.
 
     Example:
         >>> model, info = load_pretrained(AutoModelForSequenceClassification, "bert-base-uncased", num_labels=2)
@@ -283,6 +305,10 @@ def load_pretrained(auto_cls, path: str, *, dtype=None, seed: int = FRESH_SEED, 
     # point of fine-tuning); what matters is checked and reported by prompttune itself.
     from transformers.utils import logging as hf_logging
 
+    if quantization != "none":
+        from .quantization import load_kwargs
+
+        kwargs = {**load_kwargs(quantization, dtype, device, skip_modules), **kwargs}  # a caller's device_map wins
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -306,6 +332,10 @@ def load_pretrained(auto_cls, path: str, *, dtype=None, seed: int = FRESH_SEED, 
     missing = [key for key in info.get("missing_keys", ()) if key in named]
     loaded = {id(p) for name, p in named.items() if name not in missing}  # a tied weight loaded under its other name
     model.__dict__[_FRESH] = [named[key] for key in missing if id(named[key]) not in loaded]
+    if quantization != "none":
+        from .quantization import prepare_quantized
+
+        prepare_quantized(model)
     return model, info
 
 
@@ -337,7 +367,8 @@ def lm_head_parameter_names(model: nn.Module) -> list[str]:
 
 def fingerprint(model: nn.Module, name: str, kind: str, lm_head: str | None = None) -> dict:
     """What identifies a backbone: architecture numbers, a hash of its input embeddings, and a hash of
-    a sample of every other weight.
+    a sample of every other weight (left out for a quantized model, whose packed 4- or 8-bit weights
+    are not the checkpoint's values; its embeddings are never quantized).
 
     The embedding hash covers the whole matrix (it differs between any two trainings); the weights
     hash covers 64 evenly spaced values of each parameter, rounded to bfloat16 (so a float32 and a
@@ -357,8 +388,11 @@ def fingerprint(model: nn.Module, name: str, kind: str, lm_head: str | None = No
         "hidden_size": int(emb.shape[1]),
         "num_layers": int(getattr(cfg, "num_hidden_layers", getattr(cfg, "num_layers", 0)) or 0),
         "embedding_sha256": digest,
-        "weights_sample_sha256": weights_sample_digest(model),
     }
+    from .quantization import quantization_of
+
+    if quantization_of(model) == "none":
+        fp["weights_sample_sha256"] = weights_sample_digest(model)
     if lm_head is not None:
         fp["lm_head_sha256"] = head_digest(model)
     return fp
@@ -398,9 +432,11 @@ LM, or the same weights under a classification head)."""
 
 
 def compare_fingerprints(expected: dict, got: dict) -> None:
-    """Raise `ModelError` naming each field where a backbone differs from the one expected."""
+    """Raise `ModelError` naming each field where a backbone differs from the one expected;
+    `weights_sample_sha256` only where both have it (a quantized backbone has none)."""
     diffs = [f"{k}: artifact was made for {expected[k]!r}, backbone has {got.get(k)!r}"
-             for k in expected if k not in ("name", "lm_head") and expected[k] != got.get(k)]
+             for k in expected if k not in ("name", "lm_head") and expected[k] != got.get(k)
+             and (k != "weights_sample_sha256" or k in got)]
     if diffs:
         raise ModelError(
             f"this task artifact was made for backbone {expected.get('name')!r} and does not fit the one given "

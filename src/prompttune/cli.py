@@ -23,6 +23,7 @@ from .generation import MAX_STOP, Decoding
 EPILOG_TRAIN = """example:
   prompttune train configs/sst2_prompt_finetune.yaml --out runs/sst2 --set train.lr=2e-5 --set task.shots=16
 config keys: model, model_kind, lm_head, device_map (auto|balanced|balanced_low_0|sequential), max_memory,
+  quantization (none|nf4|fp4|int8: a 4- or 8-bit frozen base),
   task.{train,dev,eval,eval_split,text_fields,label_field,shots,seed,labels},
   prompt.{template,verbalizer,word_score}, method.{name (one or a list),prompt_length,init,encoder,reparameterize,
   reparam_hidden,head,init_from,prompt_bank,transfer_epochs,lora_rank,lora_alpha,lora_dropout,target_modules,

@@ -99,6 +99,9 @@ class RunConfig:
     lm_head: str | None = None
     """Directory from `prompttune fit-lm-head`, for encoders that ship without an MLM head (or the
     copy a task artifact carries, `ARTIFACT/lm_head.safetensors`); the artifact gets a copy of it."""
+    quantization: str = "none"
+    """none | nf4 | fp4 | int8: the frozen base's Linear weights in 4 or 8 bits (bitsandbytes; QLoRA's
+    setting); the trained parameters stay in full precision (`prompttune.quantization`)."""
     task: TaskConfig = field(default_factory=TaskConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -427,6 +430,10 @@ _METHOD_RANGES = {  # numeric method keys: (what the value must be, the test); t
 def _validate(cfg: RunConfig) -> None:
     method = get_method(cfg.method.name)
     _validate_placement(cfg)
+    from .quantization import check_quantization, require_trainable_base
+
+    check_quantization(cfg.quantization)
+    require_trainable_base(method, cfg.quantization)
     if cfg.model_kind is not None and cfg.model_kind not in KINDS:
         raise ConfigError(f"model_kind must be one of {KINDS} or null, got {cfg.model_kind!r}")
     if cfg.task.shots is not None and cfg.task.shots < 1:

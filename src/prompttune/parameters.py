@@ -24,7 +24,13 @@ def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 def count_parameters(module: nn.Module) -> tuple[int, int]:
     """(trainable, total) numbers of parameters, tied weights counted once."""
     params = list(module.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    return sum(p.numel() for p in params if p.requires_grad), sum(_numel(p) for p in params)
+
+
+def _numel(p: torch.Tensor) -> int:
+    """The numbers `p` holds: a 4-bit weight (bitsandbytes) packs two in a byte; its shape is its quant state's."""
+    quant_state = getattr(p, "quant_state", None)
+    return quant_state.shape.numel() if quant_state is not None and hasattr(quant_state, "shape") else p.numel()
 
 
 def trainable_bytes(module: nn.Module) -> int:

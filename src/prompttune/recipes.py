@@ -200,7 +200,7 @@ def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *,
     method = get_method(cfg.method.name)
     train_ex, dev_ex, test_ex = splits
     set_seed(cfg.train.seed)  # soft prompts, LoRA and adapters are initialised here: make it repeatable
-    classifier, fp = build_classifier(spec, head_seed=cfg.train.seed, **placement_of(cfg))
+    classifier, fp = build_classifier(spec, head_seed=cfg.train.seed, quantization=cfg.quantization, **placement_of(cfg))
     trainable, total = count_parameters(classifier)
     if trainable and not train_ex:
         raise ConfigError(f"method {method.name!r} trains {trainable:,} parameters: set task.train to a data file")
@@ -321,7 +321,7 @@ def _start_from_most_similar(cfg: RunConfig, spec: TaskSpec, fp: dict, classifie
     train(classifier, train_ex, None, brief)
     found = most_similar(classifier, cfg.method.prompt_bank, fp)
     set_seed(cfg.train.seed)
-    fresh, _ = build_classifier(spec, head_seed=cfg.train.seed, **placement_of(cfg))
+    fresh, _ = build_classifier(spec, head_seed=cfg.train.seed, quantization=cfg.quantization, **placement_of(cfg))
     if found is None:
         log(f"prompt bank {cfg.method.prompt_bank}: no prompt of this method and shape on this backbone; starting fresh")
         return fresh, {"from": None}

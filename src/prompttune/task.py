@@ -17,6 +17,7 @@ from .methods import MethodOptions, get_method, method_list, non_default_options
 from .model_parts import detach_parts
 from .models import HeadClassifier, PromptClassifier
 from .parameters import freeze
+from .quantization import quantization_of, require_trainable_base
 from .templates import parse_template
 from .verbalizers import parse_verbalizer
 
@@ -165,7 +166,7 @@ def _prompt_classifier(spec: TaskSpec, backbone: Backbone, template, options: Me
 
 def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded: bool = False,
                      head_seed: int = FRESH_SEED, device_map: str | None = None,
-                     max_memory: dict | None = None) -> tuple[nn.Module, dict]:
+                     max_memory: dict | None = None, quantization: str = "none") -> tuple[nn.Module, dict]:
     """The task's classifier with its method attached, and the base backbone's fingerprint.
 
     `backbone` lets several tasks share one loaded model. Head-based methods build a classification
@@ -175,14 +176,19 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
     `head_seed` initialises a new classification head (a loaded task's head comes from its file).
     `device_map` and `max_memory` place a model this call loads across devices (`backbones.load_backbone`);
     the task's own vectors (soft prompts, prefixes) then live on the model's input device.
+    `quantization` (see `prompttune.quantization`) is how a backbone loaded here is quantized; a given
+    backbone is as it is. Raises `ConfigError` for a method that would train quantized weights.
     """
     method = get_method(spec.method)
     options = spec.method_options()
+    if backbone is not None:
+        quantization = quantization_of(backbone.model)
+    require_trainable_base(method, quantization)
     if spec.generation and method.uses_head(options):
         raise ConfigError(f"method {spec.method!r} with a classification head cannot generate text; a generation task "
                           "needs a template method (prompt-tuning, p-tuning, prefix-tuning, p-tuning-v2, prompt-finetune)")
     if method.uses_head(options):
-        model = load_head_model(spec.model, len(spec.labels), seed=head_seed,
+        model = load_head_model(spec.model, len(spec.labels), seed=head_seed, quantization=quantization,
                                 dtype=backbone.model.dtype if backbone is not None else None,
                                 **({} if backbone is not None else {"device_map": device_map, "max_memory": max_memory}))
         if backbone is not None:
@@ -200,7 +206,7 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
                                 "`prompttune search triggers CONFIG --out DIR`, then train with the config it writes")
         if backbone is None:
             backbone = load_backbone(spec.model, kind=spec.model_kind, lm_head=spec.lm_head, device_map=device_map,
-                                     max_memory=max_memory)
+                                     max_memory=max_memory, quantization=quantization)
         require_lm_head(backbone)
         fp = backbone.fingerprint()
         if spec.generation:

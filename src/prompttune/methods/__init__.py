@@ -103,6 +103,9 @@ class Method:
     """Add the method's modules to the classifier and mark what it trains. The classifier arrives
     frozen, so methods only ever switch training on, and several can be attached in turn.
     `folded` is True when rebuilding a saved task: build the form that was saved (see `artifacts.stored_state_dict`)."""
+    trains_base: bool = False
+    """Whether it trains the base model's own weights (all of them), which a quantized base cannot
+    (`quantization.require_trainable_base`)."""
 
     def uses_head(self, options: MethodOptions) -> bool:
         return bool(options.head) if self.head is None else self.head
@@ -150,7 +153,8 @@ def compose(methods: list[Method]) -> Method:
         for m in methods:
             m.attach(classifier, options, folded)
 
-    return Method("+".join(names), " + ".join(m.summary for m in methods), heads.pop() if heads else None, attach)
+    return Method("+".join(names), " + ".join(m.summary for m in methods), heads.pop() if heads else None, attach,
+                  trains_base=any(m.trains_base for m in methods))
 
 
 def method_names() -> list[str]:

@@ -16,4 +16,5 @@ def train_everything(classifier: nn.Module, options=None, folded: bool = False) 
         p.requires_grad_(True)
 
 
-register_method(Method("prompt-finetune", "template + verbalizer, all weights trained (PET / LM-BFF)", head=False, attach=train_everything))
+register_method(Method("prompt-finetune", "template + verbalizer, all weights trained (PET / LM-BFF)", head=False, attach=train_everything,
+                       trains_base=True))
