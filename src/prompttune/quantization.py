@@ -58,9 +58,14 @@ def check_quantization(name: str) -> str:
     """
     if name not in QUANTIZATIONS:
         raise ConfigError(f"quantization must be one of {list(QUANTIZATIONS)}, got {name!r}")
-    if name != "none" and importlib.util.find_spec("bitsandbytes") is None:
+    if name != "none" and not backend_installed():
         raise ConfigError(f"quantization: {name} needs the bitsandbytes package: {INSTALL}")
     return name
+
+
+def backend_installed() -> bool:
+    """Whether bitsandbytes, the quantization backend, can be imported."""
+    return importlib.util.find_spec("bitsandbytes") is not None
 
 
 def quantization_config(name: str, compute_dtype: torch.dtype | None = None, skip_modules: list[str] | None = None):

@@ -47,6 +47,7 @@ from ..errors import ConfigError, ModelError
 from ..evaluation import predict_scores
 from ..model_parts import bind_bare, detach_parts
 from ..parameters import freeze
+from ..quantization import check_quantization
 from .mixed_batch import Job, shared_pass
 
 TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
@@ -120,15 +121,19 @@ class TaskPool:
 
     `model` is the hub id or local path of the backbone (as in the tasks' `config.json`), or None
     to take it from the first task added. `max_batch_size` bounds the sequences of one forward pass.
-    Raises `ModelError` if the model cannot be loaded.
+    `quantization` (none, nf4, fp4, int8; `prompttune.quantization`) stores the backbone's Linear
+    weights in 4 or 8 bits; tasks trained on a base quantized otherwise load with a note on stderr.
+    Raises `ModelError` if the model cannot be loaded, `ConfigError` for a bad quantization.
     """
 
     def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str = "auto",
-                 model_kind: str | None = None, lm_head: str | None = None, max_batch_size: int = 32):
+                 model_kind: str | None = None, lm_head: str | None = None, max_batch_size: int = 32,
+                 quantization: str = "none"):
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be a whole number ≥ 1, got {max_batch_size!r}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        self.quantization = check_quantization(quantization)
         self.max_batch_size = max_batch_size
         self._lock = threading.RLock()
         self._tasks: dict[str, TaskInfo] = {}
@@ -137,7 +142,8 @@ class TaskPool:
             self._load_backbone(model, model_kind, lm_head)
 
     def _load_backbone(self, model: str, kind: str | None, lm_head: str | None) -> None:
-        backbone = load_backbone(model, kind=kind, lm_head=lm_head, dtype=self.dtype)
+        backbone = load_backbone(model, kind=kind, lm_head=lm_head, dtype=self.dtype, quantization=self.quantization,
+                                 device=self.device)
         backbone.model.to(self.device)
         self.backbone = backbone
         self._checkpoint = backbone.fingerprint()
@@ -172,7 +178,8 @@ class TaskPool:
                 raise ModelError(f"{path}: {e}") from None
             shares = self._own_names.isdisjoint(weights)
             held = _storages(self.backbone.model, *(info.classifier for info in self._tasks.values()))
-            classifier, config = load_artifact(path, self.backbone if shares else None, saved=(config, weights))
+            classifier, config = load_artifact(path, self.backbone if shares else None, saved=(config, weights),
+                                               quantization=self.quantization)
             del weights
             added = sum(size for ptr, size in _storages(classifier).items() if ptr not in held)
             classifier.to(self.device)
