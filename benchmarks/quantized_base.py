@@ -64,9 +64,13 @@ def arguments() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def rss_bytes() -> int:
-    """The process's resident memory now (Linux /proc)."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def rss_bytes(kind: str = "VmRSS") -> int:
+    """The process's resident memory now (Linux /proc/self/status): all of it (VmRSS), or its anonymous
+    part (RssAnon: what it allocated, not the files it maps)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{kind}:"):
+            return int(line.split()[1]) * 1024
+    raise SystemExit(f"/proc/self/status has no {kind}: this benchmark's memory figures need Linux")
 
 
 def peak_rss_bytes() -> int:
@@ -118,6 +122,11 @@ def measure(args) -> dict:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    import peft  # noqa: F401 - the libraries count in every row's starting RSS, not in its load
+    from prompttune.quantization import _import_quietly
+
+    _import_quietly()
+
     rss_start = rss_bytes()
     t0 = time.perf_counter()
     backbone = load_backbone(args.model, quantization=args.child, device=device if args.child != "none" else None)
@@ -127,7 +136,7 @@ def measure(args) -> dict:
     weight_bytes = sum(t.numel() * t.element_size() for t in (*backbone.model.parameters(), *backbone.model.buffers()))
     peak_loading = peak_rss_bytes()
     release_freed_memory()
-    rss_loaded = rss_bytes()
+    rss_loaded, anon_loaded = rss_bytes(), rss_bytes("RssAnon")
     spec = TaskSpec(method="lora", model=args.model, text_fields=["sentence"], labels=list(VERBALIZER), template=TEMPLATE,
                     verbalizer=VERBALIZER, max_length=args.max_length, options={"lora_rank": 8, "lora_alpha": 16})
     torch.manual_seed(args.seed)
@@ -173,6 +182,7 @@ def measure(args) -> dict:
         "rss_start_bytes": rss_start,
         "peak_rss_loading_bytes": peak_loading,
         "rss_after_load_bytes": rss_loaded,
+        "rss_anon_after_load_bytes": anon_loaded,
         "peak_rss_bytes": peak_rss_bytes(),
         **({"cuda_peak_allocated_bytes": torch.cuda.max_memory_allocated()} if device.type == "cuda" else {}),
         "step_seconds_median": round(statistics.median(times), 4),
@@ -201,12 +211,13 @@ def main() -> None:
     mib = lambda b: f"{b / 2**20:8.1f}"  # noqa: E731
     print(f"{args.model}, LoRA r=8 on q_proj+v_proj, batch {args.batch_size} x {args.max_length} tokens, "
           f"{args.threads} thread(s), {args.device}")
-    print(f"{'base':6} {'weights MiB':>11} {'peak RSS loading':>16} {'RSS loaded':>10} {'peak RSS training':>17} "
+    print("memory in MiB; RSS start: the process with its libraries imported, before the model loads")
+    print(f"{'base':6} {'weights':>8} {'RSS start':>9} {'peak loading':>12} {'RSS loaded':>10} {'peak training':>13} "
           f"{'step s (median)':>16} {'IQR':>13} {'loss':>15}")
     for name, r in rows.items():
         iqr = f"{r['step_seconds_iqr'][0]:.3f}-{r['step_seconds_iqr'][1]:.3f}"
-        print(f"{name:6} {mib(r['weight_bytes']):>11} {mib(r['peak_rss_loading_bytes']):>16} "
-              f"{mib(r['rss_after_load_bytes']):>10} {mib(r['peak_rss_bytes']):>17} {r['step_seconds_median']:16.3f} "
+        print(f"{name:6} {mib(r['weight_bytes']):>8} {mib(r['rss_start_bytes']):>9} {mib(r['peak_rss_loading_bytes']):>12} "
+              f"{mib(r['rss_after_load_bytes']):>10} {mib(r['peak_rss_bytes']):>13} {r['step_seconds_median']:16.3f} "
               f"{iqr:>13} {r['loss_first_timed']:7.3f}->{r['loss_last']:.3f}")
     ratios = {}
     if "none" in rows:
@@ -221,6 +232,9 @@ def main() -> None:
         print(json.dumps(ratios, indent=1))
     import torch
 
+    from prompttune.quantization import _import_quietly
+
+    _import_quietly()  # the record names bitsandbytes' version
     write_record(args, load_before, os.getloadavg(), libraries=("peft", "bitsandbytes"), device=torch.device(args.device),
                  setup={"model": args.model, "method": "lora r=8 alpha=16 (q_proj, v_proj)", "template": TEMPLATE,
                         "batch_size": args.batch_size, "max_length": args.max_length, "steps": args.steps,

@@ -33,6 +33,7 @@ VARIANTS = {
     "prompt-tuning": ("prompt-tuning", {}, "nf4"),
     "p-tuning-v2": ("p-tuning-v2", {"prompt_length": 4}, "nf4"),
     "lora:int8": ("lora", {}, "int8"),
+    "adapter:fp4": ("adapter", {}, "fp4"),
 }
 
 
@@ -182,11 +183,11 @@ def test_a_pool_serves_tasks_on_a_quantized_backbone(trained):
     from prompttune.serving import TaskPool
 
     _, clf, _, _, _, _, out = trained("lora")
-    pool = TaskPool(device="cpu", dtype="float32", quantization="nf4")
-    pool.add(out, "sentiment")
-    assert quantization.quantization_of(pool.backbone.model) == "nf4"
-    got = torch.tensor([[p.probabilities[label] for label in ("0", "1")] for p in pool.predict("sentiment", EXAMPLES)])
-    assert torch.allclose(got, scores(clf).softmax(-1), atol=1e-5)
+    for pool in (TaskPool(device="cpu", dtype="float32", quantization="nf4"), TaskPool(device="cpu", dtype="float32")):
+        pool.add(out, "sentiment")  # the second pool takes the quantization the task records
+        assert quantization.quantization_of(pool.backbone.model) == "nf4"
+        got = torch.tensor([[p.probabilities[label] for label in ("0", "1")] for p in pool.predict("sentiment", EXAMPLES)])
+        assert torch.allclose(got, scores(clf).softmax(-1), atol=1e-5)
 
 
 # --- what is refused ------------------------------------------------------------------------

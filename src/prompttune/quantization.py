@@ -7,11 +7,13 @@ classification head) trained and saved in full precision.
 that config, refuses what cannot train on it, and tells how a loaded model is quantized.
 
 Backend: bitsandbytes, the one QLoRA users run on GPUs (NF4 with double quantization of the block
-scales, LLM.int8()). Checked here on the CPU (torch 2.13 CPU build, bitsandbytes 0.50.2): its CPU
-backend loads BERT, RoBERTa, GPT-2, T5 and Llama in nf4, fp4 and int8, runs forward and backward
-(gradients reach LoRA matrices, soft prompts and prefixes through the quantized layers), so one code
-path serves CI and GPUs. torchao's weight-only int8/int4 (`TorchAoConfig`) has no NF4 and is not what
-QLoRA users load; optimum-quanto pulls in more packages for the same 8/4-bit weights. Neither is used.
+scales, LLM.int8()). Checked on the CPU (torch 2.13 CPU build, bitsandbytes 0.50.2, whose wheel
+installs beside that torch and pulls no other): its CPU backend loads tiny BERT, RoBERTa, GPT-2 and T5
+and the real SmolLM2 (Llama) quantized, and runs forward and backward (gradients reach LoRA matrices,
+adapters, soft prompts, prefixes and biases through the quantized layers); so CI tests the very code
+path a GPU runs. torchao's weight-only int8/int4 (`TorchAoConfig`) has no NF4 and is not what QLoRA
+users load; optimum-quanto (which also installs beside that torch) quantizes to its own int4/int8
+types, again not QLoRA's NF4. Neither is used.
 
 What this module does beyond the config, and why:
 - Every 4-bit layer keeps the standard (GPU) weight layout on the CPU (`keep_weight_layout`):
@@ -119,8 +121,15 @@ def load_kwargs(name: str, dtype: torch.dtype | None, device: torch.device | str
 
 
 def prepare_quantized(model: nn.Module) -> None:
-    """After loading: every 4-bit layer keeps its weight layout (`keep_weight_layout`)."""
+    """After loading: every 4-bit layer keeps its weight layout (`keep_weight_layout`), and the weights
+    left unquantized on the CPU (embeddings, norms) get memory of their own: as views into the
+    checkpoint file's memory map they would keep the whole file mapped, every page of it read while
+    quantizing, and the process would hold the full-precision model's size after all."""
     keep_weight_layout(model)
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            if t.device.type == "cpu" and not is_quantized_parameter(t):
+                t.data = t.data.clone()
 
 
 def keep_weight_layout(model: nn.Module) -> None:

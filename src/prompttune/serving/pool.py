@@ -122,18 +122,19 @@ class TaskPool:
     `model` is the hub id or local path of the backbone (as in the tasks' `config.json`), or None
     to take it from the first task added. `max_batch_size` bounds the sequences of one forward pass.
     `quantization` (none, nf4, fp4, int8; `prompttune.quantization`) stores the backbone's Linear
-    weights in 4 or 8 bits; tasks trained on a base quantized otherwise load with a note on stderr.
+    weights in 4 or 8 bits; None: as the first task added records (its `config.json`), or none for a
+    `model` given. Tasks trained on a base quantized otherwise load with a note on stderr.
     Raises `ModelError` if the model cannot be loaded, `ConfigError` for a bad quantization.
     """
 
     def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str = "auto",
                  model_kind: str | None = None, lm_head: str | None = None, max_batch_size: int = 32,
-                 quantization: str = "none"):
+                 quantization: str | None = None):
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be a whole number ≥ 1, got {max_batch_size!r}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.quantization = check_quantization(quantization)
+        self.quantization = None if quantization is None else check_quantization(quantization)
         self.max_batch_size = max_batch_size
         self._lock = threading.RLock()
         self._tasks: dict[str, TaskInfo] = {}
@@ -141,7 +142,8 @@ class TaskPool:
         if model is not None:
             self._load_backbone(model, model_kind, lm_head)
 
-    def _load_backbone(self, model: str, kind: str | None, lm_head: str | None) -> None:
+    def _load_backbone(self, model: str, kind: str | None, lm_head: str | None, quantization: str = "none") -> None:
+        self.quantization = self.quantization or quantization
         backbone = load_backbone(model, kind=kind, lm_head=lm_head, dtype=self.dtype, quantization=self.quantization,
                                  device=self.device)
         backbone.model.to(self.device)
@@ -167,7 +169,8 @@ class TaskPool:
                 raise ConfigError(f"a task named {name!r} is already loaded; remove it first or choose another name")
             config, weights = read_saved(path)  # checked against its checksum before anything is built
             if self.backbone is None:
-                self._load_backbone(config["model"], config.get("model_kind"), lm_head_location(config, path))
+                self._load_backbone(config["model"], config.get("model_kind"), lm_head_location(config, path),
+                                    config.get("quantization", "none"))
             # One checkpoint for every task, whatever class the task loads it as (a head task's
             # fingerprint is of its classification model).
             made_on = config["backbone"]
