@@ -236,3 +236,16 @@ def test_a_hand_edited_quantization_in_config_json_is_refused(trained, tmp_path)
     (copy / "config.json").write_text(json.dumps({**config, "quantization": "nf2"}))
     with pytest.raises(ArtifactError, match="key 'quantization' holds \"nf2\""):
         load_artifact(copy)
+
+
+@pytest.mark.parametrize("method", ["lora", "p-tuning-v2"])
+def test_a_quantized_base_trains_with_gradient_checkpointing(method, gpt2_dir):
+    import dataclasses
+
+    torch.manual_seed(0)
+    clf, _ = build_classifier(spec_for(method, gpt2_dir, **({"prompt_length": 4} if method != "lora" else {})),
+                              quantization="nf4")
+    before, loss_before = base_state(clf), eval_loss(clf)
+    train(clf, EXAMPLES, None, dataclasses.replace(TRAIN, gradient_checkpointing=True))
+    assert eval_loss(clf) < loss_before - 0.05, f"{method} with gradient checkpointing on a 4-bit base did not learn"
+    assert all(torch.equal(before[n], t) for n, t in base_state(clf).items()), "the quantized base changed"
