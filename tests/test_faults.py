@@ -554,13 +554,15 @@ def test_resuming_with_another_config_is_refused_naming_what_changed(override, n
 
 def test_settings_that_cannot_change_what_is_trained_may_differ_on_resume(config_yaml, tmp_path, capsys, monkeypatch):
     assert RESUME_TOLERATED == ("train.progress", "train.eval_batch_size", "train.checkpoint", "train.report_to",
-                                "task.eval", "decoding.max_new_tokens", "decoding.num_beams", "decoding.stop")
+                                "train.gradient_checkpointing", "device_map", "max_memory", "task.eval",
+                                "decoding.max_new_tokens", "decoding.num_beams", "decoding.stop")
     out = tmp_path / "task"
     interrupted_run(config_yaml, out, monkeypatch)
     code, _, err = run(capsys, "train", config_yaml, "--out", out, "--resume", "--set", "train.progress=true",
                        "--set", "train.eval_batch_size=3", "--set", "train.checkpoint=false", "--set", "task.eval=null",
                        "--set", "train.report_to=tensorboard", "--set", "decoding.num_beams=2",
-                       "--set", "decoding.stop=[.]", "--set", "decoding.max_new_tokens=8")
+                       "--set", "decoding.stop=[.]", "--set", "decoding.max_new_tokens=8",
+                       "--set", "train.gradient_checkpointing=true", "--set", "device_map=auto")
     assert code == 0, err
     assert "resuming" in err and (out / "config.json").is_file() and not (out / "eval.json").exists()
     assert list((out / "logs" / "train").glob("events.out.tfevents.*")), "the resumed part is logged"

@@ -108,6 +108,22 @@ def test_only_the_main_process_writes_and_reports_once(two_process_run):
     assert json.loads((out / "eval.json").read_text())["n"] == len(POS) + len(NEG)
 
 
+def test_qlora_trains_on_two_processes_as_on_one(run_config, tmp_path, capsys):
+    """A quantized base is placed on one device as it loads (bitsandbytes' device map): each process
+    holds its own, and the two processes train LoRA's weights as one does."""
+    pytest.importorskip("bitsandbytes", reason="the quantized base needs bitsandbytes (pip install '.[quantization]')")
+    qlora = ["--set", "quantization=nf4", "--set", "method.name=lora", "--set", "prompt.template={sentence} it was {mask} .",
+             "--set", "train.lr=0.01"]
+    done = launch("train", run_config, "--out", tmp_path / "two", *qlora)
+    assert done.returncode == 0, f"QLoRA on two processes failed:\n{done.stderr[-3000:]}"
+    assert main(["train", str(run_config), "--out", str(tmp_path / "one"), *qlora]) == 0, capsys.readouterr().err
+    one, two = load_file(tmp_path / "one" / "weights.safetensors"), load_file(tmp_path / "two" / "weights.safetensors")
+    assert one.keys() == two.keys() and one
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-5), \
+            f"{name}: two processes differ from one by {(one[name] - two[name]).abs().max():.2e}"
+
+
 def test_a_failure_on_the_main_process_ends_the_launch_instead_of_leaving_the_others_waiting(run_config,
                                                                                              two_process_run):
     out, first = two_process_run

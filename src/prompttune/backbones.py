@@ -136,6 +136,13 @@ def is_dispatched(model: nn.Module) -> bool:
     return any(getattr(m, "hf_device_map", None) for m in model.modules())
 
 
+def map_devices(model: nn.Module) -> int:
+    """How many devices `model`'s device map spreads it over (0 without one; 1 for a quantized base,
+    which bitsandbytes places on one device as it loads, so each process of a launch can hold its own)."""
+    return max((len(set(m.hf_device_map.values())) for m in model.modules() if getattr(m, "hf_device_map", None)),
+               default=0)
+
+
 def input_device(model: nn.Module) -> torch.device:
     """Where a model's input ids must be: the device its input embeddings compute on (with a device
     map, the first device of the map; weights offloaded by accelerate count where they compute).

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .backbones import input_device, is_dispatched
+from .backbones import input_device, is_dispatched, map_devices
 from .errors import ArtifactError, ConfigError
 from .evaluation import evaluate
 from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
@@ -50,8 +50,8 @@ CHECKPOINT_FILES = (CHECKPOINT_STATE, CHECKPOINT_TENSORS)
 """A checkpoint's files, in the order they are removed: without `state.json` there is no checkpoint,
 so a run killed between the two removals leaves none rather than a split pair."""
 RESUME_TOLERATED = ("train.progress", "train.eval_batch_size", "train.checkpoint", "train.report_to",
-                    "train.gradient_checkpointing", "device_map", "max_memory", "task.eval", "decoding.max_new_tokens", "decoding.num_beams",
-                    "decoding.stop")
+                    "train.gradient_checkpointing", "device_map", "max_memory", "task.eval", "decoding.max_new_tokens",
+                    "decoding.num_beams", "decoding.stop")
 """Keys of a run's record that may differ when it is resumed: how it is shown, how dev batches are
 sized, whether more checkpoints are written, where the numbers are logged, whether activations are
 recomputed and where the model is placed (same numbers: a run that ran out of memory resumes with less), the data
@@ -214,11 +214,12 @@ def train(
     steps_per_epoch = -(-len(train_examples) // config.batch_size)
     total = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
-    # A model placed by a device map (naive model parallelism) stays where the map put it: accelerate
-    # moves neither it nor the batches, which go to the device of its input embeddings instead.
+    # A model placed by a device map (naive model parallelism, or a quantized base, which bitsandbytes
+    # places on one device as it loads) stays where the map put it: accelerate moves neither it nor the
+    # batches, which go to the device of its input embeddings instead.
     backbone = getattr(classifier, "model", classifier)
     dispatched = is_dispatched(backbone)
-    if dispatched and accelerator.num_processes > 1:
+    if map_devices(backbone) > 1 and accelerator.num_processes > 1:
         raise ConfigError(f"device_map spreads one model over the devices of one process; it cannot train in "
                           f"{accelerator.num_processes} processes: launch one process, or drop device_map")
     model, optimizer = accelerator.prepare(classifier, optimizer, device_placement=[not dispatched, not dispatched])
