@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import model_device
 from .errors import ModelError
 from .model_parts import ModelPart, Rows, kind_state, replace_child_state, row_count
 
@@ -350,7 +351,7 @@ def encode_prefix(model: nn.Module, ids: list[int]) -> list[tuple[torch.Tensor, 
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    model(input_ids=torch.tensor([ids], device=model.device), **cache_inputs(model, cache))
+    model(input_ids=torch.tensor([ids], device=model_device(model)), **cache_inputs(model, cache))
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
@@ -421,7 +422,7 @@ class DeepPrompt(nn.Module, KeyValuePrefix):
         model = self._model[0]
         if self.length == 0:
             return torch.zeros(self.shape)
-        ids = _sampled_ids(model, self.length)[None]
+        ids = _sampled_ids(model, self.length)[None].to(model_device(model))
         for site in self.sites:
             setattr(site.module, _CAPTURE, [])
         unbind(model, self.sites)
@@ -445,4 +446,5 @@ def _sampled_ids(model: nn.Module, n: int) -> torch.Tensor:
 
 
 def _sampled_embeddings(model: nn.Module, n: int) -> torch.Tensor:
-    return model.get_input_embeddings().weight[_sampled_ids(model, n)].detach().float().clone()
+    weight = model.get_input_embeddings().weight
+    return weight[_sampled_ids(model, n).to(weight.device)].detach().float().clone()

@@ -18,12 +18,14 @@ import platform
 import sys
 from pathlib import Path
 
+import torch
 from accelerate.utils import set_seed
 
 from . import __version__
 from .artifacts import CONFIG, EVAL, PLOT, WEIGHTS, save_artifact
 from .config import RunConfig
 from .data import few_shot_split, held_out_split, load_examples, sample_per_class
+from .devices import DTYPES, check_mixed_precision, dtype_name, resolve_device, resolve_dtype
 from .errors import ConfigError, DataError, OutputError
 from .evaluation import evaluate
 from .files import discard, path_sha256, remove_empty_dirs, remove_staging_leftovers, write_json, write_together
@@ -95,22 +97,30 @@ def load_splits(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
 
 
 def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False, splits=None,
-                 log=None) -> dict:
+                 log=None, device: str = "auto") -> dict:
     """Train the configured task, save it to `out_dir`, evaluate on task.eval; return a summary.
+
+    `device` (auto | cpu | cuda | cuda:N, `devices.resolve_device`) is where it trains and evaluates;
+    the model is loaded in `cfg.model_dtype` (auto resolved for that device, and recorded so).
 
     `splits` = (train, dev, eval) example lists replaces reading task.train/dev/eval. `resume`
     continues the run whose checkpoint is in `out_dir/checkpoint`; `overwrite` replaces a task
     artifact in `out_dir` (and discards an interrupted run's checkpoint) instead of refusing.
 
     Raises `OutputError` (the directory is in use, unwritable, too full, or holds an artifact or a
-    checkpoint that the flags do not allow to replace) and `ConfigError` (nothing to resume, or a
-    checkpoint of another run) before the model loads; `OutputError` if a write fails later.
+    checkpoint that the flags do not allow to replace) and `ConfigError` (nothing to resume, a
+    checkpoint of another run, a device that is not there, fp16 mixed precision on the CPU) before the
+    model loads; `OutputError` if a write fails later.
 
     Example:
         >>> summary = run_training(load_config("configs/demo.yaml"), "runs/demo")
         >>> summary["eval"]["accuracy"]
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    place = resolve_device(device)
+    check_mixed_precision(cfg.train.mixed_precision, place)
+    # `auto` as this machine resolves it: the checkpoint's run record and the artifact name the dtype used.
+    cfg = dataclasses.replace(cfg, model_dtype=dtype_name(resolve_dtype(cfg.model_dtype, place, key="model_dtype")))
     train_ex, dev_ex, test_ex = splits if splits is not None else load_splits(cfg)
     files = data_files(cfg) if splits is None else {}
     labels = [] if cfg.task.generation else task_labels(cfg, train_ex)
@@ -125,7 +135,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
     with claim_output(out_dir, owned=TRAIN_FILES, what="a task artifact", overwrite=overwrite or resume or interrupted,
                       is_ours=is_artifact) as out:
         _check_checkpoint(cfg, out / CHECKPOINT, (train_ex, dev_ex), resume=resume, overwrite=overwrite, log=log)
-        return _train_and_save(cfg, spec, out, (train_ex, dev_ex, test_ex), resume=resume, log=log, files=files)
+        return _train_and_save(cfg, spec, out, (train_ex, dev_ex, test_ex), resume=resume, log=log, files=files,
+                               device=place)
 
 
 def task_spec(cfg: RunConfig, labels: list[str], train_examples: list[dict]) -> TaskSpec:
@@ -177,13 +188,15 @@ def _check_checkpoint(cfg: RunConfig, ckpt: Path, splits: tuple, *, resume: bool
 
 
 def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *, resume: bool, log,
-                    files: dict[str, dict]) -> dict:
+                    files: dict[str, dict], device) -> dict:
     """Build, train (checkpointing into out/checkpoint), save the artifact, evaluate; return the summary.
     `files`: the data files the splits were read from (`data_files`), for the training record."""
     method = get_method(cfg.method.name)
     train_ex, dev_ex, test_ex = splits
     set_seed(cfg.train.seed)  # soft prompts, LoRA and adapters are initialised here: make it repeatable
-    classifier, fp = build_classifier(spec, head_seed=cfg.train.seed)
+    dtype = DTYPES[cfg.model_dtype]
+    classifier, fp = build_classifier(spec, head_seed=cfg.train.seed, dtype=dtype)
+    classifier.to(device)  # a method that trains nothing (zero-shot, in-context) is evaluated there too
     trainable, total = count_parameters(classifier)
     if trainable and not train_ex:
         raise ConfigError(f"method {method.name!r} trains {trainable:,} parameters: set task.train to a data file")
@@ -196,12 +209,17 @@ def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *,
         require_free_space(out, trainable_bytes(classifier), "the task artifact")
     transfer = None
     if cfg.method.init_from == "most_similar":
-        classifier, transfer = _start_from_most_similar(cfg, spec, fp, classifier, train_ex, log)
+        classifier, transfer = _start_from_most_similar(cfg, spec, fp, classifier, train_ex, log, device)
     log(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
-        f"{len(train_ex)} train / {len(dev_ex)} dev / {len(test_ex)} eval examples")
+        f"{len(train_ex)} train / {len(dev_ex)} dev / {len(test_ex)} eval examples; {cfg.model_dtype} on {device}")
+    half = sum(p.numel() for p in classifier.parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16))
+    if half:
+        log(f"note: method {method.name} trains {half:,} of the model's own weights in {cfg.model_dtype} (model_dtype): "
+            "Adam's small updates round away there; model_dtype: float32 with train.mixed_precision: bf16 keeps them in "
+            "float32")
     ckpt = out / CHECKPOINT
     result = train(classifier, train_ex, dev_ex, cfg.train, checkpoint_dir=ckpt, resume=resume,
-                   run={**_run_config(cfg), "backbone": fp}, log_dir=out / LOGS)
+                   run={**_run_config(cfg), "backbone": fp}, log_dir=out / LOGS, device=device)
     summary = {"method": method.name, "trainable_parameters": trainable, "total_parameters": total,
                "best_epoch": result.best_epoch, "best_dev": result.best_dev, "history": result.history,
                "stopped_early": result.stopped_early, "seconds": round(result.seconds, 3)}
@@ -213,7 +231,8 @@ def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *,
         summary["eval_split"] = {"fraction": cfg.task.eval_split, "seed": cfg.task.seed, "from": cfg.task.train,
                                  "examples": len(test_ex)}
     record = {**summary, **training_record(cfg, splits, result, files)}
-    save_artifact(out, spec, classifier, fp, extra={"training": record, "label_field": cfg.task.label_field})
+    save_artifact(out, spec, classifier, fp, extra={"training": record, "label_field": cfg.task.label_field},
+                  mixed_precision=cfg.train.mixed_precision)
     if result.history:
         write_together(out, {PLOT: training_plot_writer(result.history, result.best_epoch)})
     # The run finished and its result is saved: the resume checkpoint (optimizer state, several
@@ -288,16 +307,17 @@ def _demonstrations(cfg: RunConfig, train_ex: list[dict]) -> list[dict] | None:
     return slim(train_ex) if cfg.method.demonstrations else None
 
 
-def _start_from_most_similar(cfg: RunConfig, spec: TaskSpec, fp: dict, classifier, train_ex: list[dict], log):
+def _start_from_most_similar(cfg: RunConfig, spec: TaskSpec, fp: dict, classifier, train_ex: list[dict], log, device):
     """SPoT's retrieval: train briefly, find the closest stored prompt, restart from it."""
     from .prompt_bank import init_from_artifact, most_similar
 
     brief = dataclasses.replace(cfg.train, epochs=cfg.method.transfer_epochs, checkpoint=False,
                                 early_stopping_patience=None, report_to="none")
-    train(classifier, train_ex, None, brief)
+    train(classifier, train_ex, None, brief, device=device)
     found = most_similar(classifier, cfg.method.prompt_bank, fp)
     set_seed(cfg.train.seed)
-    fresh, _ = build_classifier(spec, head_seed=cfg.train.seed)
+    fresh, _ = build_classifier(spec, head_seed=cfg.train.seed, dtype=DTYPES[cfg.model_dtype])
+    fresh.to(device)
     if found is None:
         log(f"prompt bank {cfg.method.prompt_bank}: no prompt of this method and shape on this backbone; starting fresh")
         return fresh, {"from": None}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import torch
 from torch import nn
 
 from .backbones import (FRESH_SEED, Backbone, Kind, fingerprint, fresh_parameters, load_backbone, load_head_model, load_tokenizer,
@@ -137,6 +138,17 @@ def require_fresh_weights_trained(classifier: nn.Module, spec: TaskSpec) -> None
         )
 
 
+def added_in_float32(classifier: nn.Module, own: set[int]) -> None:
+    """Make every floating-point parameter a method added to `classifier` (those whose ids are not in
+    `own`) float32: what trains beside a bfloat16 or float16 model keeps full precision (small Adam
+    updates are not rounded away), and is cast to the activations' dtype where it meets them (soft
+    prompts, prefixes and adapters do so themselves; peft's LoRA layers cast their input). peft
+    creates LoRA matrices in the dtype of the layer they adapt; the other parts are float32 already."""
+    for p in classifier.parameters():
+        if id(p) not in own and p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
 def _prompt_classifier(spec: TaskSpec, backbone: Backbone, template, options: MethodOptions) -> PromptClassifier:
     verbalizer = parse_verbalizer(spec.verbalizer)
     names = method_list(spec.method)
@@ -164,7 +176,7 @@ def _prompt_classifier(spec: TaskSpec, backbone: Backbone, template, options: Me
 
 
 def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded: bool = False,
-                     head_seed: int = FRESH_SEED) -> tuple[nn.Module, dict]:
+                     head_seed: int = FRESH_SEED, dtype: torch.dtype | None = None) -> tuple[nn.Module, dict]:
     """The task's classifier with its method attached, and the base backbone's fingerprint.
 
     `backbone` lets several tasks share one loaded model. Head-based methods build a classification
@@ -172,6 +184,10 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
     takes every other module from the backbone (`backbones.share_base_modules`). `folded` builds the
     form a saved task has (P-tuning's encoder and prefix-tuning's MLP already folded into vectors).
     `head_seed` initialises a new classification head (a loaded task's head comes from its file).
+    `dtype` is the dtype the model's weights are loaded in (`model_dtype`; None: the checkpoint's own);
+    a given backbone keeps its own. What a method adds (soft prompts, prefixes, adapters, LoRA matrices)
+    is float32 whatever the model's dtype, cast where it meets the model's activations; weights of the
+    model a method trains (a head, BitFit's biases, fine-tuning) are in the model's dtype.
     """
     method = get_method(spec.method)
     options = spec.method_options()
@@ -180,7 +196,7 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
                           "needs a template method (prompt-tuning, p-tuning, prefix-tuning, p-tuning-v2, prompt-finetune)")
     if method.uses_head(options):
         model = load_head_model(spec.model, len(spec.labels), seed=head_seed,
-                                dtype=backbone.model.dtype if backbone is not None else None)
+                                dtype=backbone.model.dtype if backbone is not None else dtype)
         if backbone is not None:
             share_base_modules(model, backbone.model)
         fp = fingerprint(model, spec.model, "classifier")
@@ -195,7 +211,7 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
             raise TemplateError(f"template {spec.template!r} has {{trigger}} slots: fill them first with "
                                 "`prompttune search triggers CONFIG --out DIR`, then train with the config it writes")
         if backbone is None:
-            backbone = load_backbone(spec.model, kind=spec.model_kind, lm_head=spec.lm_head)
+            backbone = load_backbone(spec.model, kind=spec.model_kind, lm_head=spec.lm_head, dtype=dtype)
         require_lm_head(backbone)
         fp = backbone.fingerprint()
         if spec.generation:
@@ -208,8 +224,10 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
         else:
             clf = _prompt_classifier(spec, backbone, template, options)
     freeze(clf)  # methods switch on what they train
+    own = {id(p) for p in clf.parameters()}  # the model's weights (and a new head): in the model's dtype
     try:
         method.attach(clf, options, folded)
+        added_in_float32(clf, own)
         require_fresh_weights_trained(clf, spec)
         require_positions(clf, spec)
         if not method.uses_head(options) and template.n_soft_segments and clf.soft is None:

@@ -43,6 +43,7 @@ from torch import nn
 from ..artifacts import WEIGHTS, lm_head_location, load_artifact, read_saved
 from ..backbones import CHECKPOINT_KEYS, Backbone, compare_fingerprints, load_backbone
 from ..data import examples_from_texts
+from ..devices import resolve_device, resolve_dtype, to_device
 from ..errors import ConfigError, ModelError
 from ..evaluation import predict_scores
 from ..model_parts import bind_bare, detach_parts
@@ -53,34 +54,6 @@ TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 """What a task may be called (it is part of URLs: /v1/tasks/{task}/predict)."""
 TASK_NAME_RULE = "letters, digits, '.', '_', '-', '+'; at most 64, starting with a letter or digit"
 """`TASK_NAME` in words, for the errors that refuse a name."""
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` = the first GPU when there is one, else the CPU; `cpu`, `cuda`, `cuda:N` as given.
-
-    Raises `ConfigError` for a device name torch does not know or a GPU that is not there."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: this machine has no CUDA GPU")
-    return resolved
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` = bfloat16 on a GPU that supports it, float32 otherwise (what tasks train in)."""
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    if dtype == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16 else torch.float32
-    return DTYPES[dtype]
-
-
 @dataclass
 class Prediction:
     """One input's label and the probability of every label (summing to 1)."""
@@ -172,7 +145,9 @@ class TaskPool:
                 raise ModelError(f"{path}: {e}") from None
             shares = self._own_names.isdisjoint(weights)
             held = _storages(self.backbone.model, *(info.classifier for info in self._tasks.values()))
-            classifier, config = load_artifact(path, self.backbone if shares else None, saved=(config, weights))
+            # A task with its own model copy gets the pool's dtype too (a shared one has the backbone's).
+            classifier, config = load_artifact(path, self.backbone if shares else None, saved=(config, weights),
+                                               dtype=self.dtype)
             del weights
             added = sum(size for ptr, size in _storages(classifier).items() if ptr not in held)
             classifier.to(self.device)
@@ -241,7 +216,7 @@ class TaskPool:
                 clf = info.classifier
                 examples = [_example(items[i][1], info.text_fields) for i in indices]
                 if clf.model is self.backbone.model:
-                    batch = {k: v.to(self.device) for k, v in clf.collate(examples).items()}
+                    batch = to_device(clf.collate(examples), self.device)
                     reads = clf.reads(batch)
                     if reads is not None:
                         jobs.append(Job(clf.parts(), reads))
