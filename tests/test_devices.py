@@ -163,7 +163,9 @@ def test_a_gpu_that_is_not_there_is_refused_in_one_line_before_anything_is_read(
 
 
 def test_every_command_that_runs_a_model_takes_device_and_dtype():
-    from prompttune.cli import build_parser
+    from prompttune.cli import EPILOG_TRAIN, build_parser
+
+    assert "model_dtype" in EPILOG_TRAIN and "mixed_precision" in EPILOG_TRAIN, "train --help lists the config keys"
 
     parser = build_parser()
     for command in COMMANDS:
@@ -344,6 +346,39 @@ def test_a_float32_artifact_loads_on_a_bfloat16_backbone(fp32_artifact):
     assert pool.backbone.model.dtype == torch.bfloat16
     served = torch.stack(pool.scores_mixed([("task", {"sentence": s}) for s in SENTENCES])).softmax(-1)
     alone = predict_scores(reference, [{"sentence": s} for s in SENTENCES]).softmax(-1)
+    torch.testing.assert_close(served, alone, rtol=0, atol=0.05)
+
+
+def test_a_bfloat16_pool_runs_float32_tasks_of_every_kind_of_part_in_one_pass(tmp_path, gpt2_dir):
+    """What a method adds stays float32 beside a bfloat16 model, and meets its activations cast: soft
+    vectors, prefixes, adapters and LoRA matrices, each task on its own rows of one forward pass."""
+    from prompttune.artifacts import save_artifact
+    from prompttune.serving.pool import TaskPool
+
+    plain, soft = "{sentence} it was {mask} .", TEMPLATE
+    methods = {"prompt-tuning": soft, "p-tuning-v2": plain, "adapter": plain, "lora": plain}
+    torch.manual_seed(0)
+    for method, template in methods.items():
+        spec = TaskSpec(method=method, model=str(gpt2_dir), text_fields=["sentence"], labels=["0", "1"], template=template,
+                        verbalizer=VERBALIZER, max_length=24, options={"prompt_length": 2} if method == "p-tuning-v2" else {})
+        clf, fp = build_classifier(spec)
+        with torch.no_grad():  # away from the identity: an untrained adapter or LoRA update adds nothing
+            for p in clf.parameters():
+                if p.requires_grad:
+                    p.add_(0.05 * torch.randn_like(p))
+        save_artifact(tmp_path / method, spec, clf, fp)
+    pool = TaskPool(device="cpu", dtype="bfloat16")
+    for method in methods:
+        pool.add(tmp_path / method, name=method)
+    added = {n: p.dtype for info in pool.tasks() for n, p in info.classifier.named_parameters()
+             if n.startswith(("soft.", "deep.", "adapters.")) or ".lora_" in n}
+    assert len({n.split(".")[0] for n in added if ".lora_" not in n}) == 3 and any(".lora_" in n for n in added), sorted(added)
+    assert set(added.values()) == {torch.float32}, added
+    assert pool.backbone.model.dtype == torch.bfloat16
+    items = [(method, {"sentence": s}) for method in methods for s in SENTENCES[:3]]
+    served = torch.stack(pool.scores_mixed(items)).softmax(-1)
+    alone = torch.cat([predict_scores(load_artifact(tmp_path / method)[0], [{"sentence": s} for s in SENTENCES[:3]])
+                       for method in methods]).softmax(-1)
     torch.testing.assert_close(served, alone, rtol=0, atol=0.05)
 
 

@@ -40,10 +40,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..artifacts import WEIGHTS, lm_head_location, load_artifact, read_saved
+from ..artifacts import WEIGHTS, lm_head_location, load_artifact, read_saved, trained_dtype
 from ..backbones import CHECKPOINT_KEYS, Backbone, compare_fingerprints, load_backbone
 from ..data import examples_from_texts
-from ..devices import resolve_device, resolve_dtype, to_device
+from ..devices import dtype_name, resolve_device, resolve_dtype, to_device
 from ..errors import ConfigError, ModelError
 from ..evaluation import predict_scores
 from ..model_parts import bind_bare, detach_parts
@@ -82,6 +82,8 @@ class TaskInfo:
     added_bytes: int = 0
     """Memory the task adds beside the shared model: what it stores, and what it computes once (an
     in-context task's demonstration keys/values)."""
+    trained_dtype: str = "float32"
+    """The dtype of the model's weights the task was trained in (its config.json `dtype`); it runs in the pool's."""
     classifier: nn.Module | None = field(default=None, repr=False)
 
     def public(self) -> dict:
@@ -156,7 +158,8 @@ class TaskPool:
                             labels=list(config["labels"]), text_fields=list(config["text_fields"]),
                             generation=bool(config.get("generation")), stored_numbers=int(config.get("stored_numbers", 0)),
                             bytes=(path / WEIGHTS).stat().st_size, classifier=classifier,
-                            own_model_bytes=0 if shares else _model_bytes(classifier.model), added_bytes=added if shares else 0)
+                            own_model_bytes=0 if shares else _model_bytes(classifier.model), added_bytes=added if shares else 0,
+                            trained_dtype=dtype_name(trained_dtype(config)))
             self._tasks[name] = info
         release_freed_memory()
         return info
