@@ -128,6 +128,10 @@ def test_device_and_dtype_names_resolve_as_documented(monkeypatch):
     assert resolve_device("auto") == gpu and resolve_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(ConfigError, match="has 2 CUDA GPU"):
         resolve_device("cuda:2")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a process `accelerate launch` started for the second GPU
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    monkeypatch.delenv("LOCAL_RANK")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert resolve_dtype("auto", gpu) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
@@ -472,6 +476,22 @@ def test_every_inference_path_runs_where_the_model_is(name, bert_dir, gpt2_dir, 
             assert len(generate(clf, examples, batch_size=2)) == len(examples)
         if hasattr(clf, "explain"):  # what `prompttune generate` prints for an in-context task
             assert len(clf.explain(examples)) == len(examples)
+
+
+def test_prompt_transfer_compares_with_the_bank_where_the_prompt_is(fp32_artifact, tmp_path, bert_dir):
+    from prompttune.prompt_bank import init_from_artifact, most_similar
+
+    bank = tmp_path / "bank"
+    shutil.copytree(fp32_artifact, bank / "task")
+    spec = TaskSpec(method="prompt-tuning", model=str(bert_dir), text_fields=["sentence"], labels=["0", "1"],
+                    template=TEMPLATE, verbalizer=VERBALIZER, max_length=24)
+    clf, fp = build_classifier(spec)
+    with fake_device():
+        clf.to(FAKE)
+        found = most_similar(clf, bank, fp)
+        assert found is not None and found[0] == bank / "task"
+        init_from_artifact(clf, found[0], fp)
+        assert clf.soft.vectors.device == FAKE
 
 
 def test_the_pretend_device_catches_a_batch_left_on_the_cpu(bert_dir):

@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -29,7 +31,9 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 def resolve_device(device: str) -> torch.device:
-    """`auto` = the first GPU when there is one, else the CPU; `cpu`, `cuda`, `cuda:N` as given.
+    """`auto` = the first GPU when there is one, else the CPU; `cpu`, `cuda`, `cuda:N` as given. Under a
+    launcher that starts a process per GPU (`accelerate launch`, torchrun: `LOCAL_RANK` is set), `auto`
+    and `cuda` are the process's own GPU.
 
     Raises `ConfigError` for a device name torch does not know or a GPU that is not there.
 
@@ -39,7 +43,7 @@ def resolve_device(device: str) -> torch.device:
         >>> resolve_device("cuda")          # there: ConfigError("--device cuda: this machine has no CUDA GPU")
     """
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
@@ -52,6 +56,8 @@ def resolve_device(device: str) -> torch.device:
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
                               f"numbered from 0")
+        if resolved.index is None and os.environ.get("LOCAL_RANK", "").isdigit():
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     return resolved
 
 
