@@ -201,6 +201,15 @@ def test_mixed_precision_no_may_be_written_unquoted(tmp_path, bert_dir, data_tsv
     assert load_config(config, ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
 
 
+def test_a_checkpoint_written_before_the_precision_keys_resumes_as_float32(tmp_path):
+    from prompttune.training import check_same_run
+
+    before = {"model": "m", "train": {"lr": 0.1}}  # a run record without model_dtype and train.mixed_precision
+    check_same_run(before, {"model": "m", "model_dtype": "float32", "train": {"lr": 0.1, "mixed_precision": "no"}}, tmp_path)
+    with pytest.raises(ConfigError, match='model_dtype: "float32" → "bfloat16"'):
+        check_same_run(before, {"model": "m", "model_dtype": "bfloat16", "train": {"lr": 0.1}}, tmp_path)
+
+
 def test_a_malformed_dtype_record_is_refused_in_one_line(fp32_artifact, tmp_path, capsys, data_tsv):
     task = tmp_path / "task"
     shutil.copytree(fp32_artifact, task)

@@ -46,6 +46,9 @@ RESUME_TOLERATED = ("train.progress", "train.eval_batch_size", "train.checkpoint
 """Keys of a run's record that may differ when it is resumed: how it is shown, how dev batches are
 sized, whether more checkpoints are written, where the numbers are logged, the data evaluated
 after training, and how text is generated (a checkpoint written before runs had `decoding` lacks them)."""
+RECORDED_LATER = {"model_dtype": "float32", "train.mixed_precision": "no"}
+"""Keys a run's record gained after checkpoints were first written, with what a run recorded without
+them trained with: resuming such a checkpoint compares that."""
 REPORT_TO = ("none", "tensorboard")
 """Where `train.report_to` sends the numbers of a run as it trains (through accelerate's trackers)."""
 TRACKER_RUN = "train"
@@ -348,6 +351,7 @@ def check_same_run(recorded: dict, current: dict, source: Path) -> None:
     (train.lr: 0.001 → 0.002, task.shots: 16 → 8)".
     """
     old, new = _flatten({section: recorded.get(section) for section in current}), _flatten(current)
+    old.update({k: v for k, v in RECORDED_LATER.items() if k in new and old.get(k) is None})
     differ = [k for k in {**new, **old} if k not in RESUME_TOLERATED and old.get(k) != new.get(k)]
     if differ:
         shown = ", ".join(f"{k}: {_brief(old.get(k))} → {_brief(new.get(k))}" for k in differ[:8])
