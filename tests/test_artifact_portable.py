@@ -227,7 +227,7 @@ def test_config_json_records_how_the_task_was_trained(made):
     cfg, data = made["cfg"], made["data"]
     assert training["train"] == {"epochs": 2, "lr": 1e-2, "batch_size": 4, "max_length": 48, "weight_decay": 0.01,
                                  "warmup_ratio": 0.1, "max_grad_norm": 0.5, "seed": 5,
-                                 "early_stopping_patience": None}
+                                 "early_stopping_patience": None, "mixed_precision": "no"}
     assert training["sample"] == {"shots": 2, "seed": 3}
     sha = hashlib.sha256(data.read_bytes()).hexdigest()
     assert training["data"]["train"]["path"] == training["data"]["eval"]["path"] == str(data.resolve())

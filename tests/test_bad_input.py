@@ -461,7 +461,7 @@ def test_an_empty_config_file_is_read_as_no_keys_and_fails_in_one_line(tmp_path,
     ("labels", [], "key 'labels' is empty; a classification task needs its labels"),
     ("text_fields", None, "key 'text_fields' holds null, expected a non-empty list of column names"),
     ("max_length", "big", "key 'max_length' holds \"big\", expected a whole number ≥ 1"),
-    ("backbone", {}, "key 'backbone' holds {}, expected the backbone's fingerprint (name, kind, embedding_sha256...)"),
+    ("backbone", {}, "key 'backbone' holds {}, expected the backbone's fingerprint (name, kind, one of embedding_sha256, embedding_bf16_sha256, embedding_fp16_sha256...)"),
     ("weights", None, "key 'weights' holds null, expected the weights file's sha256"),
 ])
 def test_a_config_json_edited_by_hand_is_one_line_naming_the_key(key, value, expected, task, tmp_path, capsys):

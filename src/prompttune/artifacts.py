@@ -28,7 +28,8 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from . import __version__
-from .backbones import KINDS, Backbone, compare_fingerprints
+from .backbones import EMBEDDING_DIGESTS, KINDS, Backbone, compare_fingerprints, is_dispatched
+from .devices import DTYPES, MIXED_PRECISION, dtype_name, model_device
 from .errors import ArtifactError, ModelError, PromptTuneError
 from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
 from .lm_head import COPY_INFO, COPY_WEIGHTS, head_copy
@@ -48,9 +49,13 @@ PLOT = "training.png"
 never reads it), and a new save removes the one of the task it replaces."""
 
 
-def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, base_fingerprint: dict, extra: dict | None = None) -> Path:
+def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, base_fingerprint: dict, extra: dict | None = None,
+                  *, mixed_precision: str = "no") -> Path:
     """Write the task to `directory` (created if needed), replacing a task saved there; return the
-    directory. The classifier is only read: it trains on unchanged after a save. A task on a fitted
+    directory. The classifier is only read: it trains on unchanged after a save. `config.json` records
+    the dtype it was trained in (`dtype`: the model's weights' dtype and `mixed_precision`, the
+    autocast it trained under), and `weights.safetensors` holds the trained tensors as they are: what a
+    method added in float32, the model's own weights a method trains in the model's dtype. A task on a fitted
     head (`spec.lm_head`) gets a copy of the head's files, checked against its checksum, and
     `config.json` names the copy (`lm_head.safetensors`), not the place it was copied from.
 
@@ -71,6 +76,7 @@ def save_artifact(directory: str | Path, spec: TaskSpec, classifier: nn.Module, 
         "prompttune_version": __version__,
         **spec.to_dict(),
         "lm_head": COPY_WEIGHTS if head else None,
+        "dtype": {"model_dtype": dtype_name(model_dtype(classifier)), "mixed_precision": mixed_precision},
         # What `auto` chose, and which template: the reload renders prompts exactly as training did.
         "chat_template": chat is not None,
         **({"chat_template_sha256": chat.sha256} if chat is not None else {}),
@@ -165,6 +171,7 @@ def _decoding_settings(value) -> str | None:
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_DTYPE_NAMES = [name for name in DTYPES if name != "auto"]
 _OPTION_NAMES = frozenset(MethodOptions.__dataclass_fields__)
 
 # What each key of config.json must hold to rebuild the task: (check, what it should be).
@@ -190,8 +197,13 @@ _CONFIG_KEYS = {
     "demonstrations": (lambda v: v is None or (isinstance(v, list) and all(isinstance(d, dict) for d in v)),
                        "a list of examples or null"),
     "quantization": (lambda v: v in QUANTIZATIONS, f"one of {', '.join(QUANTIZATIONS)}"),
-    "backbone": (lambda v: isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("name", "kind", "embedding_sha256")),
-                 "the backbone's fingerprint (name, kind, embedding_sha256...)"),
+    "backbone": (lambda v: isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("name", "kind"))
+                 and any(isinstance(v.get(k), str) for k in EMBEDDING_DIGESTS),
+                 f"the backbone's fingerprint (name, kind, one of {', '.join(EMBEDDING_DIGESTS)}...)"),
+    "dtype": (lambda v: isinstance(v, dict) and set(v) == {"model_dtype", "mixed_precision"}
+              and v["model_dtype"] in _DTYPE_NAMES and v["mixed_precision"] in MIXED_PRECISION,
+              f"an object {{model_dtype: one of {', '.join(_DTYPE_NAMES)}, mixed_precision: one of "
+              f"{', '.join(MIXED_PRECISION)}}}"),
     "weights": (lambda v: isinstance(v, dict) and isinstance(v.get("sha256"), str), "the weights file's sha256"),
     "training": (lambda v: isinstance(v, dict), "an object recording how the task was trained"),
     "decoding": (lambda v: _decoding_settings(v) is None, lambda v: f"decoding settings ({_decoding_settings(v)})"),
@@ -266,9 +278,15 @@ def spec_from_config(config: dict, directory: str | Path) -> TaskSpec:
 
 
 def load_artifact(directory: str | Path, backbone: Backbone | None = None, *,
-                  saved: tuple[dict, dict[str, torch.Tensor]] | None = None,
-                  quantization: str | None = None) -> tuple[nn.Module, dict]:
+                  saved: tuple[dict, dict[str, torch.Tensor]] | None = None, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None, quantization: str | None = None) -> tuple[nn.Module, dict]:
     """Rebuild a saved task: (classifier ready for prediction, its config).
+
+    The model is loaded in `dtype` (default: the dtype the task was trained in, `trained_dtype`) and
+    the classifier put on `device` (default: the CPU); on a given `backbone` the task takes the
+    backbone's dtype and device. Loading in another dtype than the trained one is allowed: the saved tensors are cast to
+    the dtype of what they load into (`dtype_note` says so in words). A bfloat16 task loaded in
+    bfloat16 has exactly the tensors it was saved with.
 
     On a given `backbone` (shared with other tasks) a `merge: true` LoRA task stays unmerged:
     merging would change the weights every task on the backbone reads (the scores agree to float
@@ -281,12 +299,15 @@ def load_artifact(directory: str | Path, backbone: Backbone | None = None, *,
     Example:
         >>> clf, config = load_artifact("runs/sst2")
         >>> evaluate(clf, examples)["accuracy"]
+        >>> clf, config = load_artifact("runs/sst2", device="cuda", dtype=torch.bfloat16)
     """
     directory = Path(directory)
     config, weights = saved if saved is not None else read_saved(directory)
     spec = spec_from_config(config, directory)
+    if dtype is None and backbone is None:
+        dtype = trained_dtype(config)
     try:
-        classifier, fp = build_classifier(spec, backbone, folded=True,
+        classifier, fp = build_classifier(spec, backbone, folded=True, dtype=dtype, device=device,
                                           quantization=quantization or config.get("quantization", "none"))
     except PromptTuneError as e:
         raise ArtifactError(f"cannot rebuild the task saved in {str(directory)!r}: {e}") from e
@@ -302,8 +323,39 @@ def load_artifact(directory: str | Path, backbone: Backbone | None = None, *,
         from .methods.lora import merge_lora
 
         merge_lora(classifier.model)
+    # What the task adds is built on the CPU (its saved form): it goes where the model is.
+    # (A quantized base was quantized onto `device` as it loaded, and is not moved.)
+    place = model_device(backbone.model) if backbone is not None else device
+    if place is not None and not is_dispatched(classifier.model):
+        classifier.to(place)
     classifier.eval()
     return classifier, config
+
+
+def trained_dtype(config: dict) -> torch.dtype:
+    """The dtype of the model's weights a saved task was trained in (its config's `dtype.model_dtype`;
+    float32 for a task saved before it was recorded)."""
+    return DTYPES[config.get("dtype", {}).get("model_dtype", "float32")]
+
+
+def model_dtype(classifier: nn.Module) -> torch.dtype:
+    """The dtype of a task's model: that of its input embeddings (a quantized or mixed model's linear
+    layers may hold other types; the embeddings are the weights' dtype)."""
+    return classifier.model.get_input_embeddings().weight.dtype
+
+
+def dtype_note(directory: str | Path, config: dict, classifier: nn.Module) -> str | None:
+    """A line saying that the task saved in `directory` (with this `config`) was trained in another dtype
+    than the one its model is loaded in, or None when they agree.
+
+    Example:
+        >>> dtype_note("runs/x", config, load_artifact("runs/x", dtype=torch.float32)[0])
+        'note: runs/x was trained in bfloat16; loaded in float32'
+    """
+    trained, loaded = trained_dtype(config), model_dtype(classifier)
+    if trained == loaded:
+        return None
+    return f"note: {directory} was trained in {dtype_name(trained)}; loaded in {dtype_name(loaded)}"
 
 
 def _same_chat_template(config: dict, classifier: nn.Module, directory: Path) -> None:

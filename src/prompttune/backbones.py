@@ -378,15 +378,25 @@ def fingerprint(model: nn.Module, name: str, kind: str, lm_head: str | None = No
     are not the checkpoint's values; its embeddings are never quantized).
 
     The embedding hash covers the whole matrix (it differs between any two trainings); the weights
-    hash covers 64 evenly spaced values of each parameter, rounded to bfloat16 (so a float32 and a
-    bfloat16 load of one checkpoint agree), which tells apart a model whose layers changed and whose
-    embeddings did not (a merged LoRA, a checkpoint fine-tuned with frozen embeddings). Weights the
-    load created fresh (a new classification head) are left out. A task artifact refuses a backbone
-    whose fingerprint differs from the one it was made on.
+    hash covers 64 evenly spaced values of each parameter, which tells apart a model whose layers
+    changed and whose embeddings did not (a merged LoRA, a checkpoint fine-tuned with frozen
+    embeddings). Weights the load created fresh (a new classification head) are left out.
+
+    The hashes are of the values rounded to a 16-bit type, so that loads of one checkpoint in
+    different dtypes agree: a load gives those its dtype can give. bfloat16 roundings
+    (`embedding_bf16_sha256`, `weights_sample_sha256`) from a float32 or bfloat16 load, float16 ones
+    (`embedding_fp16_sha256`, `weights_sample_fp16_sha256`) from a float32 or float16 load, and a
+    float32 load also the hash of the exact values (`embedding_sha256`, what artifacts saved before the
+    rounded ones were recorded hold). `compare_fingerprints` compares the hashes both sides have. A
+    task artifact refuses a backbone whose fingerprint differs from the one it was made on.
+
+    Example:
+        >>> fp = fingerprint(model, "gpt2", "causal")
+        >>> fp["embedding_bf16_sha256"] == fingerprint(model.to(torch.bfloat16), "gpt2", "causal")["embedding_bf16_sha256"]
+        True
     """
     cfg = model.config
     emb = model.get_input_embeddings().weight.detach()
-    digest = hashlib.sha256(emb.float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
     fp = {
         "name": name,
         "kind": kind,
@@ -394,21 +404,38 @@ def fingerprint(model: nn.Module, name: str, kind: str, lm_head: str | None = No
         "vocab_size": int(emb.shape[0]),
         "hidden_size": int(emb.shape[1]),
         "num_layers": int(getattr(cfg, "num_hidden_layers", getattr(cfg, "num_layers", 0)) or 0),
-        "embedding_sha256": digest,
     }
     from .quantization import quantization_of
 
-    if quantization_of(model) == "none":
-        fp["weights_sample_sha256"] = weights_sample_digest(model)
+    quantized = quantization_of(model) != "none"  # a packed 4- or 8-bit weight gives no comparable sample
+    for rounding, (embedding_key, sample_key) in ROUNDED_DIGESTS.items():
+        if emb.dtype in (rounding, torch.float32):  # the other 16-bit type cannot give this rounding
+            fp[embedding_key] = _sha256_16(emb.to(rounding).float())
+            if not quantized:
+                fp[sample_key] = weights_sample_digest(model, rounding=rounding)
+    if emb.dtype == torch.float32:
+        fp["embedding_sha256"] = _sha256_16(emb)
     if lm_head is not None:
         fp["lm_head_sha256"] = head_digest(model)
     return fp
 
 
-def weights_sample_digest(model: nn.Module, per_tensor: int = 64) -> str:
-    """SHA-256 (16 hex digits) of the names, shapes and `per_tensor` evenly spaced values (as bfloat16)
-    of every parameter the checkpoint provided, in name order. LoRA layers a task injected (peft) are
-    not the checkpoint's: their matrices are left out and the wrapped weights keep their own names."""
+ROUNDED_DIGESTS = {torch.bfloat16: ("embedding_bf16_sha256", "weights_sample_sha256"),
+                   torch.float16: ("embedding_fp16_sha256", "weights_sample_fp16_sha256")}
+"""Per 16-bit rounding, the fingerprint's (embedding hash, weights-sample hash) of values rounded so."""
+EMBEDDING_DIGESTS = ("embedding_sha256", "embedding_bf16_sha256", "embedding_fp16_sha256")
+"""The hashes of the input embeddings a fingerprint may hold (at least one)."""
+
+
+def _sha256_16(tensor: torch.Tensor) -> str:
+    """SHA-256 (16 hex digits) of a float32 tensor's bytes, read on the CPU."""
+    return hashlib.sha256(tensor.cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def weights_sample_digest(model: nn.Module, per_tensor: int = 64, *, rounding: torch.dtype = torch.bfloat16) -> str:
+    """SHA-256 (16 hex digits) of the names, shapes and `per_tensor` evenly spaced values (rounded to
+    `rounding`) of every parameter the checkpoint provided, in name order. LoRA layers a task injected
+    (peft) are not the checkpoint's: their matrices are left out and the wrapped weights keep their own names."""
     fresh = {id(p) for p in fresh_parameters(model)}
     h = hashlib.sha256()
     named = {n.replace(".base_layer.", "."): p for n, p in model.named_parameters() if ".lora_" not in n}
@@ -418,7 +445,7 @@ def weights_sample_digest(model: nn.Module, per_tensor: int = 64) -> str:
         flat = p.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // per_tensor)][:per_tensor]
         h.update(f"{name}{tuple(p.shape)}".encode())
-        h.update(sample.to(torch.bfloat16).float().cpu().numpy().tobytes())
+        h.update(sample.to(rounding).float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -433,20 +460,39 @@ def head_digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-CHECKPOINT_KEYS = ("model_type", "vocab_size", "hidden_size", "num_layers", "embedding_sha256")
+CHECKPOINT_KEYS = ("model_type", "vocab_size", "hidden_size", "num_layers", *EMBEDDING_DIGESTS)
 """The fingerprint fields that name a checkpoint whatever class it is loaded as (masked LM, causal
 LM, or the same weights under a classification head)."""
+UNCOMPARED = ("name", "lm_head")
+"""Fingerprint fields that never refuse a backbone: the name it was loaded by (a folder can move),
+the fitted head's location (its hash, `lm_head_sha256`, is compared)."""
+MAY_LACK = (*EMBEDDING_DIGESTS, "weights_sample_sha256", "weights_sample_fp16_sha256")
+"""Hashes a load may be unable to give (see `fingerprint`: a bfloat16 load has no float16 rounding, a
+quantized base may have no weights sample; artifacts saved before the rounded hashes lack them),
+compared only where both fingerprints have them."""
 
 
 def compare_fingerprints(expected: dict, got: dict) -> None:
-    """Raise `ModelError` naming each field where a backbone differs from the one expected;
-    `weights_sample_sha256` only where both have it (a quantized backbone has none)."""
+    """Raise `ModelError` naming each field where a backbone differs from the one expected.
+
+    Every field of `expected` is compared (less `UNCOMPARED`; one `got` lacks differs), but the
+    hashes in `MAY_LACK` only where `got` has them too; at least one of them must be shared (a task made
+    on a bfloat16 load cannot be checked against a float16 load, nor the other way round).
+
+    Example:
+        >>> compare_fingerprints({"name": "gpt2", "vocab_size": 50257}, {"name": "other", "vocab_size": 32000})
+        ModelError: this task artifact was made for backbone 'gpt2' and does not fit the one given ('other'):
+        vocab_size: artifact was made for 50257, backbone has 32000
+    """
     diffs = [f"{k}: artifact was made for {expected[k]!r}, backbone has {got.get(k)!r}"
-             for k in expected if k not in ("name", "lm_head") and expected[k] != got.get(k)
-             and (k != "weights_sample_sha256" or k in got)]
+             for k in expected if k not in UNCOMPARED and not (k in MAY_LACK and k not in got) and expected[k] != got.get(k)]
     if diffs:
         raise ModelError(
             f"this task artifact was made for backbone {expected.get('name')!r} and does not fit the one given "
             f"({got.get('name')!r}): " + "; ".join(diffs)
         )
-
+    made, given = [k for k in MAY_LACK if k in expected], [k for k in MAY_LACK if k in got]
+    if made and given and not set(made) & set(given):
+        raise ModelError(f"this task artifact's backbone fingerprint has {made}, and the backbone as loaded gives "
+                         f"{given}: none to check it by (its weights' dtype rounds them otherwise); load the model in "
+                         "float32, or in the dtype the task was trained in")

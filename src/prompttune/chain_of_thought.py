@@ -68,6 +68,7 @@ def cut_reasoning(text: str, answer_trigger: str = ANSWER_TRIGGER) -> str:
 @torch.no_grad()
 def generate_reasoning(classifier: nn.Module, examples: list[dict], *, batch_size: int = 8) -> list[str]:
     """Stage 1 for an in-context classifier with chain of thought: greedy reasoning per example."""
+    from .devices import model_device
     from .scoring import pad
     from .templates import encode_example
 
@@ -82,7 +83,8 @@ def generate_reasoning(classifier: nn.Module, examples: list[dict], *, batch_siz
             seqs.append(scorer.prefix.ids + enc.ids[: enc.mask_start])
         # Left-padded, so each row's reasoning starts right after its own prompt.
         ids, attn = pad(seqs, pad_id, left=True)
-        gen = model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device), do_sample=False,
+        device = model_device(model)
+        gen = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=False,
                              max_new_tokens=classifier.max_reasoning_tokens, pad_token_id=pad_id)
         texts = tok.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
         out.extend(cut_reasoning(t, classifier.answer_trigger) for t in texts)

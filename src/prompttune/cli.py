@@ -22,16 +22,20 @@ from .generation import MAX_STOP, Decoding
 
 EPILOG_TRAIN = """example:
   prompttune train configs/sst2_prompt_finetune.yaml --out runs/sst2 --set train.lr=2e-5 --set task.shots=16
-config keys: model, model_kind, lm_head, device_map (auto|balanced|balanced_low_0|sequential), max_memory,
-  quantization (none|nf4|fp4|int8: a 4- or 8-bit frozen base),
+config keys: model, model_kind, model_dtype (auto|float32|bfloat16|float16), lm_head,
+  quantization (none|nf4|fp4|int8: a 4- or 8-bit frozen base), device_map (auto|balanced|balanced_low_0|sequential),
+  max_memory,
   task.{train,dev,eval,eval_split,text_fields,label_field,shots,seed,labels},
   prompt.{template,verbalizer,word_score}, method.{name (one or a list),prompt_length,init,encoder,reparameterize,
   reparam_hidden,head,init_from,prompt_bank,transfer_epochs,lora_rank,lora_alpha,lora_dropout,target_modules,
   merge,adapter_kind,reduction_factor,demonstrations,demo_selection,demo_encoder,context_examples,instruction,
   calibrate,chain_of_thought,reasoning_field,cot_trigger,answer_trigger,max_reasoning_tokens},
   train.{epochs,lr,batch_size,eval_batch_size,max_length,weight_decay,warmup_ratio,max_grad_norm,seed,progress,
-  checkpoint,early_stopping_patience,report_to (none|tensorboard: OUT/logs),gradient_checkpointing},
+  checkpoint,early_stopping_patience,report_to (none|tensorboard: OUT/logs),mixed_precision (no|bf16|fp16),
+  gradient_checkpointing},
   decoding.{max_new_tokens,num_beams,stop} (how eval and generate write a generation task's text)
+device and precision: --device auto (the GPU when there is one) | cpu | cuda | cuda:N; --dtype replaces model_dtype
+  (auto: bfloat16 on a GPU that has it, else float32)
 paths: relative paths in the config file are the file's folder's; those given with --set, the current directory's.
   task.eval_split: 0.2 holds out 20% of task.train (per label, seeded) as the evaluation set.
 writes: OUT/config.json + weights.safetensors (the task), eval.json (with task.eval), training.png (loss and dev
@@ -85,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         print(parser.commands())
         return 0
     try:
+        if getattr(args, "device", None) is not None:  # a GPU that is not there: refused before anything is read
+            from .devices import resolve_device
+
+            resolve_device(args.device)
         return args.func(args) or 0
     except PromptTuneError as e:
         # One line, even where a message quotes a library's text that has line breaks.
@@ -176,6 +184,31 @@ def add_decoding_flags(p: argparse.ArgumentParser) -> None:
                         f"{MAX_STOP}; default: the task's decoding.stop)")
 
 
+def add_device_flags(p: argparse.ArgumentParser, *, dtype_default: str | None = "auto", dtype_help: str | None = None) -> None:
+    """--device and --dtype, for every command that runs a model (`devices.resolve_device`, `resolve_dtype`)."""
+    from .devices import DEVICES, DTYPES
+
+    p.add_argument("--device", default="auto", help=f"where the model runs: {DEVICES} (default auto: the GPU when there "
+                                                    "is one, else the CPU)")
+    p.add_argument("--dtype", default=dtype_default, choices=list(DTYPES),
+                   help=dtype_help or "the dtype the model's weights are loaded in (default auto: bfloat16 on a GPU that "
+                                      "has it, else float32)")
+
+
+def load_task(args):
+    """(classifier, config) of the artifact `args.artifact` on --device in --dtype; a task trained in
+    another dtype says so on stderr (`artifacts.dtype_note`)."""
+    from .artifacts import dtype_note, load_artifact
+    from .devices import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    clf, config = load_artifact(args.artifact, device=device, dtype=resolve_dtype(args.dtype, device))
+    note = dtype_note(args.artifact, config, clf)
+    if note is not None:
+        print(note, file=sys.stderr)
+    return clf, config
+
+
 def decoding_of(args, config: dict) -> Decoding:
     """The `generation.Decoding` of a task's `config` (its artifact's config.json) with --max-new-tokens,
     --num-beams and --stop in place of what they name.
@@ -253,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the same run: a changed setting is refused)")
     start.add_argument("--overwrite", action="store_true", help="replace a task artifact in --out, or start over instead "
                        "of resuming an interrupted run's checkpoint there")
+    add_device_flags(p, dtype_default=None, dtype_help="the dtype the model's weights are loaded in, in place of the "
+                                                       "config's model_dtype (default: model_dtype, itself auto: bfloat16 "
+                                                       "on a GPU that has it, else float32)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a saved task on a labelled data file",
@@ -272,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                    '"rouge_l", "exact_match", "loss", "perplexity", "n", "references", "bleu_signature", "inputs", '
                    '"decoding", "samples"})')
     add_decoding_flags(p)
+    add_device_flags(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="compare saved runs in one table",
@@ -293,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "(always so with --data)")
     p.add_argument("--out", default=None, help="write the lines to this file (atomically) instead of standard output")
     p.add_argument("--overwrite", action="store_true", help="replace a file already at --out")
+    add_device_flags(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("generate", help="generate text from a saved task's prompt (causal or seq2seq models)",
@@ -309,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per input (always so with --data)")
     p.add_argument("--out", default=None, help="write the lines to this file (atomically) instead of standard output")
     p.add_argument("--overwrite", action="store_true", help="replace a file already at --out")
+    add_device_flags(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("export", help="write a saved task's prompt as a Hugging Face PEFT adapter",
@@ -336,9 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="task artifact directory, served as NAME (default: the directory's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=whole_number(0, 65535), default=8000, help="port (default 8000; 0 = any free port)")
-    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights' dtype (default auto: bfloat16 on a GPU that has it, else float32)")
+    add_device_flags(p)
     p.add_argument("--max-batch-size", type=whole_number(1), default=limits.max_batch_size,
                    help=f"texts per forward call, from any tasks (default {limits.max_batch_size})")
     p.add_argument("--max-wait-ms", type=whole_number(0), default=limits.max_wait_ms,
@@ -370,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=whole_number(0, 2**32 - 1), default=0, help="seed of the shuffle and the masks (default 0)")
     p.add_argument("--out", required=True, help="directory for head.safetensors + head.json")
     p.add_argument("--overwrite", action="store_true", help="replace a head already in --out")
+    add_device_flags(p)
     p.set_defaults(func=cmd_fit_lm_head)
 
     p = sub.add_parser("demo", help="prompt learning on SST-2 with a real LM, end to end (about 3 minutes)",
@@ -381,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "default: ../shared/data/sst2")
     p.add_argument("--out", default="runs/demo", help="where the demo writes its task artifacts (one folder per row)")
     p.add_argument("--overwrite", action="store_true", help="replace the task artifacts of an earlier demo already in --out")
+    add_device_flags(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("search", help="find a template or label words automatically (AutoPrompt, LM-BFF)",
@@ -412,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--overwrite", action="store_true", help="replace config.yaml and search.json already in --out")
         q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key (repeatable)")
+        add_device_flags(q, dtype_default=None, dtype_help="the dtype the model's weights are loaded in, in place of the "
+                                                           "config's model_dtype (default: model_dtype, itself auto)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("render", help="show a config's inputs as the model reads them: tokens, mask, soft slots, label ids",
@@ -441,14 +482,17 @@ def cmd_train(args) -> int:
     from .recipes import CHECKPOINT, run_training
     from .training import CHECKPOINT_STATE
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = [*args.overrides, *([f"model_dtype={args.dtype}"] if args.dtype is not None else [])]
+    cfg = load_config(args.config, overrides)
     try:
-        summary = run_training(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+        summary = run_training(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device)
     except KeyboardInterrupt:
         ckpt = Path(args.out) / CHECKPOINT
         if (ckpt / CHECKPOINT_STATE).is_file():
             again = ["prompttune", "train", str(args.config), "--out", str(args.out),
-                     *(a for o in args.overrides for a in ("--set", o)), "--resume"]
+                     *(a for o in args.overrides for a in ("--set", o)),
+                     *(["--device", args.device] if args.device != "auto" else []),
+                     *(["--dtype", args.dtype] if args.dtype is not None else []), "--resume"]
             print(f"interrupted; the last finished epoch is kept in {ckpt}: continue with "
                   f"{shlex.join(again)}", file=sys.stderr)
             return 130
@@ -465,13 +509,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .artifacts import load_artifact, read_config
+    from .artifacts import read_config
     from .data import load_examples
     from .evaluation import evaluate
     from .reports import eval_table
 
     decoding = decoding_of(args, read_config(args.artifact))
-    clf, config = load_artifact(args.artifact)
+    clf, config = load_task(args)
     label_field = args.label_field or config.get("label_field", "label")
     labels = None if config.get("generation") else config["labels"]
     examples = load_examples(args.data, config["text_fields"], label_field, labels=labels)
@@ -518,10 +562,9 @@ def cmd_predict(args) -> int:
 
 def prediction_lines(args, inputs: list[dict], examples: list[dict]) -> list[str]:
     """`predict`'s output: per input, a JSON line (with --json or --data) or "label<TAB>probability<TAB>text"."""
-    from .artifacts import load_artifact
     from .evaluation import predict_scores
 
-    clf, config = load_artifact(args.artifact)
+    clf, config = load_task(args)
     progress = len(examples) > args.batch_size  # on a terminal only (`progress.bar_off`), never on stdout
     probs = predict_scores(clf, examples, batch_size=args.batch_size, progress=progress, desc="predicting").softmax(-1)
     lines = []
@@ -581,10 +624,9 @@ def generated_lines(args, decoding: Decoding, inputs: list[dict], examples: list
     """`generate`'s output: per input, a JSON line (with --json or --data: the input, "generated", and the
     row's label as "reference" where it has one) or the generated text; an in-context task's reasoning and
     answer instead of generated text."""
-    from .artifacts import load_artifact
     from .generation import generate
 
-    clf, _ = load_artifact(args.artifact)
+    clf, _ = load_task(args)
     as_json = args.json or args.data is not None
     queries = [{k: v for k, v in ex.items() if k != "label"} for ex in examples]
     if hasattr(clf, "explain"):  # an in-context task: its reasoning (chain of thought) and answer
@@ -634,7 +676,7 @@ def cmd_fit_lm_head(args) -> int:
         raise DataError(f"{args.data} has {len(texts)} text(s) and --held-out {args.held_out} keeps them all aside, "
                         "leaving none to fit the head on; lower --held-out or give more text")
     report = fit_and_save_lm_head(args.model, texts, args.out, max_texts=args.max_texts, held_out=args.held_out,
-                                  seed=args.seed, overwrite=args.overwrite)
+                                  seed=args.seed, overwrite=args.overwrite, device=args.device, dtype=args.dtype)
     print(json.dumps(report))
     return 0
 
@@ -642,7 +684,7 @@ def cmd_fit_lm_head(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(data=args.data, out=Path(args.out), overwrite=args.overwrite)
+    run_demo(data=args.data, out=Path(args.out), overwrite=args.overwrite, device=args.device, dtype=args.dtype)
     return 0
 
 
@@ -650,8 +692,9 @@ def cmd_search(args) -> int:
     from .search.run import run_search
 
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("command", "search", "config", "out", "overrides", "overwrite", "func")}
-    report = run_search(args.search, args.config, args.out, overrides=args.overrides, overwrite=args.overwrite, **settings)
+                if k not in ("command", "search", "config", "out", "overrides", "overwrite", "func", "device", "dtype")}
+    report = run_search(args.search, args.config, args.out, overrides=args.overrides, overwrite=args.overwrite,
+                        device=args.device, dtype=args.dtype, **settings)
     print(json.dumps({"out": str(args.out), "found": report["found"], **({"dev_accuracy": report["dev_accuracy"]}
                                                                           if "dev_accuracy" in report else {})},
                      ensure_ascii=False))

@@ -18,6 +18,7 @@ import yaml
 
 from .backbones import DEFAULT_MODEL, KINDS, SMOLLM2
 from .data import read_utf8
+from .devices import DTYPES
 from .errors import ConfigError
 from .generation import Decoding
 from .methods import MethodOptions, get_method, method_list, non_default_options
@@ -84,6 +85,7 @@ class RunConfig:
     """A whole run. Example YAML:
 
         model: all-MiniLM-L6-v2
+        model_dtype: auto                  # or float32 | bfloat16 | float16
         lm_head: heads/minilm
         task: {train: data/train.tsv, eval: data/test.tsv, text_fields: [sentence], shots: 16}
         prompt: {template: "{sentence} It was {mask}.", verbalizer: {0: terrible, 1: great}}
@@ -102,6 +104,10 @@ class RunConfig:
     quantization: str = "none"
     """none | nf4 | fp4 | int8: the frozen base's Linear weights in 4 or 8 bits (bitsandbytes; QLoRA's
     setting); the trained parameters stay in full precision (`prompttune.quantization`)."""
+    model_dtype: str = "auto"
+    """The dtype the model's weights are loaded in: auto | float32 | bfloat16 | float16 (auto: bfloat16
+    on a GPU that has it, else float32; `prompttune train --dtype` overrides it). What a method adds
+    trains in float32 beside it; the artifact records it (config.json `dtype`)."""
     task: TaskConfig = field(default_factory=TaskConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -434,6 +440,8 @@ def _validate(cfg: RunConfig) -> None:
 
     check_quantization(cfg.quantization)
     require_trainable_base(method, cfg.quantization)
+    if cfg.model_dtype not in DTYPES:
+        raise ConfigError(f"model_dtype must be one of {list(DTYPES)}, got {cfg.model_dtype!r}")
     if cfg.model_kind is not None and cfg.model_kind not in KINDS:
         raise ConfigError(f"model_kind must be one of {KINDS} or null, got {cfg.model_kind!r}")
     if cfg.task.shots is not None and cfg.task.shots < 1:

@@ -352,7 +352,7 @@ def encode_prefix(model: nn.Module, ids: list[int]) -> list[tuple[torch.Tensor, 
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    model(input_ids=torch.tensor([ids], device=model.device), **cache_inputs(model, cache))
+    model(input_ids=torch.tensor([ids], device=input_device(model)), **cache_inputs(model, cache))
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
@@ -448,4 +448,5 @@ def _sampled_ids(model: nn.Module, n: int) -> torch.Tensor:
 
 
 def _sampled_embeddings(model: nn.Module, n: int) -> torch.Tensor:
-    return model.get_input_embeddings().weight[_sampled_ids(model, n)].detach().float().clone()
+    weight = model.get_input_embeddings().weight
+    return weight[_sampled_ids(model, n).to(weight.device)].detach().float().clone()

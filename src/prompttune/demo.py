@@ -28,6 +28,7 @@ from .artifacts import CONFIG
 from .backbones import SMOLLM2
 from .config import load_config
 from .data import few_shot_split, load_examples, sample_per_class
+from .devices import resolve_device
 from .errors import DataError
 from .outputs import claim_output
 from .recipes import CHECKPOINT, TRAIN_FILES, is_artifact, run_training
@@ -67,8 +68,10 @@ def find_data(data: str | None) -> Path:
 
 
 def run_demo(data: str | None = None, out: Path = Path("runs/demo"), *, model: str = SMOLLM2,
-             held_out_per_class: int = HELD_OUT_PER_CLASS, overwrite: bool = False, progress: bool = True) -> dict:
-    """Run the demo; return {row: eval metrics} (see the module docstring).
+             held_out_per_class: int = HELD_OUT_PER_CLASS, overwrite: bool = False, progress: bool = True,
+             device: str = "auto", dtype: str = "auto") -> dict:
+    """Run the demo on `device` with the model's weights in `dtype` (`devices`); return {row: eval metrics}
+    (see the module docstring).
 
     `data` is a folder with SST-2's `train.tsv` and `dev.tsv` (label, sentence); `model` any causal
     or masked LM with an LM head (the tests use a tiny one). `out` is held for the demo
@@ -80,6 +83,7 @@ def run_demo(data: str | None = None, out: Path = Path("runs/demo"), *, model: s
         >>> results["zero-shot"]["accuracy"]
         0.83
     """
+    resolve_device(device)  # a GPU that is not there is refused at once
     owned = [f"{row}/{name}" for row in ROWS for name in (*TRAIN_FILES, f"{CHECKPOINT}/{CHECKPOINT_STATE}")]
     with claim_output(out, owned=owned, what="the task artifacts of an earlier demo", overwrite=overwrite,
                       is_ours=lambda d: all(is_artifact(d / r) for r in ROWS if (d / r / CONFIG).exists())):
@@ -106,12 +110,13 @@ def run_demo(data: str | None = None, out: Path = Path("runs/demo"), *, model: s
             print(f"[{step}/{len(ROWS)}] {title}", flush=True)
             cfg = load_config(raw={
                 "model": model,
+                "model_dtype": dtype,
                 "task": {"text_fields": ["sentence"], "label_field": "label", "seed": 13},
                 "prompt": {"template": TEMPLATE, "verbalizer": VERBALIZER},
                 "method": method,
                 "train": {"max_length": 64, "seed": 13, "progress": progress, **train_settings},
             })
-            summary = run_training(cfg, out / row, overwrite=overwrite, splits=(train, dev, test))
+            summary = run_training(cfg, out / row, overwrite=overwrite, splits=(train, dev, test), device=device)
             results[row] = {**summary["eval"], "trainable_parameters": summary.get("trainable_parameters", 0),
                             "total_parameters": summary.get("total_parameters")}
 

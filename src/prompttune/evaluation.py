@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import input_key
+from .devices import model_device, to_device
 from .progress import bar_off
 
 if TYPE_CHECKING:
@@ -25,16 +26,16 @@ SAMPLES = 10
 @torch.no_grad()
 def predict_scores(classifier: nn.Module, examples: list[dict], *, batch_size: int = 32, progress: bool = False,
                    desc: str = "evaluating") -> torch.Tensor:
-    """(N, n_classes) class scores for `examples`, in order; `progress` shows a bar named `desc` on stderr."""
+    """(N, n_classes) class scores for `examples`, in order, on the CPU (each batch is computed where the
+    classifier is); `progress` shows a bar named `desc` on stderr."""
     was_training = classifier.training
     classifier.eval()
-    device = next(classifier.parameters()).device
+    device = model_device(classifier)
     out = []
     starts = range(0, len(examples), batch_size)
     for i in tqdm(starts, desc=desc, disable=bar_off(progress), leave=False):
         batch = classifier.collate([{k: v for k, v in ex.items() if k != "label"} for ex in examples[i : i + batch_size]])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out.append(classifier(batch).float().cpu())
+        out.append(classifier(to_device(batch, device)).float().cpu())
     classifier.train(was_training)
     return torch.cat(out) if out else torch.empty(0, len(classifier.labels))
 
@@ -162,10 +163,10 @@ def generation_loss(task: nn.Module, examples: list[dict], *, batch_size: int = 
     """A text generator's mean LM loss per target token (batch-weighted), its perplexity and n."""
     was_training = task.training
     task.eval()
-    device = next(task.parameters()).device
+    device = model_device(task)
     total, tokens = 0.0, 0
     for i in tqdm(range(0, len(examples), batch_size), desc="evaluating", disable=bar_off(progress), leave=False):
-        batch = {k: v.to(device) for k, v in task.collate(examples[i : i + batch_size]).items()}
+        batch = to_device(task.collate(examples[i : i + batch_size]), device)
         n = int((batch["target"] != -100).sum())
         total += float(task(batch)) * n
         tokens += n

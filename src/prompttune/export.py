@@ -55,6 +55,7 @@ import torch
 from . import __version__
 from .artifacts import load_artifact, read_config, spec_from_config
 from .backbones import DEFAULT_MODEL, load_backbone
+from .devices import model_device
 from .errors import ExportError, PromptTuneError
 from .files import Writer, json_writer, safetensors_writer, write_together
 from .lm_head import COPY_INFO, COPY_WEIGHTS, head_copy
@@ -271,15 +272,17 @@ def _check_with_peft(clf, spec, kind: str, adapter_dir: Path, n_virtual: int) ->
     import peft
     from peft import PeftModel
 
-    ids, attn, lead = _probe_batch(clf)
+    device = model_device(clf.model)
+    ids, attn, lead = (t.to(device) if isinstance(t, torch.Tensor) else t for t in _probe_batch(clf))
     extra = {}
     if kind == "seq2seq":
-        extra["decoder_input_ids"] = torch.tensor([lead]).expand(ids.shape[0], -1)
+        extra["decoder_input_ids"] = torch.tensor([lead], device=device).expand(ids.shape[0], -1)
     with torch.no_grad():
         bind_prompts(clf)
         ours = clf.model(input_ids=ids, attention_mask=attn, **extra).logits
     try:
-        base = load_backbone(spec.model, kind=kind, lm_head=spec.lm_head).model
+        # The same model as the task's, in its dtype and on its device.
+        base = load_backbone(spec.model, kind=kind, lm_head=spec.lm_head, dtype=clf.model.dtype).model.to(device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PEFT and transformers deprecation notices
             peft_model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()

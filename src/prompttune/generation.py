@@ -31,11 +31,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from .backbones import Backbone
 from .data import HISTORY
+from .devices import model_device
 from .errors import ConfigError, DataError, ModelError
 from .models import PromptClassifier, TaskModule, bind_prompts
 from .progress import bar_off
@@ -106,9 +108,14 @@ class TextGenerator(TaskModule):
         return {"ids": ids, "attn": attn, "target": target}
 
     def forward(self, batch: dict) -> torch.Tensor:
+        """The mean cross-entropy of the targets' tokens, computed in float32 whatever the model's dtype."""
         bind_prompts(self)
-        out = self.model(input_ids=batch["ids"], attention_mask=batch["attn"], labels=batch["target"])
-        return out.loss
+        if self.kind == "seq2seq":  # transformers' seq2seq models take the loss in the logits' dtype: not here
+            decoder_ids = self.model.prepare_decoder_input_ids_from_labels(labels=batch["target"])
+            logits = self.model(input_ids=batch["ids"], attention_mask=batch["attn"], decoder_input_ids=decoder_ids).logits
+            return F.cross_entropy(logits.float().flatten(0, 1), batch["target"].flatten(), ignore_index=-100)
+        # Causal LMs: transformers' ForCausalLMLoss shifts the targets and upcasts the logits to float32.
+        return self.model(input_ids=batch["ids"], attention_mask=batch["attn"], labels=batch["target"]).loss
 
     def loss_terms(self, batch: dict) -> int:
         """How many target tokens `forward(batch)`'s loss is the mean of: those not -100, less the first
@@ -332,11 +339,12 @@ def generate_ids(classifier: PromptClassifier | TextGenerator, prompts: list[lis
     out: list[list[int]] = [[] for _ in prompts]
     was_training = classifier.training
     classifier.eval()
+    device = model_device(model)
     try:
         for start in tqdm(range(0, len(order), batch_size), desc="generating", disable=bar_off(progress), leave=False):
             rows = order[start : start + batch_size]
             ids, attn = pad([prompts[i] for i in rows], pad_id, left=left)
-            ids, attn = ids.to(model.device), attn.to(model.device)
+            ids, attn = ids.to(device), attn.to(device)
             with torch.no_grad():
                 bind_prompts(classifier)
                 gen = model.generate(input_ids=ids, attention_mask=attn, **settings)

@@ -33,6 +33,7 @@ from .data import by_label
 from .deep_prompts import KeyValuePrefix, encode_prefix, install
 from .chain_of_thought import ANSWER_TRIGGER, COT_TRIGGER, MODES, answer_template, generate_reasoning, reasoning_template
 from .demonstrations import filled
+from .devices import model_device, to_device
 from .errors import ConfigError, ModelError
 from .model_parts import ModelPart, bind_bare
 from .models import PromptClassifier
@@ -231,7 +232,7 @@ class InContextClassifier(PromptClassifier):
         fields = [f for f in self.template.fields if f != self.reasoning_field]
         fillers = ["N/A", "", self.tokenizer.mask_token or "[MASK]"]
         examples = [{**{f: text for f in fields}, self.reasoning_field: text} for text in fillers]
-        batch = {k: v.to(self.model.device) for k, v in PromptClassifier.collate(self, examples).items()}
+        batch = to_device(PromptClassifier.collate(self, examples), model_device(self.model))
         probs = self.verbalizer.class_scores(self.word_scores(batch)).softmax(-1).mean(0)
         return probs.log()
 
@@ -251,6 +252,6 @@ class InContextClassifier(PromptClassifier):
         """Reasoning (chain of thought only), label and class probabilities for each example."""
         reasoning = self._reasoning(examples) if self.chain_of_thought else [None] * len(examples)
         filled = [{**ex, self.reasoning_field: r} for ex, r in zip(examples, reasoning)] if self.chain_of_thought else examples
-        probs = self(PromptClassifier.collate(self, filled)).softmax(-1)
+        probs = self(to_device(PromptClassifier.collate(self, filled), model_device(self.model))).softmax(-1)
         return [{"reasoning": r, "label": self.labels[int(p.argmax())], "probabilities": dict(zip(self.labels, p.tolist()))}
                 for r, p in zip(reasoning, probs)]

@@ -42,6 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .backbones import lm_head_module
+from .devices import model_device, resolve_device, resolve_dtype
 from .errors import ModelError
 from . import __version__
 from .files import Writer, bytes_writer, file_sha256, json_writer, read_json_object, safetensors_writer, write_together
@@ -124,7 +125,8 @@ def masked_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the frozen encoder once; return hidden states and true ids at masked positions.
 
-    Shapes: features `(N, hidden)`, targets `(N,)` with N the number of masked tokens.
+    Shapes: features `(N, hidden)` (float32), targets `(N,)` with N the number of masked tokens, both on
+    the model's device (the masks are drawn on the CPU, from `seed`, whatever the device).
 
     Example:
         >>> feats, targets = masked_features(model, tokenizer, ["a fine film"])  # doctest: +SKIP
@@ -133,6 +135,7 @@ def masked_features(
         raise ModelError(f"tokenizer {type(tokenizer).__name__} has no mask token")
     head_module(model)  # refuse models without an MLM head before the long encode
     encoder = model.base_model
+    device = model_device(model)
     was_training = encoder.training
     encoder.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -148,9 +151,9 @@ def masked_features(
         for row, ids in enumerate(rows):  # the text sits between the tokenizer's [CLS] and [SEP]
             text[row, len(specials.prefix) : len(ids) - len(specials.suffix)] = True
         masked_ids, chosen = _mask_tokens(input_ids, ~text, mask_prob, tokenizer.mask_token_id, generator)
-        hidden = encoder(input_ids=masked_ids, attention_mask=attn).last_hidden_state  # (B, T, H)
-        features.append(hidden[chosen].float())
-        targets.append(input_ids[chosen])
+        hidden = encoder(input_ids=masked_ids.to(device), attention_mask=attn.to(device)).last_hidden_state  # (B, T, H)
+        features.append(hidden[chosen.to(device)].float())
+        targets.append(input_ids[chosen].to(device))
     encoder.train(was_training)
     return torch.cat(features), torch.cat(targets)
 
@@ -174,7 +177,7 @@ def _ridge_init(head: nn.Module, embeddings: nn.Linear, features: torch.Tensor, 
     mean, std = features.mean(0), features.std(0) + 1e-6
     x = (features - mean) / std  # (N, H)
     y = (wanted - wanted.mean(0)) / (wanted.std(0) + 1e-6)  # (N, E)
-    gram = x.T @ x + 1e-3 * len(x) * torch.eye(x.shape[1])
+    gram = x.T @ x + 1e-3 * len(x) * torch.eye(x.shape[1], device=x.device)
     weight = torch.linalg.solve(gram, x.T @ y).T / std  # (E, H), folds the standardisation in
     dense.weight.copy_(weight)
     # +5 keeps GELU in its near-linear range; LayerNorm removes the constant again.
@@ -224,7 +227,7 @@ def fit_lm_head(
             embeddings.bias.copy_(counts.log() - counts.sum().log())
     _ridge_init(head, embeddings, features, targets)
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # on the CPU: the same batches on any device
     optimizer = torch.optim.Adam(trainable, lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, steps), pct_start=0.1)
     losses = []
@@ -234,9 +237,9 @@ def fit_lm_head(
     embeddings.weight.requires_grad_(False)
     try:
         for _ in tqdm(range(steps), desc="fit head", disable=bar_off(progress)):
-            batch = torch.randint(len(targets), (min(batch_size, len(targets)),), generator=generator)
-            logits = head(features[batch])  # (batch, vocab): masked positions only
-            loss = nn.functional.cross_entropy(logits, targets[batch])
+            batch = torch.randint(len(targets), (min(batch_size, len(targets)),), generator=generator).to(features.device)
+            logits = head(features[batch].to(embeddings.weight.dtype))  # (batch, vocab): masked positions only
+            loss = nn.functional.cross_entropy(logits.float(), targets[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -276,8 +279,9 @@ def masked_token_accuracy(
         model, tokenizer, texts, max_length=max_length, mask_prob=mask_prob, seed=seed
     )
     head = head_module(model)
+    dtype = model.get_input_embeddings().weight.dtype
     correct = sum(
-        (head(features[i : i + 1024]).argmax(-1) == targets[i : i + 1024]).sum().item()
+        (head(features[i : i + 1024].to(dtype)).argmax(-1) == targets[i : i + 1024]).sum().item()
         for i in range(0, len(targets), 1024)
     )
     return correct / max(1, len(targets))
@@ -290,7 +294,7 @@ def save_lm_head(model: nn.Module, directory: str | os.PathLike, metrics: dict |
     Example:
         >>> save_lm_head(model, "heads/minilm", metrics)   # doctest: +SKIP
     """
-    state = {name: t.contiguous() for name, t in lm_head_state_dict(model).items()}
+    state = {name: t.cpu().contiguous() for name, t in lm_head_state_dict(model).items()}
     info = {
         "prompttune_version": __version__,
         "base_model": getattr(model.config, "name_or_path", ""),
@@ -404,8 +408,11 @@ def fit_and_save_lm_head(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> dict:
-    """Load `model_name`, fit its head on up to `max_texts` texts, score, save; return the metrics.
+    """Load `model_name` on `device` in `dtype` (`devices.resolve_device`, `resolve_dtype`), fit its head on
+    up to `max_texts` texts, score, save; return the metrics.
 
     The texts are shuffled with `seed`; the first `held_out` are kept out of the fit and
     give `masked_token_accuracy`. 8,000 texts take about 50 s on 2 CPU cores (MiniLM).
@@ -418,9 +425,12 @@ def fit_and_save_lm_head(
     """
     from .backbones import load_backbone
 
+    place = resolve_device(device)
+    weights = resolve_dtype(dtype, place)
     with claim_output(directory, owned=(HEAD_WEIGHTS, HEAD_INFO), what="a fitted LM head", overwrite=overwrite,
                       is_ours=lambda d: json_marked(d / HEAD_INFO, "parameters")):
-        backbone = load_backbone(model_name, kind="masked")
+        backbone = load_backbone(model_name, kind="masked", dtype=weights)
+        backbone.model.to(place)
         shuffled = list(texts)
         random.Random(seed).shuffle(shuffled)
         test, train = shuffled[:held_out], shuffled[held_out : held_out + max_texts]

@@ -62,6 +62,7 @@ def most_similar(classifier, bank: str | Path, base_fingerprint: dict) -> tuple[
     bank = Path(bank)
     if not bank.is_dir():
         raise ConfigError(f"method.prompt_bank {str(bank)!r} is not a directory")
+    current = param.detach().flatten().float().cpu()  # where the stored prompts are read
     best = None
     for directory in sorted(p.parent for p in bank.glob(f"*/{CONFIG}")):
         try:
@@ -71,7 +72,7 @@ def most_similar(classifier, bank: str | Path, base_fingerprint: dict) -> tuple[
             continue  # another method or another backbone: not comparable
         if tensor.shape != param.shape:
             continue
-        sim = F.cosine_similarity(tensor.flatten().float(), param.detach().flatten().float(), dim=0).item()
+        sim = F.cosine_similarity(tensor.flatten().float(), current, dim=0).item()
         if best is None or sim > best[1]:
             best = (directory, sim)
     return best

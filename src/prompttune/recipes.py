@@ -22,12 +22,17 @@ import platform
 import sys
 from pathlib import Path
 
+
+import torch
+from torch import nn
 from accelerate.utils import set_seed
 
 from . import __version__
 from .artifacts import CONFIG, EVAL, PLOT, WEIGHTS, save_artifact
+from .backbones import is_dispatched
 from .config import RunConfig
 from .data import few_shot_split, held_out_split, load_examples, sample_per_class
+from .devices import DTYPES, check_mixed_precision, dtype_name, resolve_device, resolve_dtype
 from .errors import ConfigError, DataError, OutputError
 from .evaluation import evaluate
 from .files import discard, path_sha256, remove_empty_dirs, remove_staging_leftovers, write_json, write_together
@@ -100,16 +105,20 @@ def load_splits(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
 
 
 def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False, splits=None,
-                 log=None) -> dict:
+                 log=None, device: str = "auto") -> dict:
     """Train the configured task, save it to `out_dir`, evaluate on task.eval; return a summary.
+
+    `device` (auto | cpu | cuda | cuda:N, `devices.resolve_device`) is where it trains and evaluates;
+    the model is loaded in `cfg.model_dtype` (auto resolved for that device, and recorded so).
 
     `splits` = (train, dev, eval) example lists replaces reading task.train/dev/eval. `resume`
     continues the run whose checkpoint is in `out_dir/checkpoint`; `overwrite` replaces a task
     artifact in `out_dir` (and discards an interrupted run's checkpoint) instead of refusing.
 
     Raises `OutputError` (the directory is in use, unwritable, too full, or holds an artifact or a
-    checkpoint that the flags do not allow to replace) and `ConfigError` (nothing to resume, or a
-    checkpoint of another run) before the model loads; `OutputError` if a write fails later.
+    checkpoint that the flags do not allow to replace) and `ConfigError` (nothing to resume, a
+    checkpoint of another run, a device that is not there, fp16 mixed precision on the CPU) before the
+    model loads; `OutputError` if a write fails later.
 
     Launched as several processes, only the main one claims `out_dir`, logs and writes; each other
     process waits until the main one holds the folder, trains its share, and returns the summary
@@ -121,6 +130,10 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
     """
     main = is_main_process()
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    place = resolve_device(device)
+    check_mixed_precision(cfg.train.mixed_precision, place)
+    # `auto` as this machine resolves it: the checkpoint's run record and the artifact name the dtype used.
+    cfg = dataclasses.replace(cfg, model_dtype=dtype_name(resolve_dtype(cfg.model_dtype, place, key="model_dtype")))
     if not main:
         log = lambda msg: None  # noqa: E731  (the main process tells what the run does, once)
     train_ex, dev_ex, test_ex = splits if splits is not None else load_splits(cfg)
@@ -133,7 +146,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
     spec = task_spec(cfg, labels, train_ex)
     if not main:
         wait_for_everyone()  # until the main process holds the folder (if it fails, the launcher ends this one)
-        return _train_and_save(cfg, spec, Path(out_dir), (train_ex, dev_ex, test_ex), resume=resume, log=log, files=files)
+        return _train_and_save(cfg, spec, Path(out_dir), (train_ex, dev_ex, test_ex), resume=resume, log=log, files=files,
+                               device=place)
     # A resume replaces the artifact its run may have saved before; an interrupted run's checkpoint is
     # refused below with its own message (pass --resume or --overwrite), which covers the artifact too.
     interrupted = (Path(out_dir) / CHECKPOINT / CHECKPOINT_STATE).is_file()
@@ -141,7 +155,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
                       is_ours=is_artifact) as out:
         _check_checkpoint(cfg, out / CHECKPOINT, (train_ex, dev_ex), resume=resume, overwrite=overwrite, log=log)
         wait_for_everyone()  # the others start once the folder is held and checked
-        return _train_and_save(cfg, spec, out, (train_ex, dev_ex, test_ex), resume=resume, log=log, files=files)
+        return _train_and_save(cfg, spec, out, (train_ex, dev_ex, test_ex), resume=resume, log=log, files=files,
+                               device=place)
 
 
 def task_spec(cfg: RunConfig, labels: list[str], train_examples: list[dict]) -> TaskSpec:
@@ -193,14 +208,15 @@ def _check_checkpoint(cfg: RunConfig, ckpt: Path, splits: tuple, *, resume: bool
 
 
 def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *, resume: bool, log,
-                    files: dict[str, dict]) -> dict:
+                    files: dict[str, dict], device) -> dict:
     """Build, train (checkpointing into out/checkpoint), save the artifact, evaluate; return the summary.
     `files`: the data files the splits were read from (`data_files`), for the training record. In a
     process other than the main one of a launch: build and train only, and return the summary."""
     method = get_method(cfg.method.name)
     train_ex, dev_ex, test_ex = splits
     set_seed(cfg.train.seed)  # soft prompts, LoRA and adapters are initialised here: make it repeatable
-    classifier, fp = build_classifier(spec, head_seed=cfg.train.seed, quantization=cfg.quantization, **placement_of(cfg))
+    classifier, fp = build_classifier(spec, head_seed=cfg.train.seed, **load_settings(cfg, device))
+    place_on(classifier, device)  # a method that trains nothing (zero-shot, in-context) is evaluated there too
     trainable, total = count_parameters(classifier)
     if trainable and not train_ex:
         raise ConfigError(f"method {method.name!r} trains {trainable:,} parameters: set task.train to a data file")
@@ -213,12 +229,17 @@ def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *,
         require_free_space(out, trainable_bytes(classifier), "the task artifact")
     transfer = None
     if cfg.method.init_from == "most_similar":
-        classifier, transfer = _start_from_most_similar(cfg, spec, fp, classifier, train_ex, log)
+        classifier, transfer = _start_from_most_similar(cfg, spec, fp, classifier, train_ex, log, device)
     log(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
-        f"{len(train_ex)} train / {len(dev_ex)} dev / {len(test_ex)} eval examples")
+        f"{len(train_ex)} train / {len(dev_ex)} dev / {len(test_ex)} eval examples; {cfg.model_dtype} on {device}")
+    half = sum(p.numel() for p in classifier.parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16))
+    if half:
+        log(f"note: method {method.name} trains {half:,} of the model's own weights in {cfg.model_dtype} (model_dtype): "
+            "Adam's small updates round away there; model_dtype: float32 with train.mixed_precision: bf16 keeps them in "
+            "float32")
     ckpt = out / CHECKPOINT
     result = train(classifier, train_ex, dev_ex, cfg.train, checkpoint_dir=ckpt, resume=resume,
-                   run={**_run_config(cfg), "backbone": fp}, log_dir=out / LOGS)
+                   run={**_run_config(cfg), "backbone": fp}, log_dir=out / LOGS, device=device)
     summary = {"method": method.name, "trainable_parameters": trainable, "total_parameters": total,
                "best_epoch": result.best_epoch, "best_dev": result.best_dev, "history": result.history,
                "stopped_early": result.stopped_early, "seconds": round(result.seconds, 3)}
@@ -232,7 +253,8 @@ def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *,
     if not is_main_process():
         return summary  # the main process saves and evaluates the weights every process holds
     record = {**summary, **training_record(cfg, splits, result, files)}
-    save_artifact(out, spec, classifier, fp, extra={"training": record, "label_field": cfg.task.label_field})
+    save_artifact(out, spec, classifier, fp, extra={"training": record, "label_field": cfg.task.label_field},
+                  mixed_precision=cfg.train.mixed_precision)
     if result.history:
         write_together(out, {PLOT: training_plot_writer(result.history, result.best_epoch)})
     # The run finished and its result is saved: the resume checkpoint (optimizer state, several
@@ -288,9 +310,18 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def placement_of(cfg: RunConfig) -> dict:
-    """The run's device_map and max_memory, as `build_classifier` takes them."""
-    return {"device_map": cfg.device_map, "max_memory": cfg.max_memory}
+def load_settings(cfg: RunConfig, device: torch.device) -> dict:
+    """How the run's model loads, as `build_classifier` takes it: its dtype (`model_dtype`, resolved), its
+    device_map and max_memory, its quantization, and the device a quantized base is quantized onto."""
+    return {"dtype": DTYPES[cfg.model_dtype], "device_map": cfg.device_map, "max_memory": cfg.max_memory,
+            "quantization": cfg.quantization, "device": device}
+
+
+def place_on(classifier: nn.Module, device: torch.device) -> None:
+    """Move the task's classifier to `device`, unless its model was placed as it loaded (a device map or
+    a quantized base: `backbones.is_dispatched`); what the task adds was built beside its inputs then."""
+    if not is_dispatched(getattr(classifier, "model", classifier)):
+        classifier.to(device)
 
 
 def _run_config(cfg: RunConfig) -> dict:
@@ -312,16 +343,17 @@ def _demonstrations(cfg: RunConfig, train_ex: list[dict]) -> list[dict] | None:
     return slim(train_ex) if cfg.method.demonstrations else None
 
 
-def _start_from_most_similar(cfg: RunConfig, spec: TaskSpec, fp: dict, classifier, train_ex: list[dict], log):
+def _start_from_most_similar(cfg: RunConfig, spec: TaskSpec, fp: dict, classifier, train_ex: list[dict], log, device):
     """SPoT's retrieval: train briefly, find the closest stored prompt, restart from it."""
     from .prompt_bank import init_from_artifact, most_similar
 
     brief = dataclasses.replace(cfg.train, epochs=cfg.method.transfer_epochs, checkpoint=False,
                                 early_stopping_patience=None, report_to="none")
-    train(classifier, train_ex, None, brief)
+    train(classifier, train_ex, None, brief, device=device)
     found = most_similar(classifier, cfg.method.prompt_bank, fp)
     set_seed(cfg.train.seed)
-    fresh, _ = build_classifier(spec, head_seed=cfg.train.seed, quantization=cfg.quantization, **placement_of(cfg))
+    fresh, _ = build_classifier(spec, head_seed=cfg.train.seed, **load_settings(cfg, device))
+    place_on(fresh, device)
     if found is None:
         log(f"prompt bank {cfg.method.prompt_bank}: no prompt of this method and shape on this backbone; starting fresh")
         return fresh, {"from": None}

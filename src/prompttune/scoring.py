@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Backbone, lm_head_module
+from .devices import model_device
 from .errors import ConfigError, ModelError, TemplateError
 from .templates import Mask, SpecialTokens, Template, encode_example, segment_texts
 from .verbalizers import Verbalizer, tokenize_words
@@ -194,7 +195,7 @@ class MaskedLMScorer(_Scorer):
     def vocab_logprobs(self, model: nn.Module, examples: list[dict]) -> torch.Tensor:
         """(B, V) log-probs of every token at one mask token: column w is exactly the score of the
         single-token word w (the label-word search reads all candidates off one pass)."""
-        device = next(model.parameters()).device
+        device = model_device(model)
         encs = [self._encode(ex, [self.tokenizer.mask_token_id]) for ex in examples]
         ids, attn = pad([e.ids for e in encs], self.tokenizer.pad_token_id)
         pos = torch.tensor([[e.mask_start] for e in encs], device=device)  # (B, 1): the shapes `__call__` uses
@@ -265,7 +266,7 @@ class CausalLMScorer(_Scorer):
         """(B, V) log-probs of the next token after the text before the mask. Column w is the score
         of the single-token word w when nothing follows the mask; otherwise that score also counts
         the template text after the word."""
-        device = next(model.parameters()).device
+        device = model_device(model)
         encs = [self._encode(ex, []) for ex in examples]
         self._check_prefix(encs)
         ids, attn = pad([e.ids[: e.mask_start] for e in encs], self.tokenizer.pad_token_id)
@@ -325,7 +326,7 @@ class Seq2SeqLMScorer(_Scorer):
     def vocab_logprobs(self, model: nn.Module, examples: list[dict]) -> torch.Tensor:
         """(B, V) log-probs of the first decoder token after `<extra_id_0>`: column w is exactly the
         score of the single-token word w."""
-        device = next(model.parameters()).device
+        device = model_device(model)
         ids, attn = pad([self._encode(ex, [self.slot]).ids for ex in examples], self.tokenizer.pad_token_id)
         ids, attn = ids.to(device), attn.to(device)
         enc = model.get_encoder()(input_ids=ids, attention_mask=attn)

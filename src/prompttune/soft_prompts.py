@@ -99,7 +99,7 @@ def clear_soft(model: nn.Module) -> None:
 
 
 def initial_vectors(template: Template, model: nn.Module, tokenizer, how: str = "vocab") -> torch.Tensor:
-    """Starting vectors for the template's soft tokens, (n, dim).
+    """Starting vectors for the template's soft tokens, (n, dim), float32, on the model's device.
 
     `{soft:"words"}` starts from those words' embeddings; other soft tokens start from the
     embeddings of sampled vocabulary tokens (`vocab`, Lester et al. 2021 §3.2: better than random)
@@ -112,12 +112,12 @@ def initial_vectors(template: Template, model: nn.Module, tokenizer, how: str = 
     segments = [s for s in template.segments if isinstance(s, Soft)]
     for seg, words in zip(segments, soft_words(template)):
         if words is not None:
-            parts.append(weight[torch.tensor(soft_init_ids(tokenizer, words))])
+            parts.append(weight[torch.tensor(soft_init_ids(tokenizer, words), device=weight.device)])
         elif how == "vocab":
             low = min(1000, weight.shape[0] // 2)  # skip special/unused rows at the start of vocabularies
-            parts.append(weight[torch.randint(low, weight.shape[0], (seg.n,))])
-        else:
-            parts.append(torch.randn(seg.n, weight.shape[1]) * weight.std() + weight.mean())
+            parts.append(weight[torch.randint(low, weight.shape[0], (seg.n,)).to(weight.device)])
+        else:  # drawn on the CPU (the same vectors from one seed on any device), then put beside the weights
+            parts.append(torch.randn(seg.n, weight.shape[1]).to(weight.device) * weight.std() + weight.mean())
     if not parts:
         raise TemplateError(
             f"template {template.source!r} has no soft tokens for this method to train; add some, e.g. "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import torch
 from torch import nn
 
 from .backbones import (FRESH_SEED, Backbone, Kind, fingerprint, fresh_parameters, load_backbone, load_head_model, load_tokenizer,
@@ -138,6 +139,17 @@ def require_fresh_weights_trained(classifier: nn.Module, spec: TaskSpec) -> None
         )
 
 
+def added_in_float32(classifier: nn.Module, own: set[int]) -> None:
+    """Make every floating-point parameter a method added to `classifier` (those whose ids are not in
+    `own`) float32: what trains beside a bfloat16 or float16 model keeps full precision (small Adam
+    updates are not rounded away), and is cast to the activations' dtype where it meets them (soft
+    prompts, prefixes and adapters do so themselves; peft's LoRA layers cast their input). peft
+    creates LoRA matrices in the dtype of the layer they adapt; the other parts are float32 already."""
+    for p in classifier.parameters():
+        if id(p) not in own and p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
 def _prompt_classifier(spec: TaskSpec, backbone: Backbone, template, options: MethodOptions) -> PromptClassifier:
     verbalizer = parse_verbalizer(spec.verbalizer)
     names = method_list(spec.method)
@@ -165,8 +177,9 @@ def _prompt_classifier(spec: TaskSpec, backbone: Backbone, template, options: Me
 
 
 def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded: bool = False,
-                     head_seed: int = FRESH_SEED, device_map: str | None = None,
-                     max_memory: dict | None = None, quantization: str = "none") -> tuple[nn.Module, dict]:
+                     head_seed: int = FRESH_SEED, dtype: torch.dtype | None = None, device_map: str | None = None,
+                     max_memory: dict | None = None, quantization: str = "none",
+                     device: torch.device | str | None = None) -> tuple[nn.Module, dict]:
     """The task's classifier with its method attached, and the base backbone's fingerprint.
 
     `backbone` lets several tasks share one loaded model. Head-based methods build a classification
@@ -174,9 +187,14 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
     takes every other module from the backbone (`backbones.share_base_modules`). `folded` builds the
     form a saved task has (P-tuning's encoder and prefix-tuning's MLP already folded into vectors).
     `head_seed` initialises a new classification head (a loaded task's head comes from its file).
+    `dtype` is the dtype the model's weights are loaded in (`model_dtype`; None: the checkpoint's own);
+    a given backbone keeps its own. What a method adds (soft prompts, prefixes, adapters, LoRA matrices)
+    is float32 whatever the model's dtype, cast where it meets the model's activations; weights of the
+    model a method trains (a head, BitFit's biases, fine-tuning) are in the model's dtype.
     `device_map` and `max_memory` place a model this call loads across devices (`backbones.load_backbone`);
     the task's own vectors (soft prompts, prefixes) then live on the model's input device.
-    `quantization` (see `prompttune.quantization`) is how a backbone loaded here is quantized; a given
+    `quantization` (see `prompttune.quantization`) is how a backbone loaded here is quantized, onto
+    `device` (a quantized model is placed as it loads, not moved after); a given
     backbone is as it is. Raises `ConfigError` for a method that would train quantized weights.
     """
     method = get_method(spec.method)
@@ -188,8 +206,8 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
         raise ConfigError(f"method {spec.method!r} with a classification head cannot generate text; a generation task "
                           "needs a template method (prompt-tuning, p-tuning, prefix-tuning, p-tuning-v2, prompt-finetune)")
     if method.uses_head(options):
-        model = load_head_model(spec.model, len(spec.labels), seed=head_seed, quantization=quantization,
-                                dtype=backbone.model.dtype if backbone is not None else None,
+        model = load_head_model(spec.model, len(spec.labels), seed=head_seed, quantization=quantization, device=device,
+                                dtype=backbone.model.dtype if backbone is not None else dtype,
                                 **({} if backbone is not None else {"device_map": device_map, "max_memory": max_memory}))
         if backbone is not None:
             share_base_modules(model, backbone.model)
@@ -205,8 +223,9 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
             raise TemplateError(f"template {spec.template!r} has {{trigger}} slots: fill them first with "
                                 "`prompttune search triggers CONFIG --out DIR`, then train with the config it writes")
         if backbone is None:
-            backbone = load_backbone(spec.model, kind=spec.model_kind, lm_head=spec.lm_head, device_map=device_map,
-                                     max_memory=max_memory, quantization=quantization)
+            backbone = load_backbone(spec.model, kind=spec.model_kind, lm_head=spec.lm_head, dtype=dtype,
+                                     device_map=device_map, max_memory=max_memory, quantization=quantization,
+                                     device=device)
         require_lm_head(backbone)
         fp = backbone.fingerprint()
         if spec.generation:
@@ -219,8 +238,10 @@ def build_classifier(spec: TaskSpec, backbone: Backbone | None = None, *, folded
         else:
             clf = _prompt_classifier(spec, backbone, template, options)
     freeze(clf)  # methods switch on what they train
+    own = {id(p) for p in clf.parameters()}  # the model's weights (and a new head): in the model's dtype
     try:
         method.attach(clf, options, folded)
+        added_in_float32(clf, own)
         require_fresh_weights_trained(clf, spec)
         require_positions(clf, spec)
         if not method.uses_head(options) and template.n_soft_segments and clf.soft is None:

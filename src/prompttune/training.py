@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .backbones import input_device, is_dispatched, map_devices
+from .devices import MIXED_PRECISION, check_mixed_precision
 from .errors import ArtifactError, ConfigError
 from .evaluation import evaluate
 from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
@@ -56,6 +57,9 @@ RESUME_TOLERATED = ("train.progress", "train.eval_batch_size", "train.checkpoint
 sized, whether more checkpoints are written, where the numbers are logged, whether activations are
 recomputed and where the model is placed (same numbers: a run that ran out of memory resumes with less), the data
 evaluated after training, and how text is generated (a checkpoint written before runs had `decoding` lacks them)."""
+RECORDED_LATER = {"model_dtype": "float32", "train.mixed_precision": "no", "quantization": "none"}
+"""Keys a run's record gained after checkpoints were first written, with what a run recorded without
+them trained with: resuming such a checkpoint compares that."""
 REPORT_TO = ("none", "tensorboard")
 """Where `train.report_to` sends the numbers of a run as it trains (through accelerate's trackers)."""
 TRACKER_RUN = "train"
@@ -97,6 +101,10 @@ class TrainConfig:
     """Recompute each transformer block's activations in the backward pass instead of keeping them:
     less memory for about one more forward pass per step; the same gradients (`gradient_checkpointing`).
     Only while training: the saved task and later inference run the plain model."""
+    mixed_precision: str | bool = "no"
+    """no, bf16 or fp16: run the forward pass under accelerate's autocast in that precision (the
+    weights stay in `model_dtype`, the loss in float32). fp16 needs a GPU; bf16 runs on the CPU too.
+    (YAML reads an unquoted `no` as false: that is no too.)"""
 
     def __post_init__(self):
         """Refuse values the loop cannot train with, naming the key: whole numbers < 1, a learning rate
@@ -127,6 +135,10 @@ class TrainConfig:
                               f"got {patience!r}")
         if not isinstance(self.gradient_checkpointing, bool):
             raise ConfigError(f"train.gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
+        if self.mixed_precision is False:  # `mixed_precision: no`, unquoted
+            self.mixed_precision = "no"
+        if isinstance(self.mixed_precision, bool) or self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"train.mixed_precision must be one of {list(MIXED_PRECISION)}, got {self.mixed_precision!r}")
         if self.report_to not in REPORT_TO:
             raise ConfigError(f"train.report_to must be one of {list(REPORT_TO)}, got {self.report_to!r}")
         if self.report_to == "tensorboard":
@@ -159,6 +171,7 @@ def train(
     resume: bool = False,
     run: dict | None = None,
     log_dir: str | Path | None = None,
+    device: torch.device | None = None,
 ) -> TrainResult:
     """Train the classifier's trainable parameters with cross-entropy over its class scores (or, for a
     text generator, its LM loss).
@@ -169,11 +182,15 @@ def train(
     and `config.checkpoint`, a checkpoint is written there after each epoch; `resume` continues from
     the one there. `run` is what else defines the run (JSON values), recorded in the checkpoint with
     the rest of `run_record`. With `config.report_to: tensorboard`, each step's loss and learning
-    rate and each epoch's dev numbers are logged under `log_dir/train/`.
+    rate and each epoch's dev numbers are logged under `log_dir/train/`. `device` is where it trains
+    (None: accelerate's choice, the GPU when there is one; `devices.resolve_device` gives one): the
+    CPU makes accelerate run there, `cuda:N` selects that GPU for a single process (under `accelerate
+    launch` each process takes its own). `config.mixed_precision` is accelerate's autocast.
 
     Raises `ConfigError` when `resume` finds no checkpoint or one of another run (naming the keys that
-    differ, old → new), for early stopping without dev examples and for a tracker without `log_dir`;
-    `ArtifactError` for a checkpoint whose two files do not belong together.
+    differ, old → new), for early stopping without dev examples, for a tracker without `log_dir` and
+    for fp16 mixed precision on the CPU or over float16 weights that train (accelerate's gradient
+    scaler needs float32 ones); `ArtifactError` for a checkpoint whose two files do not belong together.
 
     Example:
         >>> clf, _ = build_classifier(TaskSpec(method="p-tuning-v2", ...))
@@ -200,7 +217,8 @@ def train(
     if not params or not train_examples:
         return result
     tracking = config.report_to != "none"
-    accelerator = Accelerator(log_with=config.report_to, project_dir=str(log_dir)) if tracking else Accelerator()
+    accelerator = Accelerator(**_placement(device, config.mixed_precision, params),
+                              **({"log_with": config.report_to, "project_dir": str(log_dir)} if tracking else {}))
     check_launch(accelerator.state, config.checkpoint and ckpt is not None or resume)
     rank, processes, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     plugin = accelerator.state.deepspeed_plugin
@@ -304,6 +322,9 @@ def train(
 
     if tracking:
         accelerator.end_training()
+    # Mixed precision wrapped the classifier's forward in autocast: take it off, so the trained task
+    # computes what it computes once saved and loaded.
+    accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     if best_state is not None:
         classifier.load_state_dict(best_state, strict=False)
     return result
@@ -334,6 +355,32 @@ def batch_share(batch: list[dict], rank: int, processes: int) -> tuple[list[dict
     """
     share = batch[rank::processes]
     return (share, 1) if share else (batch[:1], 0)
+
+
+def _placement(device: torch.device | None, mixed_precision: str, params: list[nn.Parameter]) -> dict:
+    """The `Accelerator` arguments that put a run on `device` in `mixed_precision` (see `train`).
+
+    Raises `ConfigError` for fp16 on the CPU or over float16 trainable weights."""
+    import os
+
+    if device is None:
+        from .devices import resolve_device
+
+        device = resolve_device("auto")
+    check_mixed_precision(mixed_precision, device)
+    if mixed_precision == "fp16" and any(p.dtype == torch.float16 for p in params):
+        raise ConfigError("train.mixed_precision: fp16 scales the gradients of float32 weights; this method trains "
+                          "weights of the float16 model itself: set model_dtype: float32, or mixed_precision: no")
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # accelerate keeps one state per process and refuses an Accelerator with other settings than the
+        # first one's (cpu, mixed_precision): a single process starts each of its runs afresh (a run after
+        # another in one Python session, prompt transfer's brief run, the demo's rows).
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # accelerate's single process trains on the current GPU ("cuda")
+    return {"cpu": device.type == "cpu", "mixed_precision": mixed_precision}
 
 
 # --- checkpoints: what a run records, and resuming only the same run --------------------------
@@ -379,6 +426,7 @@ def check_same_run(recorded: dict, current: dict, source: Path) -> None:
     (train.lr: 0.001 → 0.002, task.shots: 16 → 8)".
     """
     old, new = _flatten({section: recorded.get(section) for section in current}), _flatten(current)
+    old.update({k: v for k, v in RECORDED_LATER.items() if k in new and old.get(k) is None})
     differ = [k for k in {**new, **old} if k not in RESUME_TOLERATED and old.get(k) != new.get(k)]
     if differ:
         shown = ", ".join(f"{k}: {_brief(old.get(k))} → {_brief(new.get(k))}" for k in differ[:8])

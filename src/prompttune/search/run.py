@@ -18,6 +18,7 @@ import yaml
 
 from ..backbones import load_backbone
 from ..config import RunConfig, load_config, read_config_file
+from ..devices import resolve_device, resolve_dtype
 from ..errors import ConfigError, TemplateError
 from ..files import json_writer, text_writer, write_together
 from ..outputs import claim_output, json_marked
@@ -32,8 +33,11 @@ SEARCH_FILES = ("config.yaml", "search.json")
 
 
 def run_search(kind: str, config_path: str | Path, out: str | Path, *, overrides: list[str] = (), overwrite: bool = False,
-               log=None, **settings) -> dict:
+               log=None, device: str = "auto", dtype: str | None = None, **settings) -> dict:
     """Run one search; write `out/config.yaml` and `out/search.json` (together); return the report.
+
+    The model (and `templates`' T5) runs on `device` (`devices.resolve_device`), in `dtype` (default:
+    the config's model_dtype; the written config keeps its own).
 
     `out` is held for the search (`outputs.claim_output`): files of an earlier search there are
     replaced only with `overwrite` (else `OutputError`, before the model loads).
@@ -45,8 +49,10 @@ def run_search(kind: str, config_path: str | Path, out: str | Path, *, overrides
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if kind not in KINDS:
         raise ConfigError(f"unknown search {kind!r}; one of {list(KINDS)}")
+    place = resolve_device(device)
     raw = read_config_file(config_path, overrides)  # paths absolute, so the config written to `out` works from there
     cfg: RunConfig = load_config(raw=copy.deepcopy(raw))
+    weights = resolve_dtype(dtype, place) if dtype is not None else resolve_dtype(cfg.model_dtype, place, key="model_dtype")
     train, dev, _ = load_splits(cfg)
     if not train:
         raise ConfigError("a search reads training examples: set task.train")
@@ -60,7 +66,8 @@ def run_search(kind: str, config_path: str | Path, out: str | Path, *, overrides
             "has {trigger} slots: fill them first with `prompttune search triggers`"))
     with claim_output(out, owned=SEARCH_FILES, what="a search's config.yaml and search.json", overwrite=overwrite,
                       is_ours=lambda d: json_marked(d / "search.json", "found")) as out:
-        backbone = load_backbone(cfg.model, kind=cfg.model_kind, lm_head=cfg.lm_head)
+        backbone = load_backbone(cfg.model, kind=cfg.model_kind, lm_head=cfg.lm_head, dtype=weights)
+        backbone.model.to(place)
         require_lm_head(backbone)
         n = cfg.train.max_length
         log(f"search {kind}: {len(train)} train / {len(dev)} dev examples on {cfg.model}")

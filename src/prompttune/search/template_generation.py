@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..backbones import Backbone, load_backbone
+from ..devices import model_device
 from ..errors import ConfigError, DataError, ModelError, PromptTuneError, TemplateError
 from ..scoring import pad
 from ..progress import bar_off
@@ -67,7 +68,10 @@ def generate_templates(generator: str, backbone: Backbone, verbalizer: Verbalize
         raise DataError("template generation needs labelled train examples (T5 fills spans around them) and dev "
                         f"examples (candidates are ranked by dev accuracy); got {len(train)} train, {len(dev)} dev")
     shapes = patterns(text_fields)
-    t5 = load_backbone(generator, kind="seq2seq")
+    # Beside the model it writes templates for, in its dtype (but float16: T5's activations overflow there).
+    dtype = torch.float32 if backbone.model.dtype == torch.float16 else backbone.model.dtype
+    t5 = load_backbone(generator, kind="seq2seq", dtype=dtype)
+    t5.model.to(model_device(backbone.model))
     check_sentinels(t5)
     words = [verbalizer.words[verbalizer.class_index(ex.get("label"))][0] for ex in train]
 
@@ -176,7 +180,7 @@ def propose_spans(t5: Backbone, inputs: list[list[int]], *, beams: int, max_new_
                   progress: bool = False) -> list[tuple[str, str]]:
     """(X, Y) from T5's `beams` best outputs per input, in order (with repeats)."""
     tok, model = t5.tokenizer, t5.model
-    device = next(model.parameters()).device
+    device = model_device(model)
     # T5 begins every span-filling output with <extra_id_0>; starting it there spares beams.
     lead = [model.config.decoder_start_token_id, tok.convert_tokens_to_ids("<extra_id_0>")]
     pairs = []
@@ -200,7 +204,7 @@ def score_spans(t5: Backbone, inputs: list[list[int]], spans: list[tuple[str, st
     """For each (X, Y): sum over the inputs of log p_T5("<extra_id_0> X <extra_id_1> Y <extra_id_2>" | input),
     teacher-forced (LM-BFF's objective). The encoder runs once per input, not once per candidate."""
     tok, model = t5.tokenizer, t5.model
-    device = next(model.parameters()).device
+    device = model_device(model)
     targets = [t5_target(tok, x, y) for x, y in spans]
     encoded = []
     for i in range(0, len(inputs), batch_size):

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..backbones import Backbone
+from ..devices import model_device, to_device
 from ..errors import ConfigError, DataError, TemplateError
 from ..models import PromptClassifier
 from ..progress import bar_off
@@ -172,8 +173,7 @@ def _loss(clf: PromptClassifier, batch: dict) -> torch.Tensor:
 
 
 def _collate(clf: PromptClassifier, examples: list[dict]) -> dict:
-    device = clf.model.get_input_embeddings().weight.device
-    return {k: v.to(device) for k, v in clf.collate(examples).items()}
+    return to_device(clf.collate(examples), model_device(clf.model))
 
 
 @torch.no_grad()

@@ -40,9 +40,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..artifacts import WEIGHTS, lm_head_location, load_artifact, read_saved
-from ..backbones import CHECKPOINT_KEYS, Backbone, compare_fingerprints, load_backbone
+from ..artifacts import WEIGHTS, lm_head_location, load_artifact, read_saved, trained_dtype
+from ..backbones import CHECKPOINT_KEYS, Backbone, compare_fingerprints, is_dispatched, load_backbone
 from ..data import examples_from_texts
+from ..devices import dtype_name, resolve_device, resolve_dtype, to_device
 from ..errors import ConfigError, ModelError
 from ..evaluation import predict_scores
 from ..model_parts import bind_bare, detach_parts
@@ -54,34 +55,6 @@ TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 """What a task may be called (it is part of URLs: /v1/tasks/{task}/predict)."""
 TASK_NAME_RULE = "letters, digits, '.', '_', '-', '+'; at most 64, starting with a letter or digit"
 """`TASK_NAME` in words, for the errors that refuse a name."""
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` = the first GPU when there is one, else the CPU; `cpu`, `cuda`, `cuda:N` as given.
-
-    Raises `ConfigError` for a device name torch does not know or a GPU that is not there."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: this machine has no CUDA GPU")
-    return resolved
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` = bfloat16 on a GPU that supports it, float32 otherwise (what tasks train in)."""
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    if dtype == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16 else torch.float32
-    return DTYPES[dtype]
-
-
 @dataclass
 class Prediction:
     """One input's label and the probability of every label (summing to 1)."""
@@ -110,6 +83,8 @@ class TaskInfo:
     added_bytes: int = 0
     """Memory the task adds beside the shared model: what it stores, and what it computes once (an
     in-context task's demonstration keys/values)."""
+    trained_dtype: str = "float32"
+    """The dtype of the model's weights the task was trained in (its config.json `dtype`); it runs in the pool's."""
     classifier: nn.Module | None = field(default=None, repr=False)
 
     def public(self) -> dict:
@@ -146,7 +121,8 @@ class TaskPool:
         self.quantization = self.quantization or quantization
         backbone = load_backbone(model, kind=kind, lm_head=lm_head, dtype=self.dtype, quantization=self.quantization,
                                  device=self.device)
-        backbone.model.to(self.device)
+        if not is_dispatched(backbone.model):  # a quantized base was placed as it loaded
+            backbone.model.to(self.device)
         self.backbone = backbone
         self._checkpoint = backbone.fingerprint()
         # The backbone's own weights, by the names an artifact would store them under (before tasks wrap modules).
@@ -181,8 +157,9 @@ class TaskPool:
                 raise ModelError(f"{path}: {e}") from None
             shares = self._own_names.isdisjoint(weights)
             held = _storages(self.backbone.model, *(info.classifier for info in self._tasks.values()))
+            # A task with its own model copy gets the pool's dtype too (a shared one has the backbone's).
             classifier, config = load_artifact(path, self.backbone if shares else None, saved=(config, weights),
-                                               quantization=self.quantization)
+                                               dtype=self.dtype, quantization=self.quantization)
             del weights
             added = sum(size for ptr, size in _storages(classifier).items() if ptr not in held)
             classifier.to(self.device)
@@ -191,7 +168,8 @@ class TaskPool:
                             labels=list(config["labels"]), text_fields=list(config["text_fields"]),
                             generation=bool(config.get("generation")), stored_numbers=int(config.get("stored_numbers", 0)),
                             bytes=(path / WEIGHTS).stat().st_size, classifier=classifier,
-                            own_model_bytes=0 if shares else _model_bytes(classifier.model), added_bytes=added if shares else 0)
+                            own_model_bytes=0 if shares else _model_bytes(classifier.model), added_bytes=added if shares else 0,
+                            trained_dtype=dtype_name(trained_dtype(config)))
             self._tasks[name] = info
         release_freed_memory()
         return info
@@ -251,7 +229,7 @@ class TaskPool:
                 clf = info.classifier
                 examples = [_example(items[i][1], info.text_fields) for i in indices]
                 if clf.model is self.backbone.model:
-                    batch = {k: v.to(self.device) for k, v in clf.collate(examples).items()}
+                    batch = to_device(clf.collate(examples), self.device)
                     reads = clf.reads(batch)
                     if reads is not None:
                         jobs.append(Job(clf.parts(), reads))

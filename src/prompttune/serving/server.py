@@ -95,6 +95,8 @@ class TaskOut(BaseModel):
                                              "backbone's own weights; 0 = it shares the loaded model")
     added_bytes: int = Field(description="memory the task adds beside the shared model (its stored numbers, an "
                                          "in-context task's demonstration keys/values); 0 with a model copy of its own")
+    trained_dtype: str = Field(description="the dtype of the model's weights the task was trained in; it runs in the "
+                                           "server's (GET /health: dtype)")
 
 
 class TasksOut(BaseModel):
@@ -316,9 +318,11 @@ def serve(dirs: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, dev
     with closing(listen(host, port)) as sock:  # before the model loads: a port in use fails at once
         engine = Engine(TaskPool(device=device, dtype=dtype, max_batch_size=limits.max_batch_size))
         try:
+            running = str(engine.pool.dtype).removeprefix("torch.")
             for given in dirs:
                 name, d = named_dir(given)
-                engine.add(d, name)
+                if (info := engine.add(d, name)).trained_dtype != running:
+                    print(f"note: {d} was trained in {info.trained_dtype}; loaded in {running}", file=sys.stderr)
             app = build_app(engine, limits=limits, allow_dirs=allowed)
             print(f"prompttune serve: {len(dirs)} task(s) on {engine.model_name} ({engine.pool.device}, "
                   f"{str(engine.pool.dtype).removeprefix('torch.')}) at http://{url_host(host)}:{sock.getsockname()[1]} "
