@@ -222,6 +222,6 @@ def test_one_task_binds_the_fast_path_and_a_mixed_batch_per_row(tasks):
     bind_parts(model, [(one.parts(), torch.tensor([0, 2])), (other.parts(), torch.tensor([1]))])
     assert kind_state(model, SoftPrompt)["rows"] is not None
     site = kind_state(model, KeyValuePrefix).sites[0].module
-    assert site.__dict__[_PREFIX][2] is not None, "per-row prefixes carry each row's group"
+    assert site.__dict__[_PREFIX][0].rows is not None, "per-row prefixes carry each row's group"
     names = {tuple(layer.__dict__[_ROWS]) for layer in kind_state(model, LoraPart)}
     assert names == {(one.lora.adapter, "__base__", one.lora.adapter)}
