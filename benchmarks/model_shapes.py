@@ -44,20 +44,17 @@ def model_path(name: str, cache: Path = ROOT / "runs/shapes") -> str:
     if (folder / "config.json").exists():
         return str(folder)
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
-
-    from prompttune.backbones import SMOLLM2, resolve_model_path
+    from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
     family, layers, hidden, heads, intermediate = SHAPES[name]
     torch.manual_seed(0)
+    tokenizer = tokenizer_for(family, cache)
     if family == "bert":
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
         config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                             num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=512,
                             architectures=["BertForMaskedLM"])
         model = BertForMaskedLM(config)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(SMOLLM2))
         kv_heads = 3 if name == "llama-135m" else 8
         config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
                              num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=intermediate,
@@ -68,3 +65,24 @@ def model_path(name: str, cache: Path = ROOT / "runs/shapes") -> str:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def tokenizer_for(family: str, cache: Path = ROOT / "runs/shapes"):
+    """The tokenizer of a shape family, saved once under `cache/_tokenizers/<family>` (a few MB: what a GPU
+    machine without the packages that ship the models needs to be given)."""
+    from transformers import AutoTokenizer
+
+    folder = cache / "_tokenizers" / family
+    if (folder / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(folder)
+    from prompttune.backbones import SMOLLM2, resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2" if family == "bert" else SMOLLM2))
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+if __name__ == "__main__":  # python benchmarks/model_shapes.py: save the tokenizers (for benchmarks/gpu_checks.sh)
+    for family in sorted({f for f, *_ in SHAPES.values()}):
+        tokenizer_for(family)
+        print(ROOT / "runs/shapes/_tokenizers" / family)
