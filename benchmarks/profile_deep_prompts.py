@@ -1,7 +1,7 @@
 """Operator counts and self CPU time of one training step: P-tuning v2 (ours) vs PEFT prefix tuning vs the bare model.
 
     OMP_NUM_THREADS=1 python benchmarks/profile_deep_prompts.py [--model bert-base] [--batch-size 8] [--seq-len 90]
-        [--prefix 20] [--rows one|groups] [--top 25] [--out benchmarks/results/profile_deep_prompts.json]
+        [--prefix 20] [--rows one|groups] [--dtype float32|bfloat16] [--time N] [--top 25] [--out benchmarks/results/profile_deep_prompts.json]
 
 One forward + backward (no optimizer step) of the sum of the last hidden states, on a random
 BERT-base-shaped encoder (`model_shapes.py`), a batch of `--batch-size` rows of random token ids,
@@ -48,11 +48,13 @@ def batch(vocab: int, rows: int, length: int, seed: int = 0) -> tuple[torch.Tens
     return ids, attn
 
 
-def build(variant: str, path: str, prefix: int, rows_mode: str, ids: torch.Tensor, attn: torch.Tensor):
+def build(variant: str, path: str, prefix: int, rows_mode: str, ids: torch.Tensor, attn: torch.Tensor,
+          dtype: torch.dtype = torch.float32):
     from transformers import AutoModel
 
     torch.manual_seed(0)
-    model = AutoModel.from_pretrained(path, add_pooling_layer=False) if "bert" in path else AutoModel.from_pretrained(path)
+    extra = {"add_pooling_layer": False} if "bert" in path else {}
+    model = AutoModel.from_pretrained(path, dtype=dtype, **extra)
     model.requires_grad_(False).train()
     if variant == "bare":
         emb = model.get_input_embeddings()
@@ -118,6 +120,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=90)
     ap.add_argument("--prefix", type=int, default=20)
     ap.add_argument("--rows", choices=["one", "groups"], default="one")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="the backbone's dtype (prompts stay float32, as prompttune trains them)")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--time", type=int, default=0, help="also time this many steps per variant, round-robin, "
                     "without the profiler; prints the median ms per step and the ratios")
@@ -130,7 +134,7 @@ def main() -> None:
     ids, attn = batch(AutoConfig.from_pretrained(path).vocab_size, args.batch_size, args.seq_len)
     results, steps = {}, {}
     for variant in args.variants:
-        steps[variant] = build(variant, path, args.prefix, args.rows, ids, attn)
+        steps[variant] = build(variant, path, args.prefix, args.rows, ids, attn, getattr(torch, args.dtype))
         ops = profile(steps[variant])
         results[variant] = ops
         total = sum(o["self_cpu_ms"] for o in ops.values())

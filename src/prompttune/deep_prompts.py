@@ -353,7 +353,8 @@ class KeyValuePrefix(ModelPart):
             return
         if len(groups) == 1 and groups[0][1] is None:  # one task: its prefix, expanded over the batch per layer
             part = present[0][0]
-            layers = part.key_value_table().unsqueeze(1).unbind(0)  # 2 * sites views, each (1, H, P, D)
+            table = _in_model_dtype(state, part.key_value_table())
+            layers = table.unsqueeze(1).unbind(0)  # 2 * sites views, each (1, H, P, D)
             _bind_sites(state, BoundPrefix(list(zip(layers[::2], layers[1::2])), part.length), part.length, part.length)
             return
         batch, longest = row_count(groups), max(part.length for part, _ in present)
@@ -364,9 +365,20 @@ class KeyValuePrefix(ModelPart):
         for g, (part, rows) in enumerate(present):
             group[rows], shift[rows] = g, part.length
             visible[g, : part.length] = True
-        tables = _stack_padded([part.key_value_table() for part, _ in present], longest).unbind(0)  # (G, H, P, D) each
+        table = _in_model_dtype(state, _stack_padded([part.key_value_table() for part, _ in present], longest))
+        tables = table.unbind(0)  # (G, H, P, D) each
         prefix = BoundPrefix(list(zip(tables[::2], tables[1::2])), longest, (group, visible))
         _bind_sites(state, prefix, shift, longest)
+
+
+def _in_model_dtype(state: _Installed, table: torch.Tensor) -> torch.Tensor:
+    """`table` cast once, at bind, to the dtype of the attention layers' weights (an fp32 prompt on a bf16
+    model), instead of at every layer of every forward. Under autocast the keys may still differ (fp32
+    weights, bf16 keys): `prefix_attention` casts those per layer. A cast is a copy: bind again after the
+    prompt changes (every task model binds before each forward)."""
+    module = state.sites[0].module
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), table.dtype)
+    return table if dtype == table.dtype else table.to(dtype)
 
 
 def _stack_padded(tables: Sequence[torch.Tensor], length: int) -> torch.Tensor:
