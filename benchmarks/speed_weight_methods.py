@@ -101,7 +101,7 @@ def build_training(args, examples: list[dict], device) -> tuple[list[Variant], d
         from transformers import AutoModelForSequenceClassification
         from transformers.utils import logging as hf_logging
 
-        from prompttune.backbones import load_tokenizer, resolve_model_path
+        from prompttune.backbones import load_tokenizer
 
         if not want(name):
             return None
