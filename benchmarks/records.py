@@ -26,7 +26,10 @@ def write_record(args, load_before, load_after, *, setup: dict, libraries: tuple
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
                "torch_threads": torch.get_num_threads()}
     if device is not None:
-        machine.update(device=str(device), cuda_device=torch.cuda.get_device_name(0) if device.type == "cuda" else None)
+        from bench_device import device_name
+
+        machine.update(device=str(device), device_name=device_name(device),
+                       cuda_device=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
     machine.update(load_average_before=[round(x, 2) for x in load_before],
                    load_average_after=[round(x, 2) for x in load_after])
     versions = {"python": platform.python_version(),

@@ -1,6 +1,12 @@
 """Speed of a prompt-tuning / P-tuning v2 training step, as ratios measured in one run on one batch.
 
-    python benchmarks/speed_soft_prompts.py [--reps 20] [--warmup 3] [--device cpu|cuda] [--note TEXT]
+    python benchmarks/speed_soft_prompts.py [--reps 20] [--warmup 3] [--device auto|cpu|cuda] [--note TEXT]
+        [--model PATH_OR_SHAPE] [--dtype float32|bfloat16] [--batch-size 16] [--seq-len N] [--rounds N] [--no-memory]
+
+`--model` times any local model folder or a random shape (`model_shapes.py`: bert-base, bert-large...;
+a shape's MLM head is its own, so no `--lm-head`); `--dtype bfloat16` loads every variant's frozen
+backbone in bf16; `--seq-len` makes rows of about that many tokens. Peak memory per variant comes from
+a fresh subprocess each (`bench_device.py` says what is measured on a GPU and on the CPU).
 
 One fixed batch of 16 SST-2 sentences (8 per class, sampled with seed 0), max length 64, the
 embedded all-MiniLM-L6-v2 with the fitted MLM head (runs/bench_few_shot/lm_head). Every variant is
@@ -73,6 +79,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_device import (DTYPES, add_device_arguments, device_name, memory_in_subprocesses,  # noqa: E402
+                          report_memory_and_exit, resolve_device, slug, use_tf32)
+from model_shapes import model_path  # noqa: E402
 from records import write_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,11 +93,11 @@ N_SOFT = 20
 FILLER = "this is a short movie review from the web and here is what the writer of it had to say"
 
 
-def spec(method: str, template: str | None, head: str, max_length: int, options: dict | None = None):
+def spec(model: str, method: str, template: str | None, head: str | None, max_length: int, options: dict | None = None):
     from prompttune import TaskSpec
 
     verbalizer = VERBALIZER if template is not None else None
-    return TaskSpec(method=method, model=MODEL, text_fields=["sentence"], labels=["0", "1"], template=template,
+    return TaskSpec(method=method, model=model, text_fields=["sentence"], labels=["0", "1"], template=template,
                     verbalizer=verbalizer, lm_head=head if template is not None else None,
                     max_length=max_length, options=options or {})
 
@@ -97,7 +106,10 @@ def to(batch: dict, device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def pick_batch(data: str, n: int) -> list[dict]:
+def pick_batch(data: str, n: int, seq_len: int | None = None) -> list[dict]:
+    """n SST-2 rows, half per class (seed 0). With `seq_len`, row i's sentence is continued with further
+    sentences up to 0.55–0.85 × seq_len words (≈ 0.65–1.0 × seq_len tokens), so a batch is about seq_len
+    wide and padded like real text (cut at seq_len tokens: `--seq-len` also sets `--max-length`)."""
     import random
 
     from prompttune.data import load_examples
@@ -107,6 +119,14 @@ def pick_batch(data: str, n: int) -> list[dict]:
     per_class = {lab: [e for e in examples if e["label"] == lab] for lab in ("0", "1")}
     batch = rng.sample(per_class["0"], n // 2) + rng.sample(per_class["1"], n - n // 2)
     rng.shuffle(batch)
+    if seq_len:
+        sentences = [e["sentence"] for e in examples]
+        for i, ex in enumerate(batch):
+            words = ex["sentence"].split()
+            target = int(seq_len * (0.55 + 0.3 * i / max(1, n - 1)))
+            while len(words) < target:
+                words += rng.choice(sentences).split()
+            batch[i] = {**ex, "sentence": " ".join(words[:target])}
     return batch
 
 
@@ -126,13 +146,17 @@ class Variant:
     times: list[float] = field(default_factory=list)
 
 
-def training_step(sp, examples: list[dict], device, *, seed: int, lr: float):
+def training_step(sp, examples: list[dict], device, *, seed: int, lr: float, dtype: torch.dtype = torch.float32):
     """Our task built from spec `sp` in train mode and one AdamW step on `examples` as one batch:
-    (classifier, step, batch). The step is what every "ours" variant times."""
+    (classifier, step, batch). The step is what every "ours" variant times. With a `dtype` other than
+    float32 the frozen backbone is loaded in it and the method attached over it (what it trains stays as
+    the method makes it)."""
     from prompttune import build_classifier
+    from prompttune.backbones import load_backbone
 
     torch.manual_seed(seed)
-    clf, _ = build_classifier(sp)
+    backbone = None if dtype == torch.float32 else load_backbone(sp.model, lm_head=sp.lm_head, dtype=dtype)
+    clf, _ = build_classifier(sp, backbone)
     clf.to(device).train()
     batch = to(clf.collate(examples), device)
     opt = torch.optim.AdamW([p for p in clf.parameters() if p.requires_grad], lr=lr)
@@ -158,28 +182,33 @@ def build_variants(args, examples: list[dict], device) -> tuple[list[Variant], d
     from prompttune.parameters import count_parameters, freeze
 
     variants, errors = [], {}
-    head_dir = args.lm_head
+    head_dir, model_dir, dtype = args.lm_head, args.model_path, args.torch_dtype
+    want = wanted(args)
 
     def ours(name, setting, sp):
-        clf, step, batch = training_step(sp, examples, device, seed=args.seed, lr=1e-3)
+        if not want(name):
+            return None
+        clf, step, batch = training_step(sp, examples, device, seed=args.seed, lr=1e-3, dtype=dtype)
         width = batch["ids1" if "ids1" in batch else "ids"].shape[1]
         variants.append(Variant(name, setting, step, width, count_parameters(clf)[0], "ours"))
         return clf
 
     # Reference scorer pieces (template encoding, label words, verbalizer) from a zero-shot classifier.
-    zs, _ = build_classifier(spec("zero-shot", TEMPLATE, head_dir, args.max_length))
+    zs, _ = build_classifier(spec(model_dir, "zero-shot", TEMPLATE, head_dir, args.max_length))
     word_ids = zs.scorer.word_ids
     if any(len(w) != 1 for w in word_ids):
         raise SystemExit(f"label words must be single tokens for this benchmark, got {word_ids}")
     verbalizer = zs.verbalizer
     plain = to(zs.collate(examples), device)
-    zs20, _ = build_classifier(spec("zero-shot", FILLER + " " + TEMPLATE, head_dir, args.max_length))
+    zs20, _ = build_classifier(spec(model_dir, "zero-shot", FILLER + " " + TEMPLATE, head_dir, args.max_length))
     padded = to(zs20.collate(examples), device)
     del zs, zs20
 
     def bare(name, batch):
+        if not want(name):
+            return
         torch.manual_seed(args.seed)
-        model = load_backbone(MODEL, lm_head=head_dir).model.to(device)
+        model = load_backbone(model_dir, lm_head=head_dir, dtype=dtype).model.to(device)
         freeze(model)
         model.train()
         emb, head = model.get_input_embeddings(), lm_head_module(model)
@@ -199,9 +228,11 @@ def build_variants(args, examples: list[dict], device) -> tuple[list[Variant], d
     def peft_verbalizer(name, config, whole_mlm: bool = False):
         from peft import get_peft_model
 
+        if not want(name):
+            return
         torch.manual_seed(args.seed)
         try:
-            model = load_backbone(MODEL, lm_head=head_dir).model.to(device)  # the head too, not only what PEFT wraps
+            model = load_backbone(model_dir, lm_head=head_dir, dtype=dtype).model.to(device)  # the head too, not only what PEFT wraps
             freeze(model)
             head = lm_head_module(model)
             pm = get_peft_model(model if whole_mlm else model.base_model, config).to(device)
@@ -234,8 +265,10 @@ def build_variants(args, examples: list[dict], device) -> tuple[list[Variant], d
             traceback.print_exc()
 
     def bare_head(name):
+        if not want(name):
+            return
         torch.manual_seed(args.seed)
-        model = load_head_model(MODEL, 2).to(device)
+        model = load_head_model(model_dir, 2, dtype=dtype).to(device)
         freeze(model.base_model)
         model.train()
         emb = model.get_input_embeddings()
@@ -254,9 +287,11 @@ def build_variants(args, examples: list[dict], device) -> tuple[list[Variant], d
     def peft_head(name, config):
         from peft import get_peft_model
 
+        if not want(name):
+            return
         torch.manual_seed(args.seed)
         try:
-            pm = get_peft_model(load_head_model(MODEL, 2), config).to(device)
+            pm = get_peft_model(load_head_model(model_dir, 2, dtype=dtype), config).to(device)
             pm.train()
             params = [p for p in pm.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=1e-3)
@@ -282,19 +317,19 @@ def build_variants(args, examples: list[dict], device) -> tuple[list[Variant], d
         bare("bare", plain)
         bare("bare+20", padded)
         ours("ours prompt-tuning", "verbalizer",
-             spec("prompt-tuning", f"{{soft:{N_SOFT}}} " + TEMPLATE, head_dir, args.max_length))
+             spec(model_dir, "prompt-tuning", f"{{soft:{N_SOFT}}} " + TEMPLATE, head_dir, args.max_length))
         peft_verbalizer("peft prompt-tuning", PromptTuningConfig(num_virtual_tokens=N_SOFT, task_type="FEATURE_EXTRACTION"))
         if args.peft_mlm:
             peft_verbalizer("peft prompt-tuning (MLM)",
                             PromptTuningConfig(num_virtual_tokens=N_SOFT, task_type="FEATURE_EXTRACTION"), whole_mlm=True)
         ours("ours p-tuning-v2", "verbalizer",
-             spec("p-tuning-v2", TEMPLATE, head_dir, args.max_length, {"prompt_length": N_SOFT}))
+             spec(model_dir, "p-tuning-v2", TEMPLATE, head_dir, args.max_length, {"prompt_length": N_SOFT}))
         peft_verbalizer("peft prefix", PrefixTuningConfig(num_virtual_tokens=N_SOFT, prefix_projection=False,
                                                           task_type="FEATURE_EXTRACTION"))
     if "head" in sel:
-        head_clf = ours("ours p-tuning-v2 head", "head",
-                        spec("p-tuning-v2", None, head_dir, args.max_length, {"head": True, "prompt_length": N_SOFT}))
-        heads_batch = to(head_clf.collate(examples), device)
+        head_spec = spec(model_dir, "p-tuning-v2", None, head_dir, args.max_length, {"head": True, "prompt_length": N_SOFT})
+        ours("ours p-tuning-v2 head", "head", head_spec)
+        heads_batch = to(build_classifier(head_spec)[0].collate(examples), device)
         bare_head("bare head")
         peft_head("peft prefix head", PrefixTuningConfig(num_virtual_tokens=N_SOFT, prefix_projection=False, task_type="SEQ_CLS"))
 
@@ -344,28 +379,55 @@ def quartiles(xs: list[float]) -> tuple[float, float]:
 
 
 def common_arguments(ap: argparse.ArgumentParser, out_name: str) -> argparse.ArgumentParser:
-    """The options every speed benchmark here takes (batch, repetitions, device, output)."""
+    """The options every speed benchmark here takes (model, batch, repetitions, device, dtype, output)."""
+    ap.add_argument("--model", default=MODEL, help="a local model folder, a built-in name, or a random shape "
+                    "built from a config (benchmarks/model_shapes.py: bert-base, bert-large, ...)")
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/sst2/train.tsv"))
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=20, help="timed rounds (each round runs every variant once)")
+    ap.add_argument("--seq-len", type=int, default=None,
+                    help="rows of about this many tokens (SST-2 sentences joined; also sets --max-length)")
+    ap.add_argument("--reps", "--rounds", dest="reps", type=int, default=20,
+                    help="timed rounds (each round runs every variant once)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_device_arguments(ap)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave torch's default)")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'machine was loaded')")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results" / out_name))
+    ap.add_argument("--out", default=None, help=f"the JSON record (default: benchmarks/results/{out_name}, with the "
+                    "device, model and dtype in the name unless it is the CPU, the default model and float32)")
+    ap.set_defaults(out_name=out_name)
     return ap
 
 
 def prepare(args) -> tuple[torch.device, tuple[float, float, float], list[dict]]:
-    """Threads and device as asked, the load average before, and the fixed batch."""
+    """Threads, device, dtype and model as asked (set on `args`), the load average before, and the fixed batch."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device available")
-    return device, os.getloadavg(), pick_batch(args.data, args.batch_size)
+    device = resolve_device(args.device)
+    use_tf32(device)
+    args.model_path, args.torch_dtype, args.device_name = model_path(args.model), DTYPES[args.dtype], device_name(device)
+    if args.seq_len:
+        args.max_length = args.seq_len
+    if args.out is None:
+        stem = args.out_name.removesuffix(".json")
+        if device.type != "cpu" or args.model != MODEL or args.dtype != "float32":
+            stem += f"_{slug(args.device_name)}_{slug(Path(args.model).name)}_{args.dtype}"
+        args.out = str(ROOT / "benchmarks/results" / f"{stem}.json")
+    return device, os.getloadavg(), pick_batch(args.data, args.batch_size, args.seq_len)
+
+
+def wanted(args):
+    """Which variants to build: all, or the one a memory subprocess measures (`--only`)."""
+    return lambda name: args.only is None or args.only == name
+
+
+def finish_measuring(args, variants: list[Variant], device) -> dict:
+    """In a `--only` subprocess: report that variant's memory and exit. Otherwise, with `--memory`, each
+    variant's peak memory from fresh subprocesses ({} without)."""
+    if args.only is not None:
+        report_memory_and_exit(variants, device)
+    return memory_in_subprocesses([v.name for v in variants]) if args.memory else {}
 
 
 def summarize(variants: list, ratio_specs, errors: dict) -> tuple[dict, dict]:
@@ -399,15 +461,22 @@ def print_tables(args, device, load_before, load_after, rows: dict, ratios: dict
     import transformers
 
     print(f"\ntorch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
-          f"device {device}, torch threads {torch.get_num_threads()}, {args.reps} reps after {args.warmup} warm-up rounds, "
-          f"batch {args.batch_size}, max length {args.max_length}; load average {load_before[0]:.2f} -> {load_after[0]:.2f}\n")
-    print("| variant | setting | tokens | trainable params | median ms/step | IQR ms | reps |")
-    print("|---|---|---|---|---|---|---|")
+          f"device {device} ({args.device_name}), model {args.model}, backbone {args.dtype}, torch threads "
+          f"{torch.get_num_threads()}, {args.reps} reps after {args.warmup} warm-up rounds, batch {args.batch_size}, "
+          f"max length {args.max_length}; load average {load_before[0]:.2f} -> {load_after[0]:.2f}\n")
+    print("| variant | setting | tokens | trainable params | median ms/step | IQR ms | reps | peak MiB | step MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
+        mem = r.get("memory", {})
+        peak, grew = (f"{mem['peak_mib']:.0f}", f"{mem['step_mib']:.0f}") if "peak_mib" in mem else ("–", "–")
         print(f"| {name} | {r['setting']} | {r['seq_len']} | {r['trainable_parameters']:,} | {r['median_ms']:.1f} | "
-              f"{r['q1_ms']:.1f}–{r['q3_ms']:.1f} | {r['reps']} |")
+              f"{r['q1_ms']:.1f}–{r['q3_ms']:.1f} | {r['reps']} | {peak} | {grew} |")
     for name, err in errors.items():
-        print(f"| {name} | – | – | – | error: `{err}` | – | – |")
+        print(f"| {name} | – | – | – | error: `{err}` | – | – | – | – |")
+    what = next((r["memory"]["what"] for r in rows.values() if "what" in r.get("memory", {})), None)
+    if what:
+        print(f"\npeak MiB: {what}, one step after a warm-up step, each variant alone in a fresh process; "
+              "step MiB: that peak minus the memory held just before the step")
     print("\n| ratio | of medians | median per-round ratio | target | meets |")
     print("|---|---|---|---|---|")
     for label, r in ratios.items():
@@ -421,29 +490,33 @@ def print_tables(args, device, load_before, load_after, rows: dict, ratios: dict
 
 def main() -> None:
     ap = common_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "speed_soft_prompts.json")
-    ap.add_argument("--lm-head", default=str(ROOT / "runs/bench_few_shot/lm_head"), help="fitted MLM head directory")
+    ap.add_argument("--lm-head", default=None, help="fitted MLM head directory (default: runs/bench_few_shot/lm_head "
+                    "for the default model, whose checkpoint has none; the model's own head otherwise)")
     ap.add_argument("--settings", nargs="+", default=["verbalizer", "head"], choices=["verbalizer", "head"])
     ap.add_argument("--no-peft-mlm", dest="peft_mlm", action="store_false",
                     help="skip PEFT prompt tuning on the whole masked LM (vocabulary logits at every position)")
     args = ap.parse_args()
-
-    from prompttune.backbones import resolve_model_path
+    if args.lm_head is None and args.model == MODEL:
+        args.lm_head = str(ROOT / "runs/bench_few_shot/lm_head")
 
     device, load_before, examples = prepare(args)
     t0 = time.perf_counter()
     variants, errors = build_variants(args, examples, device)
     build_s = time.perf_counter() - t0
+    memory = finish_measuring(args, variants, device)
     t0 = time.perf_counter()
     measure(variants, args.reps, args.warmup, device)
     measure_s = time.perf_counter() - t0
     load_after = os.getloadavg()
 
     rows, ratios = summarize(variants, RATIOS, errors)
+    for name, mem in memory.items():
+        rows[name]["memory"] = mem
     print_tables(args, device, load_before, load_after, rows, ratios, errors)
 
     write_record(args, load_before, load_after, libraries=("peft",), device=device, setup={
-        "model": MODEL, "model_path": resolve_model_path(MODEL), "lm_head": args.lm_head,
-        "batch_size": args.batch_size, "max_length": args.max_length, "template": TEMPLATE,
+        "model": args.model, "model_path": args.model_path, "dtype": args.dtype, "lm_head": args.lm_head,
+        "batch_size": args.batch_size, "max_length": args.max_length, "seq_len": args.seq_len, "template": TEMPLATE,
         "verbalizer": VERBALIZER, "soft_tokens": N_SOFT, "filler_for_bare_plus_20": FILLER,
         "reps": args.reps, "warmup": args.warmup, "seed": args.seed, "sentences": [e["sentence"] for e in examples]},
         variants=rows, errors=errors, ratios=ratios,

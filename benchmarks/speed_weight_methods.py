@@ -1,6 +1,10 @@
 """Speed of a LoRA / adapter / BitFit training step, as ratios to full fine-tuning and to plain PEFT LoRA.
 
-    python benchmarks/speed_weight_methods.py [--reps 20] [--warmup 3] [--threads 1] [--device cpu|cuda] [--note TEXT]
+    python benchmarks/speed_weight_methods.py [--reps 20] [--warmup 3] [--threads 1] [--device auto|cpu|cuda] [--note TEXT]
+        [--model PATH_OR_SHAPE] [--dtype float32|bfloat16] [--batch-size 16] [--seq-len N] [--rounds N] [--no-memory]
+
+(`--model`, `--dtype`, `--seq-len` and the peak memory column as in speed_soft_prompts.py; the inference
+timings always load the backbone in float32.)
 
 (The saved result was made with `python benchmarks/speed_weight_methods.py --reps 10 --threads 1
 --note "..."` on a loaded 2-core machine; see the JSON's `note` and load averages.)
@@ -60,7 +64,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from records import write_record  # noqa: E402
-from speed_soft_prompts import Variant, common_arguments, measure, prepare, print_tables, summarize, to, training_step  # noqa: E402 - shared helpers
+from speed_soft_prompts import (Variant, common_arguments, finish_measuring, measure, prepare, print_tables,  # noqa: E402
+                                summarize, to, training_step, wanted)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "all-MiniLM-L6-v2"
@@ -68,10 +73,10 @@ LABELS = ["0", "1"]
 LORA = {"lora_rank": 8, "lora_alpha": 16}
 
 
-def spec(method: str, max_length: int, options: dict | None = None):
+def spec(model: str, method: str, max_length: int, options: dict | None = None):
     from prompttune import TaskSpec
 
-    return TaskSpec(method=method, model=MODEL, text_fields=["sentence"], labels=LABELS, max_length=max_length,
+    return TaskSpec(method=method, model=model, text_fields=["sentence"], labels=LABELS, max_length=max_length,
                     options=options or {})
 
 
@@ -81,9 +86,12 @@ def trainable(module) -> list[torch.nn.Parameter]:
 
 def build_training(args, examples: list[dict], device) -> tuple[list[Variant], dict]:
     variants, errors = [], {}
+    model_dir, dtype, want = args.model_path, args.torch_dtype, wanted(args)
 
     def ours(name, sp):
-        clf, step, batch = training_step(sp, examples, device, seed=args.seed, lr=1e-4)
+        if not want(name):
+            return None
+        clf, step, batch = training_step(sp, examples, device, seed=args.seed, lr=1e-4, dtype=dtype)
         n_trainable = sum(p.numel() for p in trainable(clf))
         variants.append(Variant(name, "train", step, batch["ids"].shape[1], n_trainable, "ours"))
         return clf
@@ -93,17 +101,19 @@ def build_training(args, examples: list[dict], device) -> tuple[list[Variant], d
         from transformers import AutoModelForSequenceClassification
         from transformers.utils import logging as hf_logging
 
-        from prompttune.backbones import load_tokenizer, resolve_model_path
+        from prompttune.backbones import load_tokenizer
 
+        if not want(name):
+            return None
         torch.manual_seed(args.seed)
         try:
             hf_logging.set_verbosity_error()
-            model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(MODEL), num_labels=2)
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2, dtype=dtype)
             config = LoraConfig(task_type="SEQ_CLS", r=LORA["lora_rank"], lora_alpha=LORA["lora_alpha"],
                                 target_modules=["query", "value"])
             pm = get_peft_model(model, config).to(device)
             pm.train()
-            tok = load_tokenizer(MODEL)
+            tok = load_tokenizer(model_dir)
             enc = tok([e["sentence"] for e in examples], truncation=True, max_length=args.max_length, padding=True,
                       return_tensors="pt")
             ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
@@ -126,13 +136,15 @@ def build_training(args, examples: list[dict], device) -> tuple[list[Variant], d
             traceback.print_exc()
             return None
 
-    ft = ours("finetune", spec("finetune", args.max_length))
-    ours("ours lora", spec("lora", args.max_length, {"head": True, **LORA}))
-    ours("ours adapter", spec("adapter", args.max_length, {"head": True, "reduction_factor": 16}))
-    ours("ours bitfit", spec("bitfit", args.max_length, {"head": True}))
+    ours("finetune", spec(model_dir, "finetune", args.max_length))
+    ours("ours lora", spec(model_dir, "lora", args.max_length, {"head": True, **LORA}))
+    ours("ours adapter", spec(model_dir, "adapter", args.max_length, {"head": True, "reduction_factor": 16}))
+    ours("ours bitfit", spec(model_dir, "bitfit", args.max_length, {"head": True}))
     peft = peft_lora("peft lora")
-    if peft is not None:  # same token ids as ours (HeadClassifier.collate), checked
-        ours_batch = ft.collate(examples)
+    if peft is not None and args.only is None:  # same token ids as ours (HeadClassifier.collate), checked
+        from prompttune import build_classifier
+
+        ours_batch = build_classifier(spec(model_dir, "finetune", args.max_length))[0].collate(examples)
         if not torch.equal(ours_batch["ids"].to(device), peft[1]) or not torch.equal(ours_batch["attn"].to(device), peft[2]):
             print("warning: PEFT's batch differs from prompttune's", file=sys.stderr)
     return variants, errors
@@ -153,7 +165,8 @@ def build_inference(args, examples: list[dict], device) -> tuple[list[Variant], 
 
     # A LoRA task with a non-zero update, saved once, loaded unmerged and merged.
     torch.manual_seed(args.seed)
-    sp = spec("lora", args.max_length, {"head": True, **LORA})
+    model_dir = args.model_path
+    sp = spec(model_dir, "lora", args.max_length, {"head": True, **LORA})
     clf, fp = build_classifier(sp)
     batch = clf.collate(examples)
     opt = torch.optim.AdamW(trainable(clf), lr=1e-2)
@@ -165,7 +178,7 @@ def build_inference(args, examples: list[dict], device) -> tuple[list[Variant], 
     clf.eval()
     tmp = tempfile.TemporaryDirectory(prefix="speed_weight_methods_")
     save_artifact(Path(tmp.name) / "lora", sp, clf, fp)
-    merged_spec = spec("lora", args.max_length, {"head": True, **LORA, "merge": True})
+    merged_spec = spec(model_dir, "lora", args.max_length, {"head": True, **LORA, "merge": True})
     save_artifact(Path(tmp.name) / "lora_merged", merged_spec, clf, fp)
     unmerged, _ = load_artifact(Path(tmp.name) / "lora")
     merged, _ = load_artifact(Path(tmp.name) / "lora_merged")
@@ -175,7 +188,7 @@ def build_inference(args, examples: list[dict], device) -> tuple[list[Variant], 
     max_diff = (a - b).abs().max().item()
     n_lora = [sum(1 for n, _ in m.named_modules() if n.endswith("lora_A")) for m in (unmerged.model, merged.model)]
 
-    bare = load_head_model(MODEL, 2).eval()
+    bare = load_head_model(model_dir, 2).eval()
     for m in (unmerged, merged, bare):
         m.to(device)
     batch = to(batch, device)
@@ -206,11 +219,10 @@ def main() -> None:
                     help="skip the merged / unmerged / bare inference timings")
     args = ap.parse_args()
 
-    from prompttune.backbones import resolve_model_path
-
     device, load_before, examples = prepare(args)
     t0 = time.perf_counter()
     variants, errors = build_training(args, examples, device)
+    memory = finish_measuring(args, variants, device)
     infer, merge_check = (build_inference(args, examples, device) if args.inference else ([], {}))
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -222,13 +234,15 @@ def main() -> None:
     load_after = os.getloadavg()
 
     rows, ratios = summarize(variants + infer, RATIOS, errors)
+    for name, mem in memory.items():
+        rows[name]["memory"] = mem
     print_tables(args, device, load_before, load_after, rows, ratios, errors)
     if merge_check:
         print(f"\nmerge check: {merge_check}")
 
     write_record(args, load_before, load_after, libraries=("peft",), device=device, setup={
-        "model": MODEL, "model_path": resolve_model_path(MODEL), "batch_size": args.batch_size,
-        "max_length": args.max_length, "lora": LORA, "adapter": {"kind": "houlsby", "reduction_factor": 16},
+        "model": args.model, "model_path": args.model_path, "dtype": args.dtype, "batch_size": args.batch_size,
+        "max_length": args.max_length, "seq_len": args.seq_len, "lora": LORA, "adapter": {"kind": "houlsby", "reduction_factor": 16},
         "reps": args.reps, "warmup": args.warmup, "seed": args.seed, "sentences": [e["sentence"] for e in examples]},
         variants=rows, errors=errors, ratios=ratios, merge_check=merge_check,
         seconds={"build": round(build_s, 1), "measure": round(measure_s, 1)})

@@ -266,3 +266,96 @@ def test_tasks_sharing_one_backbone_each_see_only_their_own_prompt(gpt2_dir):
             torch.testing.assert_close(got, alone[m], rtol=0, atol=1e-6, msg="another task's prompt leaked into zero-shot")
         else:
             assert not torch.allclose(got, alone["zero-shot"]), f"{m}'s prompt was not applied on the shared backbone"
+
+
+# --- the work every layer shares is done once per forward, and never reused where it does not apply ----
+
+
+def count_widened_masks(monkeypatch) -> list:
+    from prompttune.deep_prompts import BoundPrefix
+
+    calls, original = [], BoundPrefix._widen
+
+    def counted(self, *args):
+        calls.append(args)
+        return original(self, *args)
+
+    monkeypatch.setattr(BoundPrefix, "_widen", counted)
+    return calls
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("padded", [True, False])
+def test_the_widened_mask_is_built_once_per_forward_not_once_per_layer(model, padded, request, monkeypatch):
+    m = load(model, request)
+    DeepPrompt(m, 3).bind()
+    calls = count_widened_masks(monkeypatch)
+    with torch.no_grad():
+        m(**inputs(m, padded))
+    stacks = 2 if m.config.is_encoder_decoder else 1  # T5: the encoder's mask, then the decoder's
+    sites = len(attention_sites(m))
+    assert sites > stacks
+    least = 0 if model in ("bert_dir", "roberta_dir") and not padded else 1  # unpadded BERT needs no mask at all
+    assert least <= len(calls) <= stacks, f"{len(calls)} masks built for one forward over {sites} layers"
+
+
+def test_a_shared_result_is_remade_for_another_tensor_or_an_in_place_change():
+    from prompttune.deep_prompts import BoundPrefix
+
+    bound, made = BoundPrefix([], 2), []
+
+    def make():
+        made.append(1)
+        return torch.zeros(1)
+
+    mask = torch.ones(2, 1, 3, 3, dtype=torch.bool)
+    first = bound.shared(("mask",), mask, make)
+    assert bound.shared(("mask",), mask, make) is first and len(made) == 1, "the same mask was not reused"
+    assert bound.shared(("mask",), mask.clone(), make) is not first, "another tensor reused a mask made for the first"
+    mask[0, 0, 0, 0] = False
+    assert bound.shared(("mask",), mask, make) is not first, "a mask changed in place reused what was made before"
+    assert bound.shared(("mask", 2), None, make) is not bound.shared(("mask", 3), None, make), "keys were mixed up"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_one_bind_gives_each_batch_exactly_what_a_fresh_bind_gives(model, request):
+    """Batches of other padding, another size and length, and no padding, all after one bind."""
+    m = load(model, request)
+    deep = DeepPrompt(m, 3)
+    random_prefix(deep)
+    kw = inputs(m)
+    other = {**kw, "attention_mask": kw["attention_mask"].flip(0)}
+    shorter = {k: v[:2, :7] if k != "decoder_input_ids" else v[:2] for k, v in kw.items()}
+    batches = [kw, other, shorter, inputs(m, padded=False), kw]
+    with torch.no_grad():
+        deep.bind()
+        once = [m(**b).logits for b in batches]
+        fresh = []
+        for b in batches:
+            deep.bind()
+            fresh.append(m(**b).logits)
+    for i, (a, b) in enumerate(zip(once, fresh)):
+        assert torch.equal(a, b), f"batch {i} after one bind differs from a fresh bind by {(a - b).abs().max():.3g}"
+
+
+def test_row_groups_bound_again_never_reuse_the_last_groups_mask(gpt2_dir):
+    from prompttune.deep_prompts import KeyValuePrefix
+
+    m = AutoModelForCausalLM.from_pretrained(gpt2_dir).eval()
+    a, b = DeepPrompt(m, 3), DeepPrompt(m, 2)
+    random_prefix(a), random_prefix(b)
+    kw = inputs(m)
+    with torch.no_grad():
+        alone = {}
+        for name, deep in (("a", a), ("b", b)):
+            deep.bind()
+            alone[name] = m(**kw).logits
+        for assignment in (("a", "b", "a"), ("b", "a", "b"), ("b", "b", "a")):
+            groups = [(part, torch.tensor([i for i, n in enumerate(assignment) if n == name]))
+                      for name, part in (("a", a), ("b", b)) if name in assignment]
+            KeyValuePrefix.bind_rows(m, groups)
+            mixed = m(**kw).logits
+            for row, name in enumerate(assignment):
+                real = kw["attention_mask"][row].bool()
+                torch.testing.assert_close(mixed[row][real], alone[name][row][real], rtol=0, atol=1e-5,
+                                           msg=lambda msg: f"rows {assignment}: row {row} is not task {name}'s: {msg}")

@@ -222,6 +222,34 @@ def test_one_task_binds_the_fast_path_and_a_mixed_batch_per_row(tasks):
     bind_parts(model, [(one.parts(), torch.tensor([0, 2])), (other.parts(), torch.tensor([1]))])
     assert kind_state(model, SoftPrompt)["rows"] is not None
     site = kind_state(model, KeyValuePrefix).sites[0].module
-    assert site.__dict__[_PREFIX][2] is not None, "per-row prefixes carry each row's group"
+    assert site.__dict__[_PREFIX][0].rows is not None, "per-row prefixes carry each row's group"
     names = {tuple(layer.__dict__[_ROWS]) for layer in kind_state(model, LoraPart)}
     assert names == {(one.lora.adapter, "__base__", one.lora.adapter)}
+
+
+def test_lora_layers_carry_a_hook_only_while_rows_are_named(tasks):
+    """The fast path (one task, every training step) runs peft's LoRA layers with no hook of ours at all."""
+    from prompttune.methods.lora import LoraPart
+
+    built = tasks("bert")
+    pool = loaded_pool({k: built[k] for k in ("p-tuning+lora", "lora")})
+    model = pool.backbone.model
+    one, other = (pool._task(name).classifier for name in ("p-tuning+lora", "lora"))
+    layers = kind_state(model, LoraPart)
+
+    def hooks_match_rows() -> bool:  # a hook exactly where rows are named
+        return all(len(layer._forward_pre_hooks) == (layer.__dict__["_prompttune_lora_rows"] is not None)
+                   for layer in layers)
+
+    fast = []
+    for task in (one, other):  # the task whose adapter peft has active runs peft's own forward everywhere
+        bind_parts(model, [(task.parts(), None)])
+        assert hooks_match_rows()
+        fast.append(all(not layer._forward_pre_hooks for layer in layers))
+    assert any(fast), "no task took the fast path: every LoRA layer kept a hook"
+    bind_parts(model, [(one.parts(), torch.tensor([0, 2])), (other.parts(), torch.tensor([1]))])
+    assert {len(layer._forward_pre_hooks) for layer in layers} == {1}, "a mixed batch names rows through one hook per layer"
+    bind_parts(model, [(one.parts(), torch.tensor([0])), (other.parts(), torch.tensor([1]))])
+    assert {len(layer._forward_pre_hooks) for layer in layers} == {1}, "binding rows again added a second hook"
+    bind_parts(model, [((one, other)[fast.index(True)].parts(), None)])
+    assert all(not layer._forward_pre_hooks for layer in layers), "the hook stayed after the mixed batch"

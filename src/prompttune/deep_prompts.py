@@ -41,85 +41,139 @@ from .backbones import input_device
 from .errors import ModelError
 from .model_parts import ModelPart, Rows, kind_state, replace_child_state, row_count
 
-_PREFIX = "_prompttune_prefix"  # on an attention module: (keys, values, rows) bound there, or None
+_PREFIX = "_prompttune_prefix"  # on an attention module: (BoundPrefix, this site's index), or None
 _BASE = "_prompttune_base"  # the attention implementation the model used before install
+_BASE_FN = "_prompttune_base_fn"  # that implementation's function, looked up on the module's first call
 _SHIFT = "_prompttune_shift"  # on a position module: 0, P, or (B, 1) per-row P, added to position ids
 _CAPTURE = "_prompttune_capture"  # attribute on an attention module: a list that records (key, value)
+_MASK_ALIGNMENT = 8  # a float mask whose rows start at multiples of 8 elements is used as is by CUDA's sdpa kernels
 
 
 def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
     """Attention with this layer's prefix prepended; registered in `transformers`' AttentionInterface.
 
-    The bound prefix is (keys, values, None) with keys/values (H, P, D) for every row, or
-    (keys, values, (group, visible)) with keys/values (G, H, P, D) for G row groups, `group` (B,) each
-    row's group and `visible` (G, P) which prefix positions a group's rows attend to (a shorter prefix
-    is padded to the longest and the padding masked)."""
-    base = _base_attention(module)
-    capture = getattr(module, _CAPTURE, None)
+    Per layer this only expands the layer's own keys/values to the batch (a view) and concatenates them
+    with the real ones. Everything that is the same for every layer of a forward pass (the mask widened
+    by the prefix, T5's widened position bias) is made by the first layer that needs it and reused by the
+    others (`BoundPrefix.shared`)."""
+    base = module.__dict__.get(_BASE_FN) or _base_attention(module)
+    capture = module.__dict__.get(_CAPTURE)
     if capture is not None:  # DeepPrompt's initialisation reads the model's own keys/values
         capture.append((key.detach(), value.detach()))
-    prefix = getattr(module, _PREFIX, None)
-    if prefix is None:
+    bound = module.__dict__.get(_PREFIX)
+    if bound is None:
         return base(module, query, key, value, attention_mask, **kwargs)
-    pk, pv, rows = prefix
+    prefix, site = bound
+    pk, pv = prefix.layers[site]
     batch = key.shape[0]
-    if rows is None:  # one prefix for every row
-        pk, pv, visible = pk.unsqueeze(0).expand(batch, -1, -1, -1), pv.unsqueeze(0).expand(batch, -1, -1, -1), None
+    if prefix.rows is None:  # one prefix for every row: (1, H, P, D) -> (B, H, P, D), a view
+        pk, pv = pk.expand(batch, -1, -1, -1), pv.expand(batch, -1, -1, -1)
     else:
-        group, seen = rows
+        group = prefix.rows[0]
         if group.shape[0] != batch:
             raise ModelError(f"prefixes were bound for a batch of {group.shape[0]} rows, got {batch}")
-        pk, pv, visible = pk[group], pv[group], seen[group]  # (B, H, P, D), (B, H, P, D), (B, P)
-    n_prefix = pk.shape[2]
-    # (no copy unless a device map put this layer on another device than the prefix, or dtypes differ)
-    key = torch.cat([pk.to(key.device, key.dtype), key], dim=2)
-    value = torch.cat([pv.to(value.device, value.dtype), value], dim=2)
-    q_len, k_len = query.shape[2], key.shape[2]
-    eager = getattr(module, _BASE) == "eager"
+        pk, pv = pk[group], pv[group]  # (G, H, P, D) -> (B, H, P, D)
+    if pk.dtype != key.dtype or pk.device != key.device:  # (a device map may put this layer on another device)
+        pk, pv = pk.to(key.device, key.dtype), pv.to(value.device, value.dtype)
+    key = torch.cat([pk, key], dim=2)
+    value = torch.cat([pv, value], dim=2)
     is_causal = kwargs.pop("is_causal", None)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
-    if attention_mask is None and (visible is not None or (causal and q_len > 1)):
-        # The caller relied on sdpa's `is_causal` (which aligns top-left and would hide real keys once
-        # the prefix makes the key longer than the query) or on no mask at all: spell the mask out.
-        real = k_len - n_prefix
-        i = torch.arange(q_len, device=query.device)[:, None]
-        j = torch.arange(real, device=query.device)[None, :]
-        allowed = j <= i + (real - q_len) if causal and q_len > 1 else j < real  # (q, real) or (1, real): all
-        attention_mask = allowed[None, None]
-        if eager:
-            attention_mask = _additive(attention_mask, query.dtype)
-    if attention_mask is not None:
-        if visible is None:
-            pad_shape = (*attention_mask.shape[:-1], n_prefix)
-            fill = True if attention_mask.dtype == torch.bool else 0.0
-            pad = attention_mask.new_full(pad_shape, fill)
-        else:
-            attention_mask = attention_mask.expand(batch, *attention_mask.shape[1:])
-            pad = visible[:, None, None, :]  # (B, 1, 1, P)
-            if attention_mask.dtype != torch.bool:
-                pad = _additive(pad, attention_mask.dtype)
-            pad = pad.expand(*attention_mask.shape[:-1], n_prefix)
-        attention_mask = torch.cat([pad, attention_mask], dim=-1)
-    else:  # no mask left means every query sees every key: say so, whatever the module's default
+    attention_mask = prefix.widened_mask(attention_mask, query, key.shape[2], bool(causal))
+    if attention_mask is None:  # no mask left means every query sees every key: say so, whatever the module's default
         kwargs["is_causal"] = False
-    if kwargs.get("position_bias") is not None:  # T5: the prefix has no relative position
-        bias = kwargs["position_bias"]
-        kwargs["position_bias"] = torch.cat([bias.new_zeros((*bias.shape[:-1], n_prefix)), bias], dim=-1)
+    bias = kwargs.get("position_bias")
+    if bias is not None:  # T5: the prefix has no relative position
+        kwargs["position_bias"] = prefix.shared(("position_bias", bias.shape), bias, lambda: torch.cat(
+            [bias.new_zeros((*bias.shape[:-1], prefix.width)), bias], dim=-1))
     return base(module, query, key, value, attention_mask, **kwargs)
 
 
-def _additive(allowed: torch.Tensor, dtype) -> torch.Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+class BoundPrefix:
+    """What one bind put on a model's attention sites, and the work all its layers share in a forward.
+
+    `layers[i]` is site i's (keys, values): each (1, H, P, D) for every row, or (G, H, P, D) for G row
+    groups with `rows` = (group, visible): `group` (B,) each row's group and `visible` (G, P) which prefix
+    positions a group's rows attend to (a shorter prefix is padded to the longest and the padding masked).
+    `width` is P (the longest, with groups).
+
+    The widened mask and T5's widened position bias are the same at every layer of a forward pass: the first
+    layer makes them and the others reuse them (`shared`). An entry is keyed by the identity and version of
+    the tensor it was made from (the mask transformers builds once per forward and hands to every layer),
+    and keeps that tensor alive, so a new forward pass, another batch, shape or in-place change never
+    reuses it. A new bind starts with nothing shared.
+    """
+
+    _KEEP = 4  # entries kept: one forward uses one or two (T5: the encoder's, then the decoder's)
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], width: int,
+                 rows: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self.layers, self.width, self.rows = layers, width, rows
+        self._shared: dict[tuple, tuple[object, torch.Tensor | None]] = {}
+
+    def shared(self, key: tuple, source: torch.Tensor | None, make):
+        """`make()`, made once for `key` and `source` (a tensor, or None) and reused while both are the same."""
+        key = (*key, id(source), None if source is None else source._version)
+        hit = self._shared.get(key)
+        if hit is not None and hit[0] is source:
+            return hit[1]
+        if len(self._shared) >= self._KEEP:
+            self._shared.pop(next(iter(self._shared)))
+        made = make()
+        self._shared[key] = (source, made)
+        return made
+
+    def widened_mask(self, mask: torch.Tensor | None, query: torch.Tensor, k_len: int, causal: bool) -> torch.Tensor | None:
+        """The attention mask over [prefix; real keys] (k_len of them) for `query` (B, heads, q, D), or None
+        where every query sees every key. `mask` is what the model built for the real keys: None, a bool
+        mask (True = attend) or an additive float one, (B or 1, 1 or heads, q, real).
+
+        Every query attends to its row's prefix. A bool mask, or none where one is needed (sdpa's
+        `is_causal` aligns top-left, and would hide real keys once the prefix makes the keys longer than the
+        queries), becomes an additive mask in the query's dtype: what sdpa would otherwise convert it to at
+        every layer, laid out so that CUDA's kernels need no padded copy of it either."""
+        batch, q_len = query.shape[0], query.shape[2]
+        causal = causal and q_len > 1
+        if mask is None and self.rows is None and not causal:
+            return None
+        key = ("mask", batch, q_len, k_len, causal, query.dtype, query.device)
+        return self.shared(key, mask, lambda: self._widen(mask, batch, q_len, k_len, causal, query.dtype, query.device))
+
+    def _widen(self, mask, batch: int, q_len: int, k_len: int, causal: bool, dtype, device) -> torch.Tensor:
+        real = k_len - self.width
+        if mask is None:
+            i = torch.arange(q_len, device=device)[:, None]
+            j = torch.arange(real, device=device)[None, :]
+            mask = (j <= i + (real - q_len))[None, None] if causal else None  # (1, 1, q, real)
+        if mask is not None and mask.dtype != torch.bool:
+            dtype = mask.dtype  # an additive mask stays in its own dtype
+        rows = batch if self.rows is not None or mask is None else mask.shape[0]
+        heads, queries = (1, 1) if mask is None else mask.shape[1:3]
+        full = -(-k_len // _MASK_ALIGNMENT) * _MASK_ALIGNMENT
+        out = torch.zeros(rows, heads, queries, full, dtype=dtype, device=device)[..., :k_len]  # (B, 1, q, P + real)
+        lowest = torch.finfo(dtype).min
+        if mask is not None and mask.dtype == torch.bool:
+            out[..., self.width:].masked_fill_(~mask, lowest)
+        elif mask is not None:
+            out[..., self.width:].copy_(mask)
+        if self.rows is not None:
+            group, visible = self.rows
+            out[..., : self.width].masked_fill_(~visible[group][:, None, None, :], lowest)  # (B, 1, 1, P)
+        return out
 
 
 def _base_attention(module: nn.Module):
+    """The attention function the module used before install (kept on the module after the first call)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     name = getattr(module, _BASE)
     if name == "eager":
         # Each modeling file defines its own eager attention (T5's adds the position bias).
-        return sys.modules[type(module).__module__].eager_attention_forward
-    return ALL_ATTENTION_FUNCTIONS[name]
+        fn = sys.modules[type(module).__module__].eager_attention_forward
+    else:
+        fn = ALL_ATTENTION_FUNCTIONS[name]
+    module.__dict__[_BASE_FN] = fn
+    return fn
 
 
 def _register(base: str) -> str:
@@ -248,11 +302,11 @@ def install(model: nn.Module) -> list[Site]:
     return state.sites
 
 
-def _bind_sites(state: _Installed, layers: list[tuple] | None, shift, longest: int) -> None:
-    """Put layers[i] = (keys, values, rows) on site i (None: no prefix anywhere) and `shift` on the
-    positions; `longest` is the largest shift (known to the caller: no device read of `shift`)."""
+def _bind_sites(state: _Installed, prefix: BoundPrefix | None, shift, longest: int) -> None:
+    """Put `prefix` on every site (None: no prefix anywhere) and `shift` on the positions; `longest` is the
+    largest shift (known to the caller: no device read of `shift`)."""
     for i, site in enumerate(state.sites):
-        site.module.__dict__[_PREFIX] = None if layers is None else layers[i]
+        site.module.__dict__[_PREFIX] = None if prefix is None else (prefix, i)
     for module in state.positions:
         if isinstance(module, nn.Embedding) and longest and module.num_embeddings < longest + 2:
             raise ModelError(f"a prefix of {longest} leaves no room in {module.num_embeddings} position embeddings")
@@ -272,13 +326,19 @@ class KeyValuePrefix(ModelPart):
     trained ones (`DeepPrompt`) or an in-context task's demonstrations (`in_context.ContextPrefix`).
     Every query attends to all of its row's prefix, and the row's real tokens are numbered from its P.
 
-    A subclass has `length` (P) and `key_values()`: per site, (keys, values), each (heads, P, head_dim).
+    A subclass has `length` (P) and `key_value_table()`: (2 * sites, heads, P, head_dim), site s's keys at
+    row 2s and its values at 2s + 1 (one tensor, so binding is one view of it, not one per layer).
     """
 
     length: int
 
-    def key_values(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def key_value_table(self) -> torch.Tensor:
         raise NotImplementedError
+
+    def key_values(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per site, (keys, values), each (heads, P, head_dim)."""
+        table = self.key_value_table()
+        return [(table[2 * s], table[2 * s + 1]) for s in range(table.shape[0] // 2)]
 
     @classmethod
     def bind_rows(cls, model: nn.Module, groups: Sequence[tuple[KeyValuePrefix | None, Rows]]) -> None:
@@ -292,34 +352,44 @@ class KeyValuePrefix(ModelPart):
         if not present:
             _bind_sites(state, None, 0, 0)
             return
-        if len(groups) == 1 and groups[0][1] is None:  # one task: its prefix, expanded over the batch
+        if len(groups) == 1 and groups[0][1] is None:  # one task: its prefix, expanded over the batch per layer
             part = present[0][0]
-            _bind_sites(state, [(k, v, None) for k, v in part.key_values()], part.length, part.length)
+            table = _in_model_dtype(state, part.key_value_table())
+            layers = table.unsqueeze(1).unbind(0)  # 2 * sites views, each (1, H, P, D)
+            _bind_sites(state, BoundPrefix(list(zip(layers[::2], layers[1::2])), part.length), part.length, part.length)
             return
         batch, longest = row_count(groups), max(part.length for part, _ in present)
         device = present[0][1].device
         group = torch.full((batch,), len(present), dtype=torch.long, device=device)  # (B,): the last group has none
         shift = torch.zeros(batch, 1, dtype=torch.long, device=device)  # (B, 1)
         visible = torch.zeros(len(present) + 1, longest, dtype=torch.bool, device=device)  # (G, P)
-        per_part = []
         for g, (part, rows) in enumerate(present):
             group[rows], shift[rows] = g, part.length
             visible[g, : part.length] = True
-            per_part.append(part.key_values())
-        layers = []
-        for s in range(len(state.sites)):
-            keys, values = zip(*(kv[s] for kv in per_part))
-            layers.append((_stack_padded(keys, longest), _stack_padded(values, longest), (group, visible)))
-        _bind_sites(state, layers, shift, longest)
+        table = _in_model_dtype(state, _stack_padded([part.key_value_table() for part, _ in present], longest))
+        tables = table.unbind(0)  # (G, H, P, D) each
+        prefix = BoundPrefix(list(zip(tables[::2], tables[1::2])), longest, (group, visible))
+        _bind_sites(state, prefix, shift, longest)
 
 
-def _stack_padded(tensors: Sequence[torch.Tensor], length: int) -> torch.Tensor:
-    """(H, P_i, D) tensors → (len + 1, H, length, D): each padded with zeros to `length`, then an all-zero one."""
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
+def _in_model_dtype(state: _Installed, table: torch.Tensor) -> torch.Tensor:
+    """`table` cast once, at bind, to the dtype of the attention layers' weights (an fp32 prompt on a bf16
+    model), instead of at every layer of every forward. Under autocast the keys may still differ (fp32
+    weights, bf16 keys): `prefix_attention` casts those per layer. A cast is a copy: bind again after the
+    prompt changes (every task model binds before each forward)."""
+    module = state.sites[0].module
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), table.dtype)
+    return table if dtype == table.dtype else table.to(dtype)
+
+
+def _stack_padded(tables: Sequence[torch.Tensor], length: int) -> torch.Tensor:
+    """(2 * sites, H, P_i, D) tables → (2 * sites, len + 1, H, length, D): each padded with zeros to
+    `length`, then an all-zero one (the group without a prefix)."""
+    dtype = tables[0].dtype
+    for t in tables[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
-    padded = [F.pad(t.to(dtype), (0, 0, 0, length - t.shape[1])) for t in tensors]
-    return torch.stack([*padded, torch.zeros_like(padded[0])])
+    padded = [F.pad(t.to(dtype), (0, 0, 0, length - t.shape[-2])) for t in tables]
+    return torch.stack([*padded, torch.zeros_like(padded[0])], dim=1)
 
 
 # --- a key/value cache: the one place that uses transformers' cache API -----------------
@@ -395,10 +465,10 @@ class DeepPrompt(nn.Module, KeyValuePrefix):
             return self.prefix
         return self.mlp(self.embedding).view(self.shape)
 
-    def key_values(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per site, (keys, values), each (heads, P, head_dim)."""
-        table = self.table()
-        return [(table[:, s, 0].transpose(0, 1), table[:, s, 1].transpose(0, 1)) for s in range(len(self.sites))]
+    def key_value_table(self) -> torch.Tensor:
+        """(2 * sites, heads, P, head_dim): site s's keys at row 2s, its values at 2s + 1; a view of `table()`."""
+        length, sites, _, heads, head_dim = self.shape
+        return self.table().permute(1, 2, 3, 0, 4).reshape(2 * sites, heads, length, head_dim)
 
     def bind(self) -> None:
         """Attach the current prefix to the model's attention layers, for every row (until the next bind)."""

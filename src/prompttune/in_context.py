@@ -120,16 +120,16 @@ class ContextPrefix(nn.Module, KeyValuePrefix):
             if len(layers) != len(self.sites):
                 raise ModelError(f"{type(model).__name__} caches {len(layers)} layers but has {len(self.sites)} "
                                  "self-attention modules; its in-context prefix cannot be bound as a key/value prefix")
-        for i, (k, v) in enumerate(layers):
-            self.register_buffer(f"keys_{i}", k[0], persistent=False)  # (H, P, D)
-            self.register_buffer(f"values_{i}", v[0], persistent=False)
+        # One (2 * layers, H, P, D) buffer: binding it is one view, not one per layer.
+        table = torch.cat([t for k, v in layers for t in (k, v)]) if layers else torch.zeros(0)
+        self.register_buffer("table", table, persistent=False)
 
     def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, (keys, values), each (1, H, P, D), as transformers' cache holds them."""
         return [(k[None], v[None]) for k, v in self.key_values()]
 
-    def key_values(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(getattr(self, f"keys_{i}"), getattr(self, f"values_{i}")) for i in range(len(self.sites))]
+    def key_value_table(self) -> torch.Tensor:
+        return self.table
 
 
 class InContextScorer(CausalLMScorer):

@@ -39,6 +39,7 @@ SAVED_NAME = "default"
 BASE = "__base__"
 """peft's name for "no adapter" in `adapter_names`."""
 _ROWS = "_prompttune_lora_rows"  # on a LoRA layer: None, one adapter name for every row, or a name per row
+_HOOK = "_prompttune_lora_hook"  # on a LoRA layer: the handle of its `_name_rows` pre-hook while rows are named
 
 
 def default_targets(model: nn.Module) -> list[str]:
@@ -81,14 +82,14 @@ class LoraPart(nn.Module, ModelPart):
             for layer in layers:
                 active = layer.active_adapters
                 own = active == [name] or (name == BASE and not any(a in layer.lora_A for a in active))
-                layer.__dict__[_ROWS] = None if own else name
+                _name_layer_rows(layer, None if own else name)
             return
         names: list[str] = [BASE] * row_count(groups)
         for part, rows in groups:
             for row in rows.tolist():
                 names[row] = part.adapter if part is not None else BASE
         for layer in layers:
-            layer.__dict__[_ROWS] = names
+            _name_layer_rows(layer, names)
 
     def stored(self, state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
         """This task's LoRA matrices under the name artifacts store ("default")."""
@@ -125,15 +126,28 @@ def _name_rows(module: nn.Module, args, kwargs):
     return args, {**kwargs, "adapter_names": [rows] * x.shape[0] if isinstance(rows, str) else rows}
 
 
+def _name_layer_rows(layer: nn.Module, rows: str | list[str] | None) -> None:
+    """Bind `rows` (None: peft's own forward, the fast path) on a LoRA layer; the `_name_rows` pre-hook is
+    there only while rows are named. A module with any hook takes torch's slower call path, and the hook
+    is a Python call per layer per forward: on a GPU waiting for the CPU, that was LoRA's gap to PEFT."""
+    layer.__dict__[_ROWS] = rows
+    hook = layer.__dict__.get(_HOOK)
+    if rows is None and hook is not None:
+        hook.remove()
+        layer.__dict__[_HOOK] = None
+    elif rows is not None and hook is None:
+        layer.__dict__[_HOOK] = layer.register_forward_pre_hook(_name_rows, with_kwargs=True)
+
+
 def _register_layers(model: nn.Module) -> list[nn.Module]:
-    """Record (and hook, once) the model's LoRA layers in its registry; return them all."""
+    """Record the model's LoRA layers in its registry (each once, with no rows named); return them all."""
     from peft.tuners.lora import LoraLayer
 
     layers = kind_state(model, LoraPart, list)
     for module in model.modules():
         if isinstance(module, LoraLayer) and not any(m is module for m in layers):
-            module.register_forward_pre_hook(_name_rows, with_kwargs=True)
             module.__dict__[_ROWS] = None
+            module.__dict__[_HOOK] = None
             layers.append(module)
     return layers
 
