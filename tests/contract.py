@@ -12,6 +12,22 @@ import torch
 from prompttune import TaskSpec, TrainConfig, build_classifier, train
 from prompttune.evaluation import predict_scores
 
+# A method key is "name", "name:variant" or "a+b"; PROMPTS gives its template (None: a classification head)
+# and options, soft tokens in several places: first, between fields and text, word-initialised.
+TEMPLATE = "{text} it was {mask} ."
+PROMPTS = {
+    "prompt-tuning": ("{soft:3} {text} {soft} it was {mask} .", {}),
+    "p-tuning": ('{soft:2} {text} {soft:"it was"} {mask} .', {"encoder": "lstm"}),
+    "p-tuning:mlp": ("{soft:2} {text} it was {mask} {soft} .", {"encoder": "mlp"}),
+    "prefix-tuning": (TEMPLATE, {"prompt_length": 3, "reparam_hidden": 16}),
+    "p-tuning-v2": (TEMPLATE, {"prompt_length": 3}),
+    "p-tuning-v2:head": (None, {"prompt_length": 3, "head": True}),
+    "lora": (TEMPLATE, {"lora_rank": 4}),
+    "lora:head": (None, {"lora_rank": 4, "head": True}),
+    "p-tuning+lora": ("{soft:2} {text} it was {mask} .", {"encoder": "mlp", "lora_rank": 4}),
+    "adapter": (TEMPLATE, {"reduction_factor": 8}),
+}
+
 EXAMPLES = [
     {"text": "great fun", "label": "1"},
     {"text": "a terrible , boring movie .", "label": "0"},

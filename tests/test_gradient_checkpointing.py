@@ -16,27 +16,21 @@ import json
 import pytest
 import torch
 
-from contract import EXAMPLES
+from contract import EXAMPLES, PROMPTS, TEMPLATE
 from prompttune import TaskSpec, TrainConfig, build_classifier, train
 from prompttune.cli import main
 from prompttune.config import load_config
 from prompttune.errors import ConfigError
 from prompttune.gradient_checkpointing import checkpointed, is_checkpointing
 
-TEMPLATE = "{text} it was {mask} ."
-# A method key is "name", "name:variant" or "a+b"; (template or None for a head, options).
+# A method key is "name", "name:variant" or "a+b"; (template or None for a head, options): the contract's
+# prompts (LoRA with dropout on: the recomputation must draw the same masks), plus the methods that train
+# the model's own weights and more combinations.
 METHODS = {
+    **PROMPTS,
     "prompt-finetune": (TEMPLATE, {}),
     "finetune": (None, {}),
-    "prompt-tuning": ("{soft:3} {text} {soft} it was {mask} .", {}),
-    "p-tuning": ('{soft:2} {text} {soft:"it was"} {mask} .', {"encoder": "lstm"}),
-    "p-tuning:mlp": ("{soft:2} {text} it was {mask} {soft} .", {"encoder": "mlp"}),
-    "prefix-tuning": (TEMPLATE, {"prompt_length": 3, "reparam_hidden": 16}),
-    "p-tuning-v2": (TEMPLATE, {"prompt_length": 3}),
-    "p-tuning-v2:head": (None, {"prompt_length": 3, "head": True}),
     "lora": (TEMPLATE, {"lora_rank": 4, "lora_dropout": 0.1}),
-    "lora:head": (None, {"lora_rank": 4, "head": True}),
-    "adapter": (TEMPLATE, {"reduction_factor": 8}),
     "adapter:pfeiffer": (TEMPLATE, {"adapter_kind": "pfeiffer", "reduction_factor": 4}),
     "bitfit": (TEMPLATE, {}),
     "bitfit:head": (None, {"head": True}),

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 import tiny_models
-from contract import EXAMPLES, scores, trained_fixture
+from contract import EXAMPLES, PROMPTS, TEMPLATE, scores, trained_fixture
 from prompttune import (
     TaskSpec,
     TrainConfig,
@@ -40,19 +40,6 @@ METHODS = ["zero-shot", "prompt-finetune", "finetune", "prompt-tuning", "p-tunin
 MODELS = ["bert_dir", "roberta_dir", "gpt2_dir", "t5_dir"]
 TRAINING = [m for m in METHODS if m != "zero-shot"]
 PROMPT_METHODS = [m for m in METHODS if m not in ("zero-shot", "prompt-finetune", "finetune")]
-TEMPLATE = "{text} it was {mask} ."
-PROMPTS = {  # soft tokens in several places: first, between fields and text, word-initialised
-    "prompt-tuning": ("{soft:3} {text} {soft} it was {mask} .", {}),
-    "p-tuning": ('{soft:2} {text} {soft:"it was"} {mask} .', {"encoder": "lstm"}),
-    "p-tuning:mlp": ("{soft:2} {text} it was {mask} {soft} .", {"encoder": "mlp"}),
-    "prefix-tuning": (TEMPLATE, {"prompt_length": 3, "reparam_hidden": 16}),
-    "p-tuning-v2": (TEMPLATE, {"prompt_length": 3}),
-    "p-tuning-v2:head": (None, {"prompt_length": 3, "head": True}),
-    "lora": (TEMPLATE, {"lora_rank": 4}),
-    "lora:head": (None, {"lora_rank": 4, "head": True}),
-    "p-tuning+lora": ("{soft:2} {text} it was {mask} .", {"encoder": "mlp", "lora_rank": 4}),
-    "adapter": (TEMPLATE, {"reduction_factor": 8}),
-}
 TRAINED_BY_METHOD = ("soft.", "deep.", "lora_", "adapters.")  # what a parameter-efficient method may add and train
 
 # High lr, few steps: enough for tiny random models to start memorising 8 examples.
