@@ -249,3 +249,34 @@ def test_a_quantized_base_trains_with_gradient_checkpointing(method, gpt2_dir):
     train(clf, EXAMPLES, None, dataclasses.replace(TRAIN, gradient_checkpointing=True))
     assert eval_loss(clf) < loss_before - 0.05, f"{method} with gradient checkpointing on a 4-bit base did not learn"
     assert all(torch.equal(before[n], t) for n, t in base_state(clf).items()), "the quantized base changed"
+
+
+# --- the command line and export on a quantized task ----------------------------------------
+
+
+def test_a_qlora_task_exports_to_peft_checked_on_its_quantized_base(trained, tmp_path):
+    """PEFT users load a QLoRA adapter on the 4-bit base it was trained on: the export's check runs there
+    (on an unquantized base the outputs differ by the quantization error, and the export was refused)."""
+    from prompttune.export import ADAPTER_CONFIG, export_peft
+
+    _, _, _, _, _, _, out = trained("lora")
+    adapter = export_peft(out, tmp_path / "peft")
+    assert json.loads((adapter / ADAPTER_CONFIG).read_text())["peft_type"] == "LORA"
+
+
+def test_eval_takes_the_trained_dtype_and_quantization_unless_given_and_says_when_it_differs(trained, tmp_path, capsys):
+    from prompttune.cli import main
+
+    _, _, _, _, _, _, out = trained("lora")
+    data = tmp_path / "data.tsv"
+    data.write_text("label\ttext\n" + "".join(f"{ex['label']}\t{ex['text']}\n" for ex in EXAMPLES))
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(data), "--json", "--device", "cpu"]) == 0
+    same = capsys.readouterr()
+    assert "note:" not in same.err, f"loaded as trained, yet: {same.err}"
+    assert main(["eval", str(out), "--data", str(data), "--json", "--device", "cpu", "--quantization", "none",
+                 "--dtype", "bfloat16"]) == 0
+    other = capsys.readouterr()
+    notes = [line for line in other.err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 2 and any("unquantized base" in n for n in notes) and any("bfloat16" in n for n in notes), notes
+    assert json.loads(other.out)["n"] == json.loads(same.out)["n"] == len(EXAMPLES)

@@ -424,7 +424,7 @@ def test_metrics_count_requests_errors_batches_and_latency(engine):
 
 def test_health_and_api_docs(url):
     health = httpx.get(f"{url}/health", timeout=TIMEOUT).json()
-    assert health == {"status": "ok", "model": health["model"], "device": "cpu", "dtype": "float32",
+    assert health == {"status": "ok", "model": health["model"], "device": "cpu", "dtype": "float32", "quantization": "none",
                       "tasks": len(TASKS) + 1}
     assert httpx.get(f"{url}/docs", timeout=TIMEOUT).status_code == 200
     schema = httpx.get(f"{url}/openapi.json", timeout=TIMEOUT).json()

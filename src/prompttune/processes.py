@@ -33,7 +33,32 @@ SHARDED = {"FSDP": "FSDP", "DEEPSPEED": "DeepSpeed ZeRO stage 3"}
 def launched() -> bool:
     """Whether this process is one of several started by a launcher (`WORLD_SIZE` > 1, as torchrun and
     `accelerate launch` set it)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return process_count() > 1
+
+
+def process_count() -> int:
+    """How many processes the launch has (`WORLD_SIZE`; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launch_mixed_precision(configured: str) -> str:
+    """The mixed precision a run trains in: `train.mixed_precision` (`configured`), or, where that is
+    "no", what `accelerate launch` asks for (its --mixed_precision flag or config file's key, which it
+    passes as ACCELERATE_MIXED_PRECISION); the artifact records the result.
+
+    Raises `ConfigError` when both ask for a precision and they differ.
+
+    Example:
+        >>> os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16"; launch_mixed_precision("no")
+        'bf16'
+    """
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no") if launched() else "no"
+    if launcher in ("no", configured):
+        return configured
+    if configured == "no":
+        return launcher
+    raise ConfigError(f"accelerate launch asks for mixed precision {launcher} (its --mixed_precision or config file) and "
+                      f"train.mixed_precision for {configured}: make them agree, or launch with --mixed_precision no")
 
 
 def process_state():

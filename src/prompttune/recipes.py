@@ -40,7 +40,7 @@ from .lm_head import COPY_INFO, COPY_WEIGHTS
 from .methods import get_method, method_list
 from .outputs import claim_output, json_marked, require_free_space
 from .parameters import count_parameters, trainable_bytes
-from .processes import is_main_process, wait_for_everyone
+from .processes import is_main_process, launch_mixed_precision, wait_for_everyone
 from .reports import headline, training_plot_writer
 from .task import TaskSpec, build_classifier
 from .training import (CHECKPOINT_FILES, CHECKPOINT_STATE, RESUME_TOLERATED, TRACKER_RUN, TrainResult, check_same_run,
@@ -131,9 +131,12 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
     main = is_main_process()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     place = resolve_device(device)
-    check_mixed_precision(cfg.train.mixed_precision, place)
-    # `auto` as this machine resolves it: the checkpoint's run record and the artifact name the dtype used.
-    cfg = dataclasses.replace(cfg, model_dtype=dtype_name(resolve_dtype(cfg.model_dtype, place, key="model_dtype")))
+    # `auto` as this machine resolves it, and the launcher's precision where the config asks for none: the
+    # checkpoint's run record and the artifact name what was used.
+    precision = launch_mixed_precision(cfg.train.mixed_precision)
+    check_mixed_precision(precision, place)
+    cfg = dataclasses.replace(cfg, model_dtype=dtype_name(resolve_dtype(cfg.model_dtype, place, key="model_dtype")),
+                              train=dataclasses.replace(cfg.train, mixed_precision=precision))
     if not main:
         log = lambda msg: None  # noqa: E731  (the main process tells what the run does, once)
     train_ex, dev_ex, test_ex = splits if splits is not None else load_splits(cfg)
@@ -231,7 +234,7 @@ def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *,
     if cfg.method.init_from == "most_similar":
         classifier, transfer = _start_from_most_similar(cfg, spec, fp, classifier, train_ex, log, device)
     log(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
-        f"{len(train_ex)} train / {len(dev_ex)} dev / {len(test_ex)} eval examples; {cfg.model_dtype} on {device}")
+        f"{len(train_ex)} train / {len(dev_ex)} dev / {len(test_ex)} eval examples; {run_setting(cfg, device)}")
     half = sum(p.numel() for p in classifier.parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16))
     if half:
         log(f"note: method {method.name} trains {half:,} of the model's own weights in {cfg.model_dtype} (model_dtype): "
@@ -308,6 +311,23 @@ def library_versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def run_setting(cfg: RunConfig, device: torch.device) -> str:
+    """How the run computes, in words: 'bfloat16 on cuda:0, nf4 base, bf16 mixed precision, gradient
+    checkpointing, 2 processes' (only what is not the plain default)."""
+    from .processes import process_count
+
+    parts = [f"{cfg.model_dtype} on {device if cfg.device_map is None else f'device_map {cfg.device_map}'}"]
+    if cfg.quantization != "none":
+        parts.append(f"{cfg.quantization} base")
+    if cfg.train.mixed_precision != "no":
+        parts.append(f"{cfg.train.mixed_precision} mixed precision")
+    if cfg.train.gradient_checkpointing:
+        parts.append("gradient checkpointing")
+    if (n := process_count()) > 1:
+        parts.append(f"{n} processes, batch {cfg.train.batch_size} across them")
+    return ", ".join(parts)
 
 
 def load_settings(cfg: RunConfig, device: torch.device) -> dict:

@@ -120,6 +120,8 @@ class Health(BaseModel):
     model: str | None
     device: str
     dtype: str
+    quantization: str
+    """none, nf4, fp4 or int8: how the frozen base's Linear weights are stored."""
     tasks: int
 
 
@@ -235,7 +237,7 @@ def build_app(engine: Engine, *, limits: Limits = Limits(), allow_dirs: Sequence
     async def health() -> Health:
         pool = engine.pool
         return Health(status="ok", model=engine.model_name, device=str(pool.device), dtype=str(pool.dtype).removeprefix("torch."),
-                      tasks=len(engine.tasks()))
+                      quantization=pool.quantization or "none", tasks=len(engine.tasks()))
 
     @app.get("/metrics", tags=["server"], response_class=Response)
     async def prometheus_metrics() -> Response:
@@ -305,8 +307,12 @@ def task_name(path: Path, *, loc: tuple | None = None) -> str:
 
 
 def serve(dirs: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto", dtype: str = "auto",
-          limits: Limits = Limits(), allow_dirs: Sequence[str] = (), log_level: str = "info") -> None:
+          limits: Limits = Limits(), allow_dirs: Sequence[str] = (), log_level: str = "info",
+          quantization: str | None = None) -> None:
     """Load the tasks in `dirs` on one backbone and serve them on host:port until SIGTERM or Ctrl-C.
+
+    The backbone is loaded on `device` in `dtype` (`devices.resolve_device`, `resolve_dtype`) and quantized
+    as `quantization` says (None: as the first task's base was in training; `prompttune.quantization`).
 
     Everything that can be wrong at start (a directory that is not a task, tasks on different
     backbones, an --allow-dir that is not a directory, a port in use) raises `PromptTuneError`
@@ -316,7 +322,7 @@ def serve(dirs: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, dev
         raise ConfigError(f"--max-texts {limits.max_texts} is more than --max-queue {limits.max_queue}: "
                           "such a request could never be admitted")
     with closing(listen(host, port)) as sock:  # before the model loads: a port in use fails at once
-        engine = Engine(TaskPool(device=device, dtype=dtype, max_batch_size=limits.max_batch_size))
+        engine = Engine(TaskPool(device=device, dtype=dtype, quantization=quantization, max_batch_size=limits.max_batch_size))
         try:
             running = str(engine.pool.dtype).removeprefix("torch.")
             for given in dirs:
@@ -324,8 +330,9 @@ def serve(dirs: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, dev
                 if (info := engine.add(d, name)).trained_dtype != running:
                     print(f"note: {d} was trained in {info.trained_dtype}; loaded in {running}", file=sys.stderr)
             app = build_app(engine, limits=limits, allow_dirs=allowed)
+            base = f", {engine.pool.quantization} base" if engine.pool.quantization not in (None, "none") else ""
             print(f"prompttune serve: {len(dirs)} task(s) on {engine.model_name} ({engine.pool.device}, "
-                  f"{str(engine.pool.dtype).removeprefix('torch.')}) at http://{url_host(host)}:{sock.getsockname()[1]} "
+                  f"{str(engine.pool.dtype).removeprefix('torch.')}{base}) at http://{url_host(host)}:{sock.getsockname()[1]} "
                   f"(API docs: /docs)", file=sys.stderr, flush=True)
             config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
             DrainingServer(config).run(sockets=[sock])
