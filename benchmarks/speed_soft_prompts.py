@@ -1,11 +1,17 @@
 """Speed of a prompt-tuning / P-tuning v2 training step, as ratios measured in one run on one batch.
 
     python benchmarks/speed_soft_prompts.py [--reps 20] [--warmup 3] [--device auto|cpu|cuda] [--note TEXT]
-        [--model PATH_OR_SHAPE] [--dtype float32|bfloat16] [--batch-size 16] [--seq-len N] [--rounds N] [--no-memory]
+        [--model PATH_OR_SHAPE] [--dtype float32|bfloat16] [--quantization none|nf4] [--batch-size 16] [--seq-len N]
+        [--rounds N] [--no-memory]
 
 `--model` times any local model folder or a random shape (`model_shapes.py`: bert-base, bert-large...;
 a shape's MLM head is its own, so no `--lm-head`); `--dtype bfloat16` loads every variant's frozen
-backbone in bf16; `--seq-len` makes rows of about that many tokens. Peak memory per variant comes from
+backbone in bf16; `--quantization nf4` loads every variant's frozen backbone (bare, ours and PEFT's) with
+its Linear weights in 4-bit NF4, through the same `BitsAndBytesConfig` (`prompttune.quantization.load_kwargs`:
+double-quantized scales, computing in `--dtype`; a classification head and a pooler stay unquantized, as
+`quantization.skip_modules` keeps them) and the same after-load step (`prepare_quantized`), so the bases are
+quantized identically; a method that trains the base's own weights is refused on it and its row skipped.
+A quantized model is quantized onto `--device` as it loads. `--seq-len` makes rows of about that many tokens. Peak memory per variant comes from
 a fresh subprocess each (`bench_device.py` says what is measured on a GPU and on the CPU).
 
 One fixed batch of 16 SST-2 sentences (8 per class, sampled with seed 0), max length 64, the
@@ -146,17 +152,22 @@ class Variant:
     times: list[float] = field(default_factory=list)
 
 
-def training_step(sp, examples: list[dict], device, *, seed: int, lr: float, dtype: torch.dtype = torch.float32):
+def training_step(sp, examples: list[dict], device, *, seed: int, lr: float, dtype: torch.dtype = torch.float32,
+                  quantization: str = "none"):
     """Our task built from spec `sp` in train mode and one AdamW step on `examples` as one batch:
     (classifier, step, batch). The step is what every "ours" variant times. With a `dtype` other than
     float32 the frozen backbone is loaded in it and the method attached over it (what it trains stays as
-    the method makes it)."""
+    the method makes it); with a `quantization` other than "none" it is loaded quantized onto `device`
+    (`build_classifier` raises `ConfigError` for a method that trains the base's weights)."""
     from prompttune import build_classifier
     from prompttune.backbones import load_backbone
 
     torch.manual_seed(seed)
-    backbone = None if dtype == torch.float32 else load_backbone(sp.model, lm_head=sp.lm_head, dtype=dtype)
-    clf, _ = build_classifier(sp, backbone)
+    if quantization != "none":
+        clf, _ = build_classifier(sp, dtype=dtype, quantization=quantization, device=device)
+    else:
+        backbone = None if dtype == torch.float32 else load_backbone(sp.model, lm_head=sp.lm_head, dtype=dtype)
+        clf, _ = build_classifier(sp, backbone)
     clf.to(device).train()
     batch = to(clf.collate(examples), device)
     opt = torch.optim.AdamW([p for p in clf.parameters() if p.requires_grad], lr=lr)
@@ -183,12 +194,13 @@ def build_variants(args, examples: list[dict], device) -> tuple[list[Variant], d
 
     variants, errors = [], {}
     head_dir, model_dir, dtype = args.lm_head, args.model_path, args.torch_dtype
-    want = wanted(args)
+    want, quantized = wanted(args), quantized_loading(args, device)
 
     def ours(name, setting, sp):
         if not want(name):
             return None
-        clf, step, batch = training_step(sp, examples, device, seed=args.seed, lr=1e-3, dtype=dtype)
+        clf, step, batch = training_step(sp, examples, device, seed=args.seed, lr=1e-3, dtype=dtype,
+                                         quantization=args.quantization)
         width = batch["ids1" if "ids1" in batch else "ids"].shape[1]
         variants.append(Variant(name, setting, step, width, count_parameters(clf)[0], "ours"))
         return clf
@@ -208,7 +220,7 @@ def build_variants(args, examples: list[dict], device) -> tuple[list[Variant], d
         if not want(name):
             return
         torch.manual_seed(args.seed)
-        model = load_backbone(model_dir, lm_head=head_dir, dtype=dtype).model.to(device)
+        model = load_backbone(model_dir, lm_head=head_dir, dtype=dtype, **quantized).model.to(device)
         freeze(model)
         model.train()
         emb, head = model.get_input_embeddings(), lm_head_module(model)
@@ -232,7 +244,7 @@ def build_variants(args, examples: list[dict], device) -> tuple[list[Variant], d
             return
         torch.manual_seed(args.seed)
         try:
-            model = load_backbone(model_dir, lm_head=head_dir, dtype=dtype).model.to(device)  # the head too, not only what PEFT wraps
+            model = load_backbone(model_dir, lm_head=head_dir, dtype=dtype, **quantized).model.to(device)  # the head too, not only what PEFT wraps
             freeze(model)
             head = lm_head_module(model)
             pm = get_peft_model(model if whole_mlm else model.base_model, config).to(device)
@@ -268,7 +280,7 @@ def build_variants(args, examples: list[dict], device) -> tuple[list[Variant], d
         if not want(name):
             return
         torch.manual_seed(args.seed)
-        model = load_head_model(model_dir, 2, dtype=dtype).to(device)
+        model = load_head_model(model_dir, 2, dtype=dtype, **quantized).to(device)
         freeze(model.base_model)
         model.train()
         emb = model.get_input_embeddings()
@@ -291,7 +303,7 @@ def build_variants(args, examples: list[dict], device) -> tuple[list[Variant], d
             return
         torch.manual_seed(args.seed)
         try:
-            pm = get_peft_model(load_head_model(model_dir, 2, dtype=dtype), config).to(device)
+            pm = get_peft_model(load_head_model(model_dir, 2, dtype=dtype, **quantized), config).to(device)
             pm.train()
             params = [p for p in pm.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=1e-3)
@@ -338,6 +350,12 @@ def build_variants(args, examples: list[dict], device) -> tuple[list[Variant], d
         print(f"warning: bare+20 has {by['bare+20'].seq_len} tokens, prompt-tuning {by['ours prompt-tuning'].seq_len}",
               file=sys.stderr)
     return variants, errors
+
+
+def quantized_loading(args, device) -> dict:
+    """The loader arguments (`load_backbone`, `load_head_model`) that quantize a base as `--quantization`
+    says, onto `device` ({} for none)."""
+    return {} if args.quantization == "none" else {"quantization": args.quantization, "device": device}
 
 
 def sync(device) -> None:
@@ -392,6 +410,9 @@ def common_arguments(ap: argparse.ArgumentParser, out_name: str) -> argparse.Arg
     ap.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     ap.add_argument("--seed", type=int, default=0)
     add_device_arguments(ap)
+    ap.add_argument("--quantization", choices=["none", "nf4"], default="none",
+                    help="the frozen backbone's weights: unquantized, or 4-bit NF4 (bitsandbytes, QLoRA's setting); "
+                    "methods that train the base's weights are skipped on nf4")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave torch's default)")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'machine was loaded')")
     ap.add_argument("--out", default=None, help=f"the JSON record (default: benchmarks/results/{out_name}, with the "
@@ -404,6 +425,14 @@ def prepare(args) -> tuple[torch.device, tuple[float, float, float], list[dict]]
     """Threads, device, dtype and model as asked (set on `args`), the load average before, and the fixed batch."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.quantization != "none":
+        from prompttune.errors import ConfigError
+        from prompttune.quantization import check_quantization
+
+        try:
+            check_quantization(args.quantization)
+        except ConfigError as e:
+            raise SystemExit(f"--quantization: {e}") from None
     device = resolve_device(args.device)
     use_tf32(device)
     args.model_path, args.torch_dtype, args.device_name = model_path(args.model), DTYPES[args.dtype], device_name(device)
@@ -411,8 +440,10 @@ def prepare(args) -> tuple[torch.device, tuple[float, float, float], list[dict]]
         args.max_length = args.seq_len
     if args.out is None:
         stem = args.out_name.removesuffix(".json")
-        if device.type != "cpu" or args.model != MODEL or args.dtype != "float32":
+        if device.type != "cpu" or args.model != MODEL or args.dtype != "float32" or args.quantization != "none":
             stem += f"_{slug(args.device_name)}_{slug(Path(args.model).name)}_{args.dtype}"
+        if args.quantization != "none":
+            stem += f"_{args.quantization}"
         args.out = str(ROOT / "benchmarks/results" / f"{stem}.json")
     return device, os.getloadavg(), pick_batch(args.data, args.batch_size, args.seq_len)
 
@@ -455,13 +486,16 @@ def summarize(variants: list, ratio_specs, errors: dict) -> tuple[dict, dict]:
     return rows, ratios
 
 
-def print_tables(args, device, load_before, load_after, rows: dict, ratios: dict, errors: dict) -> None:
-    """The run's conditions, the per-variant table and the ratio table, in markdown."""
+def print_tables(args, device, load_before, load_after, rows: dict, ratios: dict, errors: dict,
+                 skipped: dict | None = None) -> None:
+    """The run's conditions, the per-variant table and the ratio table, in markdown; `skipped`: variants
+    not run (name: why), e.g. full fine-tuning on a quantized base."""
     import peft
     import transformers
 
     print(f"\ntorch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
-          f"device {device} ({args.device_name}), model {args.model}, backbone {args.dtype}, torch threads "
+          f"device {device} ({args.device_name}), model {args.model}, backbone {args.dtype}, quantization "
+          f"{args.quantization}, torch threads "
           f"{torch.get_num_threads()}, {args.reps} reps after {args.warmup} warm-up rounds, batch {args.batch_size}, "
           f"max length {args.max_length}; load average {load_before[0]:.2f} -> {load_after[0]:.2f}\n")
     print("| variant | setting | tokens | trainable params | median ms/step | IQR ms | reps | peak MiB | step MiB |")
@@ -473,6 +507,8 @@ def print_tables(args, device, load_before, load_after, rows: dict, ratios: dict
               f"{r['q1_ms']:.1f}–{r['q3_ms']:.1f} | {r['reps']} | {peak} | {grew} |")
     for name, err in errors.items():
         print(f"| {name} | – | – | – | error: `{err}` | – | – | – | – |")
+    for name, why in (skipped or {}).items():
+        print(f"| {name} | – | – | – | skipped: {why} | – | – | – | – |")
     what = next((r["memory"]["what"] for r in rows.values() if "what" in r.get("memory", {})), None)
     if what:
         print(f"\npeak MiB: {what}, one step after a warm-up step, each variant alone in a fresh process; "
@@ -515,7 +551,8 @@ def main() -> None:
     print_tables(args, device, load_before, load_after, rows, ratios, errors)
 
     write_record(args, load_before, load_after, libraries=("peft",), device=device, setup={
-        "model": args.model, "model_path": args.model_path, "dtype": args.dtype, "lm_head": args.lm_head,
+        "model": args.model, "model_path": args.model_path, "dtype": args.dtype, "quantization": args.quantization,
+        "lm_head": args.lm_head,
         "batch_size": args.batch_size, "max_length": args.max_length, "seq_len": args.seq_len, "template": TEMPLATE,
         "verbalizer": VERBALIZER, "soft_tokens": N_SOFT, "filler_for_bare_plus_20": FILLER,
         "reps": args.reps, "warmup": args.warmup, "seed": args.seed, "sentences": [e["sentence"] for e in examples]},

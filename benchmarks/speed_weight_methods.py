@@ -1,10 +1,14 @@
 """Speed of a LoRA / adapter / BitFit training step, as ratios to full fine-tuning and to plain PEFT LoRA.
 
     python benchmarks/speed_weight_methods.py [--reps 20] [--warmup 3] [--threads 1] [--device auto|cpu|cuda] [--note TEXT]
-        [--model PATH_OR_SHAPE] [--dtype float32|bfloat16] [--batch-size 16] [--seq-len N] [--rounds N] [--no-memory]
+        [--model PATH_OR_SHAPE] [--dtype float32|bfloat16] [--quantization none|nf4] [--batch-size 16] [--seq-len N]
+        [--rounds N] [--no-memory]
 
-(`--model`, `--dtype`, `--seq-len` and the peak memory column as in speed_soft_prompts.py; the inference
-timings always load the backbone in float32.)
+(`--model`, `--dtype`, `--quantization`, `--seq-len` and the peak memory column as in speed_soft_prompts.py;
+the inference timings always load the backbone in float32, quantized as `--quantization` says. On a
+quantized base full fine-tuning is refused (4-bit weights cannot train): its row and the ratios to it
+are skipped, and PEFT LoRA's `from_pretrained` gets the same `BitsAndBytesConfig` as ours, the
+classifier and pooler left unquantized as `quantization.skip_modules` leaves them.)
 
 (The saved result was made with `python benchmarks/speed_weight_methods.py --reps 10 --threads 1
 --note "..."` on a loaded 2-core machine; see the JSON's `note` and load averages.)
@@ -84,14 +88,25 @@ def trainable(module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def build_training(args, examples: list[dict], device) -> tuple[list[Variant], dict]:
-    variants, errors = [], {}
+def build_training(args, examples: list[dict], device) -> tuple[list[Variant], dict, dict]:
+    """The training variants, PEFT's errors (name: message) and the variants skipped (name: why)."""
+    from prompttune.errors import ConfigError
+
+    variants, errors, skipped = [], {}, {}
     model_dir, dtype, want = args.model_path, args.torch_dtype, wanted(args)
 
     def ours(name, sp):
         if not want(name):
             return None
-        clf, step, batch = training_step(sp, examples, device, seed=args.seed, lr=1e-4, dtype=dtype)
+        try:
+            clf, step, batch = training_step(sp, examples, device, seed=args.seed, lr=1e-4, dtype=dtype,
+                                             quantization=args.quantization)
+        except ConfigError as e:  # a method that trains the base's weights, on a quantized base
+            if args.quantization == "none":
+                raise
+            skipped[name] = f"refused on a {args.quantization} base ({e})"
+            print(f"skipped {name}: {skipped[name]}", file=sys.stderr)
+            return None
         n_trainable = sum(p.numel() for p in trainable(clf))
         variants.append(Variant(name, "train", step, batch["ids"].shape[1], n_trainable, "ours"))
         return clf
@@ -108,7 +123,20 @@ def build_training(args, examples: list[dict], device) -> tuple[list[Variant], d
         torch.manual_seed(args.seed)
         try:
             hf_logging.set_verbosity_error()
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2, dtype=dtype)
+            quantized = {}
+            if args.quantization != "none":  # the same BitsAndBytesConfig as ours, head and pooler unquantized
+                from transformers import AutoConfig
+
+                from prompttune.quantization import load_kwargs, skip_modules
+
+                config = AutoConfig.from_pretrained(model_dir, num_labels=2)
+                skip = skip_modules(AutoModelForSequenceClassification, config)
+                quantized = load_kwargs(args.quantization, dtype, device, skip)
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2, dtype=dtype, **quantized)
+            if quantized:  # the same after-load step as ours (weight layout kept, unquantized weights off the file map)
+                from prompttune.quantization import prepare_quantized
+
+                prepare_quantized(model)
             config = LoraConfig(task_type="SEQ_CLS", r=LORA["lora_rank"], lora_alpha=LORA["lora_alpha"],
                                 target_modules=["query", "value"])
             pm = get_peft_model(model, config).to(device)
@@ -147,7 +175,7 @@ def build_training(args, examples: list[dict], device) -> tuple[list[Variant], d
         ours_batch = build_classifier(spec(model_dir, "finetune", args.max_length))[0].collate(examples)
         if not torch.equal(ours_batch["ids"].to(device), peft[1]) or not torch.equal(ours_batch["attn"].to(device), peft[2]):
             print("warning: PEFT's batch differs from prompttune's", file=sys.stderr)
-    return variants, errors
+    return variants, errors, skipped
 
 
 def build_inference(args, examples: list[dict], device) -> tuple[list[Variant], dict]:
@@ -167,7 +195,8 @@ def build_inference(args, examples: list[dict], device) -> tuple[list[Variant], 
     torch.manual_seed(args.seed)
     model_dir = args.model_path
     sp = spec(model_dir, "lora", args.max_length, {"head": True, **LORA})
-    clf, fp = build_classifier(sp)
+    quantized = {} if args.quantization == "none" else {"quantization": args.quantization, "device": device}
+    clf, fp = build_classifier(sp, **quantized)
     batch = clf.collate(examples)
     opt = torch.optim.AdamW(trainable(clf), lr=1e-2)
     clf.train()
@@ -188,7 +217,7 @@ def build_inference(args, examples: list[dict], device) -> tuple[list[Variant], 
     max_diff = (a - b).abs().max().item()
     n_lora = [sum(1 for n, _ in m.named_modules() if n.endswith("lora_A")) for m in (unmerged.model, merged.model)]
 
-    bare = load_head_model(model_dir, 2).eval()
+    bare = load_head_model(model_dir, 2, **quantized).eval()
     for m in (unmerged, merged, bare):
         m.to(device)
     batch = to(batch, device)
@@ -221,7 +250,7 @@ def main() -> None:
 
     device, load_before, examples = prepare(args)
     t0 = time.perf_counter()
-    variants, errors = build_training(args, examples, device)
+    variants, errors, skipped = build_training(args, examples, device)
     memory = finish_measuring(args, variants, device)
     infer, merge_check = (build_inference(args, examples, device) if args.inference else ([], {}))
     build_s = time.perf_counter() - t0
@@ -236,15 +265,16 @@ def main() -> None:
     rows, ratios = summarize(variants + infer, RATIOS, errors)
     for name, mem in memory.items():
         rows[name]["memory"] = mem
-    print_tables(args, device, load_before, load_after, rows, ratios, errors)
+    print_tables(args, device, load_before, load_after, rows, ratios, errors, skipped)
     if merge_check:
         print(f"\nmerge check: {merge_check}")
 
     write_record(args, load_before, load_after, libraries=("peft",), device=device, setup={
-        "model": args.model, "model_path": args.model_path, "dtype": args.dtype, "batch_size": args.batch_size,
+        "model": args.model, "model_path": args.model_path, "dtype": args.dtype, "quantization": args.quantization,
+        "batch_size": args.batch_size,
         "max_length": args.max_length, "seq_len": args.seq_len, "lora": LORA, "adapter": {"kind": "houlsby", "reduction_factor": 16},
         "reps": args.reps, "warmup": args.warmup, "seed": args.seed, "sentences": [e["sentence"] for e in examples]},
-        variants=rows, errors=errors, ratios=ratios, merge_check=merge_check,
+        variants=rows, errors=errors, skipped=skipped, ratios=ratios, merge_check=merge_check,
         seconds={"build": round(build_s, 1), "measure": round(measure_s, 1)})
 
 
