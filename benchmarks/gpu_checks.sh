@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The speed checks of issue 12 on a lent GPU, in one run of under 10 minutes; everything goes under $OUT.
+# The GPU checks of issue 12 (speed vs PEFT and the bare model, device placement) in one run; every step has its own
+# time limit (730 s if every step used all of it; expected well under the device tool's 600 s); everything goes under $OUT.
 #
 # How to run it (a session with a lent GPU, through the device tool):
 #   1. Here, once: save the shapes' tokenizers and a slice of SST-2 (the device machine has neither the
@@ -21,6 +22,8 @@
 #     (targets: ours_ptv2 / peft_prefix <= 1.0, ours_ptv2 / bare <= 1.10);
 #   - speed_weight_methods.py fp32 and bf16: lora / adapter / bitfit / finetune vs PEFT LoRA (target <= 1.0);
 #   - in_context_speed.py on the llama-135m shape (SmolLM2-135M's), batch 1 and 32 (target: >= 3x at batch 1);
+#   - gpu_devices.py: every command on the GPU with its defaults (auto device, bf16), mixed precision,
+#     cuda:0, bf16 artifacts' round trip, in-context / zero-shot / generation paths, the pool, the searches;
 #   - profile_deep_prompts.py operator counts (CPU-side dispatch of the same step).
 # Each step has its own time limit, so one slow step cannot eat the others'.
 set -u
@@ -53,6 +56,7 @@ for dt in float32 bfloat16; do
 done
 step 100 in_context_batch1 $PY benchmarks/in_context_speed.py --data "$DATA" --model llama-135m --device cuda --batch-sizes 1 32 \
   --queries 64 --rounds 3 --accuracy 0 --out "$OUT/in_context_speed.json"
+step 150 devices $PY benchmarks/gpu_devices.py --device cuda --out "$OUT/gpu_devices.json"
 step 40 profile_deep_prompts $PY benchmarks/profile_deep_prompts.py --model bert-large --batch-size 32 --seq-len 90 \
   --top 15 --out "$OUT/profile_deep_prompts.json"
 echo "all done after $SECONDS s" >>"$LOG"
