@@ -185,12 +185,41 @@ def test_every_command_that_runs_a_model_takes_device_and_dtype():
     ("train.mixed_precision=fp8", "train.mixed_precision must be one of ['no', 'bf16', 'fp16'], got 'fp8'"),
     ("train.mixed_precision=yes", "train.mixed_precision must be one of ['no', 'bf16', 'fp16'], got True"),
     ("train.mixed_precision=fp16", "train.mixed_precision: fp16 needs a GPU (accelerate does not run fp16 on the CPU)"),
+    # Combinations that cannot train (a traceback and an artifact of NaNs before):
+    ("model_dtype=float16|train.mixed_precision=bf16",
+     "train.mixed_precision: bf16 autocasts to bfloat16, over a model loaded in float16 (model_dtype)"),
+    ("model_dtype=float16|method.name=[prompt-tuning,bitfit]", "model_dtype: float16: Adam's updates of the"),
+    ("model_dtype=float16|method.name=prompt-finetune|prompt.template={sentence} it was {mask} .", "overflow in float16"),
+    ("device_map=auto|max_memory={0: 1GiB}", "max_memory: GPU 0: this machine has no CUDA GPU"),
+    ("device_map=auto|max_memory={cpu: true}", "config key max_memory: value true was read by YAML as the boolean True"),
 ])
-def test_bad_precision_settings_are_one_line_errors(setting, message, capsys, tmp_path, bert_dir, data_tsv):
+def test_bad_precision_settings_are_one_line_errors(setting, message, capsys, tmp_path, bert_dir, data_tsv, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     config = write_config(tmp_path, bert_dir, data_tsv, "prompt-tuning")
-    code, _, err = run(capsys, "train", config, "--out", tmp_path / "out", "--device", "cpu", "--set", setting)
+    sets = [a for item in setting.split("|") for a in ("--set", item)]
+    code, _, err = run(capsys, "train", config, "--out", tmp_path / "out", "--device", "cpu", *sets)
     assert code == 2 and message in one_error_line(err, "train"), err
     assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_a_diverging_run_stops_in_one_line_and_saves_nothing(capsys, tmp_path, bert_dir, data_tsv, monkeypatch):
+    """A NaN loss ends the run before an artifact of NaNs is written (a float16 model trained with Adam,
+    too high a learning rate): one line naming the epoch and step."""
+    import prompttune.training as training
+
+    real = training.mean_loss
+    monkeypatch.setattr(training, "mean_loss", lambda *a: (lambda loss, n: (loss * float("nan"), n))(*real(*a)))
+    config = write_config(tmp_path, bert_dir, data_tsv, "prompt-tuning")
+    code, _, err = run(capsys, "train", config, "--out", tmp_path / "out", "--device", "cpu")
+    line = one_error_line(err.replace(err.split("prompttune train: error:")[0], ""), "train")
+    assert code == 2 and "training diverged: the loss is nan at epoch 1, step 1; nothing was saved" in line, err
+    assert not (tmp_path / "out" / "weights.safetensors").exists()
+
+
+def test_fit_lm_head_refuses_float16_in_one_line(capsys, tmp_path, bert_dir, data_tsv):
+    code, _, err = run(capsys, "fit-lm-head", "--model", bert_dir, "--data", data_tsv, "--text-field", "sentence",
+                       "--held-out", "2", "--out", tmp_path / "head", "--device", "cpu", "--dtype", "float16")
+    assert code == 2 and "--dtype float16: fitting the MLM head with Adam overflows" in one_error_line(err, "fit-lm-head")
 
 
 def test_mixed_precision_no_may_be_written_unquoted(tmp_path, bert_dir, data_tsv):

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 
 Kind = Literal["masked", "causal", "seq2seq"]
 KINDS: tuple[str, ...] = ("masked", "causal", "seq2seq")
@@ -127,6 +127,11 @@ def placement(device_map: str | None, max_memory: dict | None = None) -> dict:
     `max_memory` caps what each device takes ({0: "20GiB", "cpu": "60GiB"}); it needs a `device_map`."""
     if device_map is None:
         return {}
+    gpus = torch.cuda.device_count()
+    for device in max_memory or {}:
+        if isinstance(device, int) and device >= gpus:
+            raise ConfigError(f"max_memory: GPU {device}: this machine has "
+                              + (f"{gpus} GPU(s), numbered from 0" if gpus else "no CUDA GPU"))
     return {"device_map": device_map, **({"max_memory": max_memory} if max_memory else {})}
 
 

@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except PromptTuneError as e:
         # One line, even where a message quotes a library's text that has line breaks.
-        print(f"prompttune {args.command}: error: {one_line(str(e))}", file=sys.stderr)
+        # One write: the error lines of a launch's processes never run into each other.
+        sys.stderr.write(f"prompttune {args.command}: error: {one_line(str(e))}\n")
+        sys.stderr.flush()
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -244,7 +244,7 @@ def _refuse_yaml_booleans(node: yaml.Node | None, kind, key: str, source: str, *
         return
     if str(kind).replace(" | None", "") not in _TEXT_TYPES:
         return
-    found = _yaml_boolean(node)
+    found = _yaml_boolean(node, names=("label", "label word") if key.endswith("verbalizer") else ("key", "value"))
     if found is not None:
         word, role = found
         where = f"{source}:{word.start_mark.line + 1}" if in_file else source
@@ -252,18 +252,19 @@ def _refuse_yaml_booleans(node: yaml.Node | None, kind, key: str, source: str, *
                           f"{yaml.safe_load(word.value)}; quote it: '{word.value}'")
 
 
-def _yaml_boolean(node: yaml.Node, role: str = "value") -> tuple[yaml.ScalarNode, str] | None:
-    """The first scalar under `node` that YAML resolved to a boolean, and what it is there: a
-    'label' or 'label word' (a mapping's key or value: the verbalizer), an 'item' of a list, or
-    the 'value' itself."""
+def _yaml_boolean(node: yaml.Node, role: str = "value",
+                  names: tuple[str, str] = ("label", "label word")) -> tuple[yaml.ScalarNode, str] | None:
+    """The first scalar under `node` that YAML resolved to a boolean, and what it is there: a mapping's
+    key or value (`names`: 'label' and 'label word' in the verbalizer), an 'item' of a list, or the
+    'value' itself."""
     if isinstance(node, yaml.ScalarNode):
         return (node, role) if node.tag == "tag:yaml.org,2002:bool" else None
     if isinstance(node, yaml.SequenceNode):
         children = [(item, "item" if role == "value" else role) for item in node.value]
     else:
-        children = [(n, r) for k, v in node.value for n, r in ((k, "label"), (v, "label word"))]
+        children = [(n, r) for k, v in node.value for n, r in ((k, names[0]), (v, names[1]))]
     for child, child_role in children:
-        found = _yaml_boolean(child, child_role)
+        found = _yaml_boolean(child, child_role, names)
         if found is not None:
             return found
     return None

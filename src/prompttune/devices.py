@@ -97,6 +97,30 @@ def check_mixed_precision(mode: str, device: torch.device) -> None:
                           "use bf16 there, or no")
 
 
+def check_training_dtypes(model_dtype: torch.dtype, mode: str, trained: int) -> None:
+    """Refuse what cannot train in a `model_dtype` model: autocast to the other 16-bit type (bf16 over a
+    float16 model, fp16 over a bfloat16 one: the kernels get mixed dtypes), and AdamW directly on float16
+    weights of the model itself (`trained` of them: BitFit, a head, fine-tuning, a fitted MLM head), whose
+    eps (1e-8) is 0 in float16 and whose updates overflow to inf/NaN at once. bfloat16 weights train
+    (float32's range; `train` notes their coarse steps).
+
+    Raises `ConfigError` naming the keys to change.
+
+    Example:
+        >>> check_training_dtypes(torch.float16, "no", trained=63_872)
+        ConfigError: model_dtype: float16: Adam's updates of the 63,872 model weights the method trains ...
+    """
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+    if autocast is not None and model_dtype in (torch.bfloat16, torch.float16) and model_dtype != autocast:
+        raise ConfigError(f"train.mixed_precision: {mode} autocasts to {dtype_name(autocast)}, over a model loaded in "
+                          f"{dtype_name(model_dtype)} (model_dtype): use model_dtype: float32 with mixed precision, or "
+                          "mixed_precision: no")
+    if model_dtype == torch.float16 and trained:
+        raise ConfigError(f"model_dtype: float16: Adam's updates of the {trained:,} model weights the method trains "
+                          "overflow in float16 (they become inf/NaN at once); use model_dtype: bfloat16, or float32 "
+                          "(with train.mixed_precision: fp16 on a GPU)")
+
+
 def model_device(module: nn.Module) -> torch.device:
     """The device a module's weights are on (its first parameter's, else its first buffer's; the CPU
     for a module with neither): where every tensor it reads must be.

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from .backbones import lm_head_module
 from .devices import model_device, resolve_device, resolve_dtype
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from . import __version__
 from .files import Writer, bytes_writer, file_sha256, json_writer, read_json_object, safetensors_writer, write_together
 from .outputs import claim_output, json_marked
@@ -427,6 +427,9 @@ def fit_and_save_lm_head(
 
     place = resolve_device(device)
     weights = resolve_dtype(dtype, place)
+    if weights == torch.float16:  # Adam's eps is 0 there and its first updates overflow to inf/NaN
+        raise ConfigError("--dtype float16: fitting the MLM head with Adam overflows in float16 (its weights become "
+                          "inf/NaN); use bfloat16 or float32")
     with claim_output(directory, owned=(HEAD_WEIGHTS, HEAD_INFO), what="a fitted LM head", overwrite=overwrite,
                       is_ours=lambda d: json_marked(d / HEAD_INFO, "parameters")):
         backbone = load_backbone(model_name, kind="masked", dtype=weights)

@@ -32,7 +32,7 @@ from .artifacts import CONFIG, EVAL, PLOT, WEIGHTS, save_artifact
 from .backbones import is_dispatched
 from .config import RunConfig
 from .data import few_shot_split, held_out_split, load_examples, sample_per_class
-from .devices import DTYPES, check_mixed_precision, dtype_name, resolve_device, resolve_dtype
+from .devices import DTYPES, check_mixed_precision, check_training_dtypes, dtype_name, resolve_device, resolve_dtype
 from .errors import ConfigError, DataError, OutputError
 from .evaluation import evaluate
 from .files import discard, path_sha256, remove_empty_dirs, remove_staging_leftovers, write_json, write_together
@@ -137,6 +137,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, o
     check_mixed_precision(precision, place)
     cfg = dataclasses.replace(cfg, model_dtype=dtype_name(resolve_dtype(cfg.model_dtype, place, key="model_dtype")),
                               train=dataclasses.replace(cfg.train, mixed_precision=precision))
+    check_training_dtypes(DTYPES[cfg.model_dtype], precision, trained=0)  # before the model loads
     if not main:
         log = lambda msg: None  # noqa: E731  (the main process tells what the run does, once)
     train_ex, dev_ex, test_ex = splits if splits is not None else load_splits(cfg)
@@ -233,9 +234,10 @@ def _train_and_save(cfg: RunConfig, spec: TaskSpec, out: Path, splits: tuple, *,
     transfer = None
     if cfg.method.init_from == "most_similar":
         classifier, transfer = _start_from_most_similar(cfg, spec, fp, classifier, train_ex, log, device)
+    half = sum(p.numel() for p in classifier.parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16))
+    check_training_dtypes(DTYPES[cfg.model_dtype], cfg.train.mixed_precision, half)
     log(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
         f"{len(train_ex)} train / {len(dev_ex)} dev / {len(test_ex)} eval examples; {run_setting(cfg, device)}")
-    half = sum(p.numel() for p in classifier.parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16))
     if half:
         log(f"note: method {method.name} trains {half:,} of the model's own weights in {cfg.model_dtype} (model_dtype): "
             "Adam's small updates round away there; model_dtype: float32 with train.mixed_precision: bf16 keeps them in "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -293,6 +294,10 @@ def train(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(accelerator.reduce(loss.detach(), "mean").item())  # the whole batch's mean loss
+                if not math.isfinite(losses[-1]):  # diverged: stop before a NaN artifact is saved
+                    raise ConfigError(f"training diverged: the loss is {losses[-1]} at epoch {epoch + 1}, step "
+                                      f"{result.steps + 1}; nothing was saved (lower train.lr, or train in float32: "
+                                      "model_dtype: float32)")
                 result.steps += 1
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if tracking:
