@@ -343,7 +343,7 @@ class HeldPool:
     """A stand-in for `TaskPool` with its tasks, whose forward pass holds the pool's lock until the test
     releases it, as `TaskPool`'s does for a whole pass."""
 
-    device, dtype, backbone = torch.device("cpu"), torch.float32, None
+    device, dtype, quantization, backbone = torch.device("cpu"), torch.float32, None, None
 
     def __init__(self, tasks: list):
         self._tasks, self.lock, self.release = tasks, threading.Lock(), threading.Event()
