@@ -28,7 +28,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from . import __version__
-from .backbones import EMBEDDING_DIGESTS, KINDS, Backbone, compare_fingerprints, is_dispatched
+from .backbones import EMBEDDING_DIGESTS, KINDS, Backbone, compare_fingerprints, place_on
 from .devices import DTYPES, MIXED_PRECISION, dtype_name, model_device
 from .errors import ArtifactError, ModelError, PromptTuneError
 from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
@@ -326,8 +326,8 @@ def load_artifact(directory: str | Path, backbone: Backbone | None = None, *,
     # What the task adds is built on the CPU (its saved form): it goes where the model is.
     # (A quantized base was quantized onto `device` as it loaded, and is not moved.)
     place = model_device(backbone.model) if backbone is not None else device
-    if place is not None and not is_dispatched(classifier.model):
-        classifier.to(place)
+    if place is not None:
+        place_on(classifier, place)
     classifier.eval()
     return classifier, config
 
@@ -344,15 +344,15 @@ def model_dtype(classifier: nn.Module) -> torch.dtype:
     return classifier.model.get_input_embeddings().weight.dtype
 
 
-def dtype_note(directory: str | Path, config: dict, classifier: nn.Module) -> str | None:
-    """A line saying that the task saved in `directory` (with this `config`) was trained in another dtype
-    than the one its model is loaded in, or None when they agree.
+def dtype_note(directory: str | Path, trained: torch.dtype, loaded: torch.dtype) -> str | None:
+    """A line saying that the task saved in `directory` was trained in another dtype (`trained`, see
+    `trained_dtype`) than the one its model is loaded in (`loaded`, see `model_dtype`), or None when they
+    agree.
 
     Example:
-        >>> dtype_note("runs/x", config, load_artifact("runs/x", dtype=torch.float32)[0])
+        >>> dtype_note("runs/x", torch.bfloat16, torch.float32)
         'note: runs/x was trained in bfloat16; loaded in float32'
     """
-    trained, loaded = trained_dtype(config), model_dtype(classifier)
     if trained == loaded:
         return None
     return f"note: {directory} was trained in {dtype_name(trained)}; loaded in {dtype_name(loaded)}"

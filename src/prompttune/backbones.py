@@ -141,6 +141,14 @@ def is_dispatched(model: nn.Module) -> bool:
     return any(getattr(m, "hf_device_map", None) for m in model.modules())
 
 
+def place_on(module: nn.Module, device: torch.device | str) -> None:
+    """Move `module` (a model, or a task's classifier around one) to `device`, unless its model was placed
+    as it loaded (a device map, or a quantized base: `is_dispatched`); what a task adds was then built
+    beside the model's inputs."""
+    if not is_dispatched(module):
+        module.to(device)
+
+
 def map_devices(model: nn.Module) -> int:
     """How many devices `model`'s device map spreads it over (0 without one; 1 for a quantized base,
     which bitsandbytes places on one device as it loads, so each process of a launch can hold its own)."""

@@ -205,6 +205,9 @@ def add_device_flags(p: argparse.ArgumentParser, *, dtype_default: str | None = 
                             "training (its config.json records it)")
 
 
+IN_PLACE_OF_MODEL_DTYPE = ("the dtype the model's weights are loaded in, in place of the config's model_dtype (default: "
+                           "model_dtype, itself auto: bfloat16 on a GPU that has it, else float32)")
+"""--dtype's help on the commands that load a model from a run config (train, search)."""
 AS_TRAINED = "the dtype the model's weights are loaded in (default: the one the task was trained in, its config.json's dtype)"
 """--dtype's help on the commands that load a saved task."""
 
@@ -214,13 +217,13 @@ def load_task(args):
     was trained in) on a base quantized as --quantization says (default: as in training); a task loaded in
     another dtype or on another quantization says so on stderr (`artifacts.dtype_note`,
     `quantization.note_difference`)."""
-    from .artifacts import dtype_note, load_artifact
+    from .artifacts import dtype_note, load_artifact, model_dtype, trained_dtype
     from .devices import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
     dtype = None if args.dtype is None else resolve_dtype(args.dtype, device)  # None: as trained
     clf, config = load_artifact(args.artifact, device=device, dtype=dtype, quantization=args.quantization)
-    note = dtype_note(args.artifact, config, clf)
+    note = dtype_note(args.artifact, trained_dtype(config), model_dtype(clf))
     if note is not None:
         print(note, file=sys.stderr)
     return clf, config
@@ -303,9 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the same run: a changed setting is refused)")
     start.add_argument("--overwrite", action="store_true", help="replace a task artifact in --out, or start over instead "
                        "of resuming an interrupted run's checkpoint there")
-    add_device_flags(p, dtype_default=None, dtype_help="the dtype the model's weights are loaded in, in place of the "
-                                                       "config's model_dtype (default: model_dtype, itself auto: bfloat16 "
-                                                       "on a GPU that has it, else float32)")
+    add_device_flags(p, dtype_default=None, dtype_help=IN_PLACE_OF_MODEL_DTYPE)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a saved task on a labelled data file",
@@ -468,8 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--overwrite", action="store_true", help="replace config.yaml and search.json already in --out")
         q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key (repeatable)")
-        add_device_flags(q, dtype_default=None, dtype_help="the dtype the model's weights are loaded in, in place of the "
-                                                           "config's model_dtype (default: model_dtype, itself auto)")
+        add_device_flags(q, dtype_default=None, dtype_help=IN_PLACE_OF_MODEL_DTYPE)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("render", help="show a config's inputs as the model reads them: tokens, mask, soft slots, label ids",

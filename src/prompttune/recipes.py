@@ -22,14 +22,12 @@ import platform
 import sys
 from pathlib import Path
 
-
 import torch
-from torch import nn
 from accelerate.utils import set_seed
 
 from . import __version__
 from .artifacts import CONFIG, EVAL, PLOT, WEIGHTS, save_artifact
-from .backbones import is_dispatched
+from .backbones import place_on
 from .config import RunConfig
 from .data import few_shot_split, held_out_split, load_examples, sample_per_class
 from .devices import DTYPES, check_mixed_precision, check_training_dtypes, dtype_name, resolve_device, resolve_dtype
@@ -40,7 +38,7 @@ from .lm_head import COPY_INFO, COPY_WEIGHTS
 from .methods import get_method, method_list
 from .outputs import claim_output, json_marked, require_free_space
 from .parameters import count_parameters, trainable_bytes
-from .processes import is_main_process, launch_mixed_precision, wait_for_everyone
+from .processes import is_main_process, launch_mixed_precision, process_count, wait_for_everyone
 from .reports import headline, training_plot_writer
 from .task import TaskSpec, build_classifier
 from .training import (CHECKPOINT_FILES, CHECKPOINT_STATE, RESUME_TOLERATED, TRACKER_RUN, TrainResult, check_same_run,
@@ -318,8 +316,6 @@ def library_versions() -> dict[str, str | None]:
 def run_setting(cfg: RunConfig, device: torch.device) -> str:
     """How the run computes, in words: 'bfloat16 on cuda:0, nf4 base, bf16 mixed precision, gradient
     checkpointing, 2 processes' (only what is not the plain default)."""
-    from .processes import process_count
-
     parts = [f"{cfg.model_dtype} on {device if cfg.device_map is None else f'device_map {cfg.device_map}'}"]
     if cfg.quantization != "none":
         parts.append(f"{cfg.quantization} base")
@@ -337,13 +333,6 @@ def load_settings(cfg: RunConfig, device: torch.device) -> dict:
     device_map and max_memory, its quantization, and the device a quantized base is quantized onto."""
     return {"dtype": DTYPES[cfg.model_dtype], "device_map": cfg.device_map, "max_memory": cfg.max_memory,
             "quantization": cfg.quantization, "device": device}
-
-
-def place_on(classifier: nn.Module, device: torch.device) -> None:
-    """Move the task's classifier to `device`, unless its model was placed as it loaded (a device map or
-    a quantized base: `backbones.is_dispatched`); what the task adds was built beside its inputs then."""
-    if not is_dispatched(getattr(classifier, "model", classifier)):
-        classifier.to(device)
 
 
 def _run_config(cfg: RunConfig) -> dict:

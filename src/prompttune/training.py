@@ -38,13 +38,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .backbones import input_device, is_dispatched, map_devices
-from .devices import MIXED_PRECISION, check_mixed_precision
+from .devices import MIXED_PRECISION, check_mixed_precision, check_training_dtypes, resolve_device
 from .errors import ArtifactError, ConfigError
 from .evaluation import evaluate
 from .files import file_sha256, json_writer, read_json_object, safetensors_writer, write_together
 from .gradient_checkpointing import checkpointed
 from .parameters import trainable_bytes, trainable_state_dict
-from .processes import check_launch
+from .processes import check_launch, launched
 from .progress import bar_off
 
 CHECKPOINT_TENSORS, CHECKPOINT_STATE = "state.safetensors", "state.json"
@@ -365,18 +365,14 @@ def batch_share(batch: list[dict], rank: int, processes: int) -> tuple[list[dict
 def _placement(device: torch.device | None, mixed_precision: str, params: list[nn.Parameter]) -> dict:
     """The `Accelerator` arguments that put a run on `device` in `mixed_precision` (see `train`).
 
-    Raises `ConfigError` for fp16 on the CPU or over float16 trainable weights."""
-    import os
-
+    Raises `ConfigError` for fp16 on the CPU, and for float16 weights of the model trained with Adam
+    (`devices.check_training_dtypes`, which `prompttune train` applies before the model loads)."""
     if device is None:
-        from .devices import resolve_device
-
         device = resolve_device("auto")
     check_mixed_precision(mixed_precision, device)
-    if mixed_precision == "fp16" and any(p.dtype == torch.float16 for p in params):
-        raise ConfigError("train.mixed_precision: fp16 scales the gradients of float32 weights; this method trains "
-                          "weights of the float16 model itself: set model_dtype: float32, or mixed_precision: no")
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    half = sum(p.numel() for p in params if p.dtype == torch.float16)
+    check_training_dtypes(torch.float16 if half else torch.float32, mixed_precision, half)
+    if not launched():
         # accelerate keeps one state per process and refuses an Accelerator with other settings than the
         # first one's (cpu, mixed_precision): a single process starts each of its runs afresh (a run after
         # another in one Python session, prompt transfer's brief run, the demo's rows).

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ..artifacts import WEIGHTS, lm_head_location, load_artifact, read_saved, trained_dtype
-from ..backbones import CHECKPOINT_KEYS, Backbone, compare_fingerprints, is_dispatched, load_backbone
+from ..backbones import CHECKPOINT_KEYS, Backbone, compare_fingerprints, load_backbone, place_on
 from ..data import examples_from_texts
 from ..devices import dtype_name, resolve_device, resolve_dtype, to_device
 from ..errors import ConfigError, ModelError
@@ -121,8 +121,7 @@ class TaskPool:
         self.quantization = self.quantization or quantization
         backbone = load_backbone(model, kind=kind, lm_head=lm_head, dtype=self.dtype, quantization=self.quantization,
                                  device=self.device)
-        if not is_dispatched(backbone.model):  # a quantized base was placed as it loaded
-            backbone.model.to(self.device)
+        place_on(backbone.model, self.device)  # (a quantized base was placed as it loaded)
         self.backbone = backbone
         self._checkpoint = backbone.fingerprint()
         # The backbone's own weights, by the names an artifact would store them under (before tasks wrap modules).

@@ -43,7 +43,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException
 
+from ..artifacts import dtype_note
 from ..chat import has_chat_template
+from ..devices import DTYPES, dtype_name
 from ..data import examples_from_texts
 from ..errors import ConfigError, DataError, PromptTuneError
 from .api import (APIError, BodyLimit, CountRequests, api_error_handler, by_json_type, http_error_handler,
@@ -236,7 +238,7 @@ def build_app(engine: Engine, *, limits: Limits = Limits(), allow_dirs: Sequence
     @app.get("/health", response_model=Health, tags=["server"])
     async def health() -> Health:
         pool = engine.pool
-        return Health(status="ok", model=engine.model_name, device=str(pool.device), dtype=str(pool.dtype).removeprefix("torch."),
+        return Health(status="ok", model=engine.model_name, device=str(pool.device), dtype=dtype_name(pool.dtype),
                       quantization=pool.quantization or "none", tasks=len(engine.tasks()))
 
     @app.get("/metrics", tags=["server"], response_class=Response)
@@ -324,15 +326,15 @@ def serve(dirs: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, dev
     with closing(listen(host, port)) as sock:  # before the model loads: a port in use fails at once
         engine = Engine(TaskPool(device=device, dtype=dtype, quantization=quantization, max_batch_size=limits.max_batch_size))
         try:
-            running = str(engine.pool.dtype).removeprefix("torch.")
             for given in dirs:
                 name, d = named_dir(given)
-                if (info := engine.add(d, name)).trained_dtype != running:
-                    print(f"note: {d} was trained in {info.trained_dtype}; loaded in {running}", file=sys.stderr)
+                note = dtype_note(d, DTYPES[engine.add(d, name).trained_dtype], engine.pool.dtype)
+                if note is not None:
+                    print(note, file=sys.stderr)
             app = build_app(engine, limits=limits, allow_dirs=allowed)
             base = f", {engine.pool.quantization} base" if engine.pool.quantization not in (None, "none") else ""
             print(f"prompttune serve: {len(dirs)} task(s) on {engine.model_name} ({engine.pool.device}, "
-                  f"{str(engine.pool.dtype).removeprefix('torch.')}{base}) at http://{url_host(host)}:{sock.getsockname()[1]} "
+                  f"{dtype_name(engine.pool.dtype)}{base}) at http://{url_host(host)}:{sock.getsockname()[1]} "
                   f"(API docs: /docs)", file=sys.stderr, flush=True)
             config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
             DrainingServer(config).run(sockets=[sock])
